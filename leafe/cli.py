@@ -1,0 +1,95 @@
+"""The ``leafe`` command: builds objects from a config and calls one function per command.
+
+    leafe eval CONFIG [dotted.key=value ...] [--fresh]
+    leafe check-env CONFIG [dotted.key=value ...] [--tasks N]
+    leafe prepare-model [MODEL]
+
+Configs are validated before torch or transformers are imported, so a bad field fails at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from leafe.config import ConfigError, ExperimentConfig, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leafe", description="Train LLM agents to recover from their own mistakes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    evaluate = commands.add_parser("eval", help="Pass@k of a policy on an environment's test tasks")
+    evaluate.add_argument("config", help="experiment YAML")
+    evaluate.add_argument("overrides", nargs="*", help="dotted overrides, e.g. policy.temperature=0.5")
+    evaluate.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+
+    check = commands.add_parser("check-env", help="verify determinism, replay and snapshot/restore of an environment")
+    check.add_argument("config", help="experiment YAML (its env section is checked)")
+    check.add_argument("overrides", nargs="*", help="dotted overrides")
+    check.add_argument("--tasks", type=int, default=10, help="tasks per split to check")
+
+    prepare = commands.add_parser("prepare-model", help="convert/cache a model so later runs start fast")
+    prepare.add_argument("model", nargs="?", default=None, help="model alias, directory or hub id (default: embedded)")
+    return parser
+
+
+def _eval(cfg: ExperimentConfig, fresh: bool) -> None:
+    from leafe.envs import build_env
+    from leafe.eval.evaluate import evaluate
+    from leafe.policy import load_policy
+    from leafe.runs import RunDir
+
+    run = RunDir.open(cfg, command="eval", fresh=fresh)
+    if run.resumed:
+        print(f"resuming {run.path}", file=sys.stderr)
+    make_env, task_source = build_env(cfg.env)
+    policy = load_policy(
+        cfg.policy.backend,
+        cfg.policy.model,
+        device=cfg.policy.device,
+        dtype=cfg.policy.dtype,
+        max_batch_size=cfg.policy.max_batch_size,
+    )
+    evaluate(cfg, run, policy, make_env, task_source)
+    print(f"report: {run.path / 'summary.md'}  plot: {run.path / 'passk.png'}")
+
+
+def _check_env(cfg: ExperimentConfig, count: int) -> None:
+    from leafe.envs import build_env
+    from leafe.envs.checker import check_env
+
+    make_env, task_source = build_env(cfg.env)
+    for split in ("train", "test"):
+        report = check_env(make_env, task_source.tasks(split, count), seed=cfg.seed)
+        print(f"{cfg.env.name} {split}: OK {report}")
+
+
+def _prepare_model(model: str | None) -> None:
+    from leafe.policy.embedded import DEFAULT_MODEL, resolve_model
+
+    print(resolve_model(model or DEFAULT_MODEL))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``leafe`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "prepare-model":
+            _prepare_model(args.model)
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "eval":
+            _eval(cfg, args.fresh)
+        elif args.command == "check-env":
+            _check_env(cfg, args.tasks)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Experiment configuration: one YAML file per experiment, dotted overrides, strict validation.
+
+    cfg = load_config("configs/sokoban_quickstart.yaml", ["policy.temperature=0.5"])
+
+Every field is typed and range-checked; unknown fields are rejected. Any problem raises
+:class:`ConfigError` whose message names the offending field (``policy.temprature: unknown
+field (did you mean 'temperature'?)``). This module imports only pydantic and yaml, so a bad
+config fails in well under a second, before torch or transformers are loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the field or file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SokobanConfig(_Section):
+    """Sokoban rooms (gym-sokoban's generator) and episode rules."""
+
+    name: Literal["sokoban"] = "sokoban"
+    dim: tuple[int, int] = (6, 6)
+    num_boxes: int = Field(1, ge=1, le=4)
+    num_steps: int = Field(20, ge=1, le=1000)
+    min_solution_length: int = Field(2, ge=1)
+    max_solution_length: int = Field(20, ge=1)
+    terminate_on_deadlock: bool = True
+
+    @field_validator("dim")
+    @classmethod
+    def _dim_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not all(5 <= side <= 12 for side in value):
+            raise ValueError("each side must be between 5 and 12 (walls included)")
+        return value
+
+
+class PolicyConfig(_Section):
+    """Which model answers, through which inference backend, and how it samples."""
+
+    backend: Literal["auto", "transformers"] = "auto"
+    model: str = "smollm2-135m-instruct"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: int = Field(16, ge=1, le=4096)
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(48, ge=1, le=32768)
+
+
+class RolloutConfig(_Section):
+    """The multi-turn ReAct loop shared by every command."""
+
+    max_steps: int = Field(10, ge=1, le=10000)
+    history_window: int = Field(2, ge=0, le=1000)
+    prompt_format: Literal["completion", "chat"] = "completion"
+    few_shot: bool = True
+    max_concurrent_episodes: int = Field(64, ge=1, le=100000)
+
+
+class EvalConfig(_Section):
+    """Pass@k evaluation: n independent episodes per task."""
+
+    split: Literal["train", "test"] = "test"
+    num_tasks: int = Field(8, ge=1, le=100000)
+    samples_per_task: int = Field(8, ge=1, le=100000)
+    ks: tuple[int, ...] = (1, 2, 4, 8)
+    num_bootstrap: int = Field(1000, ge=10, le=1000000)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+
+    @field_validator("ks")
+    @classmethod
+    def _ks_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(k < 1 for k in value):
+            raise ValueError("must be a non-empty list of integers >= 1")
+        return tuple(sorted(set(value)))
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment. ``output_dir/name`` is its run directory."""
+
+    name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    seed: int = Field(0, ge=0)
+    output_dir: str = "runs"
+    env: SokobanConfig = SokobanConfig()
+    policy: PolicyConfig = PolicyConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def check_consistency(self) -> None:
+        """Cross-field rules that single-field validators cannot see."""
+        if max(self.eval.ks) > self.eval.samples_per_task:
+            raise ConfigError(
+                f"eval.ks: k={max(self.eval.ks)} exceeds eval.samples_per_task="
+                f"{self.eval.samples_per_task}; Pass@k needs n >= k samples per task"
+            )
+        if self.env.min_solution_length > self.env.max_solution_length:
+            raise ConfigError("env.min_solution_length: must not exceed env.max_solution_length")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _suggest(section: type[BaseModel], loc: Sequence[str | int]) -> str:
+    """' (did you mean ...?)' for an unknown field name, or ''."""
+    model: Any = section
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [part for part in item["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+        where = ".".join(str(part) for part in loc) or "<top level>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown field{_suggest(ExperimentConfig, loc)}")
+        else:
+            lines.append(f"{where}: {item['msg']} (got {item.get('input')!r})")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"policy.temperature=0.5"`` -> (["policy", "temperature"], 0.5). Values are YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected dotted.key=value, e.g. policy.temperature=0.5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each dotted override set (sections are created as needed)."""
+    merged: dict[str, Any] = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    """Validate a plain dict into an :class:`ExperimentConfig` (raises :class:`ConfigError`)."""
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+    cfg.check_consistency()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment file, apply dotted overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(data, overrides), source=str(path))
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (what a run directory stores)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

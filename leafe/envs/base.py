@@ -1,0 +1,96 @@
+"""The environment contract: text in, text out, Gymnasium-shaped.
+
+An environment is any object with ``reset(task)`` and ``step(action_text)``; everything else
+is optional and discovered with :func:`supports_snapshot` / :func:`expert_actions`.
+
+    obs, info = env.reset(task)            # info["instruction"]: the task statement
+    obs, reward, terminated, truncated, info = env.step("left")
+                                           # info["success"]: bool, the task was solved
+
+Rollback (LEAFE stage 1) needs to rebuild the state reached after an action prefix. Environments
+that can copy their state implement ``snapshot() -> object`` and ``restore(snapshot)``; for the
+rest :func:`replay` rebuilds it by ``reset(task)`` + replaying the prefix, which is exact for
+deterministic environments (``check_env`` verifies that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from leafe.types import Task
+
+StepResult = tuple[str, float, bool, bool, dict[str, Any]]
+
+
+@runtime_checkable
+class TextEnv(Protocol):
+    """What every environment implements."""
+
+    def reset(self, task: Task) -> tuple[str, dict[str, Any]]:
+        """Start ``task``. Returns (observation, info); ``info["instruction"]`` states the goal."""
+        ...
+
+    def step(self, action: str) -> StepResult:
+        """Apply one action. Returns (observation, reward, terminated, truncated, info).
+
+        An invalid action is not an error: the observation says why it was invalid and the
+        state does not change.
+        """
+        ...
+
+
+@runtime_checkable
+class SnapshotEnv(TextEnv, Protocol):
+    """An environment that can copy and restore its full state (the fast rollback path)."""
+
+    def snapshot(self) -> Any:
+        """An opaque copy of the current state (independent of later steps)."""
+        ...
+
+    def restore(self, snapshot: Any) -> None:
+        """Return to the state captured by ``snapshot`` (restorable any number of times)."""
+        ...
+
+
+class TaskSource(Protocol):
+    """Where tasks come from. Train and test splits never share a task."""
+
+    def tasks(self, split: str, count: int | None = None) -> list[Task]:
+        """The first ``count`` tasks (all when ``None``) of ``split`` in a fixed order."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """State rebuilt by :func:`replay`: the observation after the last replayed action."""
+
+    observation: str
+    info: dict[str, Any]
+    terminated: bool
+
+
+def supports_snapshot(env: object) -> bool:
+    """True when ``env`` implements ``snapshot``/``restore``."""
+    return callable(getattr(env, "snapshot", None)) and callable(getattr(env, "restore", None))
+
+
+def expert_actions(env: object, task: Task) -> list[str] | None:
+    """An expert demonstration for ``task`` if the environment provides one, else ``None``."""
+    provider = getattr(env, "expert_actions", None)
+    return list(provider(task)) if callable(provider) else None
+
+
+def replay(env: TextEnv, task: Task, actions: Sequence[str]) -> ReplayResult:
+    """Rebuild the state after ``actions`` by reset + deterministic replay (generic rollback).
+
+    Stops early (and says so via ``terminated``) if the environment ends before the prefix does.
+    """
+    observation, info = env.reset(task)
+    terminated = False
+    for action in actions:
+        observation, _reward, terminated, _truncated, info = env.step(action)
+        if terminated:
+            break
+    return ReplayResult(observation=observation, info=info, terminated=terminated)

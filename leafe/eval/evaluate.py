@@ -1,0 +1,155 @@
+"""``leafe eval``: n independent episodes per test task, Pass@k with bootstrap CIs, a report.
+
+Episodes are appended to ``episodes.jsonl`` as they finish; a rerun of the same run directory
+loads them and plays only the missing ones. Because every episode's sampling seed is derived
+from (run seed, task, sample index) and backends seed each request separately, the resumed run
+gives the same episodes, and so the same numbers, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from leafe.config import ExperimentConfig
+from leafe.envs.base import TaskSource, TextEnv
+from leafe.eval.passk import PassAtK, compute_pass_at_k
+from leafe.eval.report import print_table, write_report
+from leafe.policy.base import Policy, SamplingParams
+from leafe.prompting import Prompter, example_from_expert
+from leafe.rollout import make_jobs, run_episodes
+from leafe.runs import RunDir, append_jsonl, read_jsonl
+from leafe.types import Trajectory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Work done by this invocation (episodes loaded from disk are not counted)."""
+
+    episodes: int
+    env_steps: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    peak_rss_mib: float
+
+    def to_dict(self) -> dict[str, Any]:
+        rate = (lambda amount: round(amount / self.seconds, 2) if self.seconds > 0 else None)
+        return {
+            "episodes": self.episodes,
+            "env_steps": self.env_steps,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 1),
+            "generated_tokens_per_s": rate(self.completion_tokens),
+            "prompt_tokens_per_s": rate(self.prompt_tokens),
+            "env_steps_per_s": rate(self.env_steps),
+            "peak_rss_mib": round(self.peak_rss_mib, 1),
+        }
+
+
+def build_prompter(cfg: ExperimentConfig, make_env: Callable[[], TextEnv], task_source: TaskSource) -> Prompter:
+    """The prompter of ``cfg.rollout``; its worked example comes from the first *train* task."""
+    example = None
+    if cfg.rollout.few_shot:
+        example = example_from_expert(make_env(), task_source.tasks("train", 1)[0])
+    return Prompter(prompt_format=cfg.rollout.prompt_format, history_window=cfg.rollout.history_window, example=example)
+
+
+def sampling_params(cfg: ExperimentConfig) -> SamplingParams:
+    """Sampling settings of the ``policy`` section."""
+    return SamplingParams(
+        temperature=cfg.policy.temperature, top_p=cfg.policy.top_p, max_new_tokens=cfg.policy.max_new_tokens
+    )
+
+
+def evaluate(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    policy: Policy,
+    make_env: Callable[[], TextEnv],
+    task_source: TaskSource,
+) -> PassAtK:
+    """Play the missing episodes of the evaluation, then compute and write Pass@k."""
+    tasks = task_source.tasks(cfg.eval.split, cfg.eval.num_tasks)
+    jobs = make_jobs(tasks, cfg.eval.samples_per_task, cfg.seed)
+    episodes_file = run.path / "episodes.jsonl"
+    finished = {(record["task"]["task_id"], record["sample_index"]): record for record in read_jsonl(episodes_file)}
+    todo = [job for job in jobs if (job.task.task_id, job.sample_index) not in finished]
+    logger.info("eval: %d episodes wanted, %d already finished, %d to play", len(jobs), len(jobs) - len(todo), len(todo))
+
+    played: list[Trajectory] = []
+    started = time.perf_counter()
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="eval episodes", unit="ep") as bar:
+
+        def record(trajectory: Trajectory) -> None:
+            record_dict = trajectory.to_dict()
+            append_jsonl(episodes_file, record_dict)
+            finished[(trajectory.task.task_id, trajectory.sample_index)] = record_dict
+            played.append(trajectory)
+            bar.update(1)
+            bar.set_postfix(solved=sum(t.success for t in played))
+
+        if todo:
+            run_episodes(
+                todo,
+                make_env,
+                policy,
+                build_prompter(cfg, make_env, task_source),
+                sampling_params(cfg),
+                max_steps=cfg.rollout.max_steps,
+                max_concurrent=cfg.rollout.max_concurrent_episodes,
+                on_finish=record,
+            )
+    throughput = Throughput(
+        episodes=len(played),
+        env_steps=sum(1 for t in played for step in t.steps if step.action is not None),
+        prompt_tokens=sum(t.prompt_tokens for t in played),
+        completion_tokens=sum(t.completion_tokens for t in played),
+        seconds=time.perf_counter() - started,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+    trajectories = [Trajectory.from_dict(finished[(job.task.task_id, job.sample_index)]) for job in jobs]
+    counts: dict[str, tuple[int, int]] = {}
+    for trajectory in trajectories:
+        n, c = counts.get(trajectory.task.task_id, (0, 0))
+        counts[trajectory.task.task_id] = (n + 1, c + int(trajectory.success))
+    result = compute_pass_at_k(
+        counts, cfg.eval.ks, num_bootstrap=cfg.eval.num_bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed
+    )
+    details = _details(cfg, trajectories, throughput)
+    write_report(result, run.path, title=f"{cfg.name}: {cfg.policy.model} on {cfg.env.name} ({cfg.eval.split})", details=details)
+    print_table({cfg.policy.model: result})
+    logger.info("eval done: %s", details)
+    return result
+
+
+def _details(cfg: ExperimentConfig, trajectories: list[Trajectory], throughput: Throughput) -> dict[str, Any]:
+    steps = [len(t.steps) for t in trajectories]
+    all_steps = [step for t in trajectories for step in t.steps]
+    return {
+        "model": cfg.policy.model,
+        "backend": cfg.policy.backend,
+        "env": cfg.env.name,
+        "split": cfg.eval.split,
+        "tasks": len({t.task.task_id for t in trajectories}),
+        "samples_per_task": cfg.eval.samples_per_task,
+        "max_steps": cfg.rollout.max_steps,
+        "temperature": cfg.policy.temperature,
+        "seed": cfg.seed,
+        "episodes": len(trajectories),
+        "success_rate": round(sum(t.success for t in trajectories) / len(trajectories), 4),
+        "mean_steps": round(sum(steps) / len(steps), 2),
+        "parse_failure_rate": round(sum(s.action is None for s in all_steps) / max(1, len(all_steps)), 4),
+        "invalid_action_rate": round(sum(bool(s.info.get("invalid_action")) for s in all_steps) / max(1, len(all_steps)), 4),
+        "throughput_this_invocation": throughput.to_dict(),
+    }

@@ -1,0 +1,72 @@
+"""The policy protocol every inference backend implements.
+
+A backend turns a batch of prompts into a batch of completions. Prompts are either plain text
+(completion-style, e.g. few-shot ReAct ending in ``"Thought:"``) or a list of chat messages
+(``[{"role": "system"|"user"|"assistant", "content": str}, ...]``) that the backend renders with
+the model's chat template. Each request carries its own seed, so a request's sample does not
+depend on what else happens to be in the batch (needed for resumable, reproducible runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, Union
+
+ChatMessages = list[dict[str, str]]
+Prompt = Union[str, ChatMessages]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample.
+
+    Attributes:
+        temperature: 0 means greedy decoding.
+        top_p: nucleus sampling mass in (0, 1].
+        max_new_tokens: hard cap on generated tokens per request.
+        stop: generation ends at the first occurrence of any of these strings; the returned
+            text is cut before it.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to complete, with the seed that makes its sample reproducible."""
+
+    prompt: Prompt
+    seed: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A completion.
+
+    Attributes:
+        text: generated text, cut before the first stop string.
+        prompt_text: the exact prompt text the model was conditioned on (chat template applied).
+        prompt_tokens: number of prompt tokens.
+        completion_tokens: number of generated tokens (including a matched stop string's tokens).
+        finish_reason: ``"stop"`` (stop string or end-of-sequence) or ``"length"``.
+    """
+
+    text: str
+    prompt_text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class Policy(Protocol):
+    """An inference backend."""
+
+    name: str
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        """Complete every request; the i-th generation answers the i-th request."""
+        ...

@@ -1,0 +1,139 @@
+"""ReAct prompts and the action parser.
+
+The model answers every turn with
+
+    Thought: <brief reasoning>
+    Action: <action>
+
+Two prompt formats:
+
+* ``completion`` (default for the embedded 135M model): a plain few-shot transcript ending in
+  ``"Thought:"``. Measured here (``../shared/MEASURED.md``), SmolLM2-135M follows this format
+  far more often than the same content wrapped in its chat template.
+* ``chat``: a system message with the instructions, then alternating user (observation) and
+  assistant (reply) messages, rendered by the backend with the model's chat template. The usual
+  choice for larger instruction-tuned models.
+
+The prompt holds the task statement, an optional one-step worked example, the last
+``history_window`` turns and the current observation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from leafe.envs.base import TextEnv, expert_actions
+from leafe.policy.base import ChatMessages, Prompt
+from leafe.types import Task
+
+FORMAT_RULE = 'Answer with one line "Thought: <brief reasoning>" and then one line "Action: <action>".'
+
+_ACTION_PATTERN = re.compile(r"^\W*action\W*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_action(completion: str) -> str | None:
+    """The action of a ReAct reply: the text after the first ``Action:`` line, or ``None``.
+
+    Tolerates markdown decoration (``**Action:** left``), case and surrounding whitespace.
+    Returns ``None`` when there is no ``Action:`` line or it is empty.
+    """
+    match = _ACTION_PATTERN.search(completion)
+    if match is None:
+        return None
+    action = match.group(1).strip().strip("*`\"'").strip()
+    return action or None
+
+
+def missing_action_feedback(observation: str) -> str:
+    """The observation shown after a reply without a parseable action (state unchanged)."""
+    return f"Your reply had no 'Action:' line, so nothing happened. {FORMAT_RULE}\n{observation}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One past turn as the prompt shows it."""
+
+    observation: str
+    reply: str
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """Builds the prompt for the next turn and normalises the model's replies.
+
+    Attributes:
+        prompt_format: ``"completion"`` or ``"chat"``.
+        history_window: how many past turns the prompt shows (0 = only the current observation).
+        example: an optional worked example (observation, reply) shown before the episode.
+    """
+
+    prompt_format: str = "completion"
+    history_window: int = 2
+    example: Turn | None = None
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Stop strings: the model must not write the next observation itself."""
+        return ("\nObservation", "\nThought:") if self.prompt_format == "completion" else ()
+
+    def reply(self, completion: str) -> str:
+        """The reply as later prompts show it: ``Thought: ...`` up to the ``Action:`` line."""
+        text = completion.strip()
+        if self.prompt_format == "completion":
+            text = "Thought: " + text
+        lines = text.splitlines()
+        for index, line in enumerate(lines):
+            if parse_action(line) is not None:
+                return "\n".join(lines[: index + 1])
+        return text
+
+    def build(self, instruction: str, history: Sequence[Turn], observation: str) -> Prompt:
+        """The prompt for the next turn, given the full history of the episode so far."""
+        shown = list(history[len(history) - self.history_window :]) if self.history_window else []
+        omitted = len(history) - len(shown)
+        if self.prompt_format == "chat":
+            return self._chat(instruction, shown, omitted, observation)
+        return self._completion(instruction, shown, omitted, observation)
+
+    def _header(self, instruction: str) -> str:
+        return f"{instruction.strip()}\n{FORMAT_RULE}"
+
+    def _completion(self, instruction: str, shown: list[Turn], omitted: int, observation: str) -> str:
+        parts = [self._header(instruction)]
+        if self.example is not None:
+            parts.append(f"Example:\nObservation:\n{self.example.observation}\n{self.example.reply}\n\nNow your game.")
+        if omitted:
+            parts.append(f"({omitted} earlier steps not shown)")
+        for turn in shown:
+            parts.append(f"Observation:\n{turn.observation}\n{turn.reply}")
+        parts.append(f"Observation:\n{observation}\nThought:")
+        return "\n\n".join(parts)
+
+    def _chat(self, instruction: str, shown: list[Turn], omitted: int, observation: str) -> ChatMessages:
+        system = self._header(instruction)
+        if self.example is not None:
+            system += f"\n\nExample:\nObservation:\n{self.example.observation}\n{self.example.reply}"
+        messages = [{"role": "system", "content": system}]
+        for index, turn in enumerate(shown):
+            prefix = f"({omitted} earlier steps not shown)\n" if index == 0 and omitted else ""
+            messages.append({"role": "user", "content": f"{prefix}Observation:\n{turn.observation}"})
+            messages.append({"role": "assistant", "content": turn.reply})
+        prefix = f"({omitted} earlier steps not shown)\n" if not shown and omitted else ""
+        messages.append({"role": "user", "content": f"{prefix}Observation:\n{observation}"})
+        return messages
+
+
+def example_from_expert(env: TextEnv, task: Task) -> Turn | None:
+    """A one-step worked example from the environment's expert demonstration of ``task``.
+
+    Returns ``None`` when the environment has no demonstrations.
+    """
+    actions = expert_actions(env, task)
+    if not actions:
+        return None
+    observation, _info = env.reset(task)
+    action = actions[0]
+    reply = f"Thought: Looking at the positions, '{action}' brings me closer to the goal.\nAction: {action}"
+    return Turn(observation=observation, reply=reply)

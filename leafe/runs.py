@@ -1,0 +1,195 @@
+"""Run directories: where every command writes, and what makes it resumable.
+
+    runs/<name>/
+      config.yaml      the resolved config (after overrides)
+      meta.json        seed, package versions, git commit, every invocation
+      leafe.log        the log of every invocation
+      episodes.jsonl   one finished trajectory per line, appended as episodes end
+      ...              command artifacts (metrics.json, passk.png, summary.md)
+
+Re-running a command on an existing run directory resumes it: finished records are read back
+and skipped. A run directory refuses a config that would change results (another model, seed,
+temperature, ...) unless ``fresh=True``; fields that only change how much is done or how it is
+reported (task count, n, ks, batch size) may change between invocations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from leafe.config import ConfigError, ExperimentConfig, config_to_yaml
+
+logger = logging.getLogger(__name__)
+
+# Fields that may differ between invocations of one run: they change how much is done, where,
+# or how results are summarised, never what a finished episode contains.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir",
+        "eval.num_tasks",
+        "eval.samples_per_task",
+        "eval.ks",
+        "eval.num_bootstrap",
+        "eval.confidence",
+        "policy.device",
+        "policy.max_batch_size",
+        "rollout.max_concurrent_episodes",
+    }
+)
+
+_VERSIONED_PACKAGES = ("leafe", "torch", "transformers", "numpy", "gguf", "gym-sokoban")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted fields whose values differ between two config dicts, as ``field: old -> new``."""
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    return [
+        f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
+        for key in sorted(set(old_flat) | set(new_flat))
+        if old_flat.get(key) != new_flat.get(key)
+    ]
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide results (without importing them)."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a kill leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record and force it to disk (a finished result survives a kill).
+
+    A torn last line left by a killed writer is closed off first, so it stays a single
+    unreadable line that :func:`read_jsonl` skips instead of corrupting this record.
+    """
+    with path.open("ab+") as handle:
+        handle.seek(0, os.SEEK_END)
+        torn = False
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+        handle.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file; torn lines (a writer killed mid-line) are skipped."""
+    if not path.exists():
+        return
+    with path.open() as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s:%d: skipping a torn record (a run was killed while writing it)", path, number)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """An opened run directory."""
+
+    path: Path
+    resumed: bool
+
+    @classmethod
+    def open(cls, cfg: ExperimentConfig, command: str, fresh: bool = False) -> RunDir:
+        """Create or resume ``cfg.run_dir`` for ``command``; set up logging into it.
+
+        Raises:
+            ConfigError: the directory holds a run whose config differs in a field that
+                changes results (and ``fresh`` is False).
+        """
+        path = cfg.run_dir
+        config_file = path / "config.yaml"
+        new = cfg.model_dump(mode="json")
+        resumed = False
+        if fresh and path.exists():
+            shutil.rmtree(path)
+        elif config_file.exists():
+            old = yaml.safe_load(config_file.read_text()) or {}
+            blocking = [c for c in config_changes(old, new) if c.split(":")[0] not in RESUMABLE_CHANGES]
+            if blocking:
+                raise ConfigError(
+                    f"run directory {path} holds a run with a different config:\n  "
+                    + "\n  ".join(blocking)
+                    + "\nchoose another name (name=...) or pass --fresh to delete the old run"
+                )
+            resumed = True
+        path.mkdir(parents=True, exist_ok=True)
+        write_atomic(config_file, config_to_yaml(cfg))
+        meta_file = path / "meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"seed": cfg.seed, "invocations": []}
+        meta["invocations"].append(
+            {
+                "command": command,
+                "argv": sys.argv,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "resumed": resumed,
+                "versions": package_versions(),
+                "git_commit": _git_commit(),
+                "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "system": platform.system()},
+            }
+        )
+        write_atomic(meta_file, json.dumps(meta, indent=2))
+        _log_to(path / "leafe.log")
+        return cls(path=path, resumed=resumed)
+
+
+def _log_to(log_file: Path) -> None:
+    root = logging.getLogger("leafe")
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)

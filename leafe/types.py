@@ -1,0 +1,135 @@
+"""The objects that cross layers: tasks, steps and trajectories.
+
+Everything here is a plain frozen dataclass that round-trips through JSON
+(``to_dict`` / ``from_dict``), so a trajectory written by one command can be read
+by any later one (evaluation, exploration, SFT data building, the viewer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Task:
+    """One environment instance to solve.
+
+    Attributes:
+        task_id: unique within an environment, stable across runs (e.g. ``"sokoban/test/0007"``).
+        split: ``"train"`` or ``"test"``; the two splits of one task source never share a task.
+        params: environment-specific, JSON-serialisable parameters that fully determine the
+            instance (for Sokoban: the generation seed and room settings).
+    """
+
+    task_id: str
+    split: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        return cls(task_id=data["task_id"], split=data["split"], params=dict(data.get("params", {})))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One agent turn: the model saw ``prompt``, wrote ``completion``, and the environment answered.
+
+    Attributes:
+        prompt: the exact text (or rendered chat) the model was conditioned on.
+        completion: the model's raw output, stop sequence removed.
+        action: the parsed action, or ``None`` when the completion had no parseable action
+            (then the environment was not stepped and ``observation`` is the format feedback).
+        observation: what the agent sees next (environment observation and/or feedback).
+        reward: reward returned by the environment for this step (0.0 when not stepped).
+        terminated: the environment reached a terminal state (success or dead end).
+        truncated: the episode was cut by the interaction budget at this step.
+        prompt_tokens: tokens in ``prompt``.
+        completion_tokens: tokens generated for ``completion``.
+        info: environment info for this step (JSON-serialisable).
+    """
+
+    prompt: str
+    completion: str
+    action: str | None
+    observation: str
+    reward: float
+    terminated: bool
+    truncated: bool
+    prompt_tokens: int
+    completion_tokens: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Step:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One episode of one task.
+
+    Attributes:
+        task: the task that was played.
+        sample_index: which of the n independent samples of this task this is (0-based).
+        seed: the sampling seed the episode used (derived from the run seed, task and sample).
+        instruction: the task statement shown to the agent.
+        initial_observation: observation returned by ``reset``.
+        steps: the turns, in order.
+        success: the environment reported success (``info["success"]``) at the last step.
+    """
+
+    task: Task
+    sample_index: int
+    seed: int
+    instruction: str
+    initial_observation: str
+    steps: tuple[Step, ...]
+    success: bool
+
+    @property
+    def total_reward(self) -> float:
+        return float(sum(step.reward for step in self.steps))
+
+    @property
+    def actions(self) -> list[str]:
+        """The actions that reached the environment, in order (unparseable turns skipped)."""
+        return [step.action for step in self.steps if step.action is not None]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(step.prompt_tokens for step in self.steps)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(step.completion_tokens for step in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task.to_dict(),
+            "sample_index": self.sample_index,
+            "seed": self.seed,
+            "instruction": self.instruction,
+            "initial_observation": self.initial_observation,
+            "steps": [step.to_dict() for step in self.steps],
+            "success": self.success,
+            "total_reward": self.total_reward,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trajectory:
+        return cls(
+            task=Task.from_dict(data["task"]),
+            sample_index=int(data["sample_index"]),
+            seed=int(data["seed"]),
+            instruction=data["instruction"],
+            initial_observation=data["initial_observation"],
+            steps=tuple(Step.from_dict(s) for s in data["steps"]),
+            success=bool(data["success"]),
+        )

@@ -1,0 +1,83 @@
+"""Config loading: every field validated, errors name the field, overrides, shipped configs."""
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from leafe.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, load_config
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_comment_every_field(path):
+    load_config(path)
+    text = path.read_text()
+    assert text.splitlines()[0].startswith("# Launch: leafe ")
+    for line in text.splitlines():
+        if re.match(r"^\s*[A-Za-z_]+:", line):
+            assert "#" in line, f"{path.name}: field without a comment: {line.strip()}"
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("policy.temprature=0.5", "policy.temprature"),
+        ("policy.temperature=9", "policy.temperature"),
+        ("eval.samples_per_task=0", "eval.samples_per_task"),
+        ("env.dim=[3, 6]", "env.dim"),
+        ("rollout.prompt_format=xml", "rollout.prompt_format"),
+        ("eval.ks=[1, 64]", "eval.ks"),
+        ("nmae=oops", "nmae"),
+    ],
+)
+def test_bad_field_is_named(override, field):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(apply_overrides({}, [override]))
+    assert field in str(error.value)
+
+
+def test_misspelling_gets_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'temperature'"):
+        config_from_dict({"policy": {"temprature": 0.5}})
+
+
+def test_overrides_parse_yaml_values_and_nest():
+    cfg = config_from_dict(apply_overrides({"policy": {"temperature": 0.1}}, ["policy.temperature=1.5", "eval.ks=[4,1,4]", "eval.samples_per_task=4"]))
+    assert cfg.policy.temperature == 1.5
+    assert cfg.eval.ks == (1, 4)
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        apply_overrides({}, ["policy.temperature"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+
+
+def test_config_is_frozen():
+    cfg = ExperimentConfig()
+    with pytest.raises(Exception):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+def test_cli_rejects_bad_field_in_under_a_second(tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text("policy:\n  temprature: 0.5\n")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "leafe.cli", "eval", str(config)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 2
+    assert "policy.temprature" in result.stderr and "Traceback" not in result.stderr
+    assert elapsed < 1.0, f"config error took {elapsed:.2f}s"
