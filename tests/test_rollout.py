@@ -1,0 +1,90 @@
+"""The multi-turn loop, driven by a scripted policy on a tiny deterministic line world."""
+
+from leafe.policy.base import Generation, SamplingParams
+from leafe.prompting import Prompter
+from leafe.rollout import EpisodeJob, derive_seed, make_jobs, run_episodes
+from leafe.types import Task, Trajectory
+from tests.line_world import LineWorld
+
+
+class ScriptedPolicy:
+    """Answers each request with the next reply of a fixed script (per episode seed)."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script = script
+        self.batches = []
+
+    def generate(self, requests, params):
+        self.batches.append([r.seed for r in requests])
+        out = []
+        for request in requests:
+            turn = request.prompt.count("Observation:") - 1
+            text = self.script[min(turn, len(self.script) - 1)]
+            out.append(Generation(text=text, prompt_text=request.prompt, prompt_tokens=len(request.prompt), completion_tokens=len(text), finish_reason="stop"))
+        return out
+
+
+def _play(script, goal=2, max_steps=5, n=1, max_concurrent=64, history_window=10):
+    tasks = [Task("line/0", "test", {"goal": goal})]
+    finished: list[Trajectory] = []
+    policy = ScriptedPolicy(script)
+    result = run_episodes(
+        make_jobs(tasks, n, run_seed=0), LineWorld, policy, Prompter(history_window=history_window),
+        SamplingParams(), max_steps=max_steps, max_concurrent=max_concurrent, on_finish=finished.append,
+    )
+    return result, finished, policy
+
+
+def test_success_terminates_and_records_everything():
+    result, finished, _ = _play([" go\nAction: right"])
+    (trajectory,) = result
+    assert finished == result
+    assert trajectory.success and len(trajectory.steps) == 2
+    assert trajectory.steps[-1].terminated and not trajectory.steps[-1].truncated
+    assert trajectory.actions == ["right", "right"]
+    assert trajectory.steps[0].prompt.endswith("Observation:\nYou are at 0.\nThought:")
+    assert trajectory.prompt_tokens == sum(len(s.prompt) for s in trajectory.steps)
+    assert trajectory.total_reward == 1.0
+
+
+def test_unparseable_reply_costs_a_turn_and_becomes_feedback():
+    result, _, _ = _play(["I don't know", " ok\nAction: right"], goal=1)
+    (trajectory,) = result
+    first, second = trajectory.steps
+    assert first.action is None and "no 'Action:' line" in first.observation
+    assert first.info == {"parse_error": True}
+    assert second.action == "right" and trajectory.success
+    assert "no 'Action:' line" in second.prompt
+
+
+def test_budget_truncates_failed_episode():
+    result, _, _ = _play([" hmm\nAction: left"], max_steps=3)
+    (trajectory,) = result
+    assert len(trajectory.steps) == 3 and not trajectory.success
+    assert trajectory.steps[-1].truncated and not any(s.truncated for s in trajectory.steps[:-1])
+
+
+def test_invalid_action_is_environment_feedback_not_a_crash():
+    result, _, _ = _play([" x\nAction: jump", " y\nAction: right"], goal=1)
+    assert result[0].steps[0].observation.startswith("Invalid action: 'jump'")
+    assert result[0].success
+
+
+def test_concurrency_cap_and_per_turn_seeds():
+    result, _, policy = _play([" go\nAction: right"], n=5, max_concurrent=2)
+    assert len(result) == 5 and all(t.success for t in result)
+    assert max(len(batch) for batch in policy.batches) == 2
+    seeds = [seed for batch in policy.batches for seed in batch]
+    assert len(set(seeds)) == len(seeds) == 10
+    assert derive_seed(result[0].seed, 0) in seeds
+
+
+def test_jobs_have_stable_distinct_seeds():
+    tasks = [Task(f"t/{i}", "test") for i in range(3)]
+    jobs = make_jobs(tasks, 4, run_seed=7)
+    assert len({job.seed for job in jobs}) == 12
+    assert jobs == make_jobs(tasks, 4, run_seed=7)
+    assert jobs != make_jobs(tasks, 4, run_seed=8)
+    assert isinstance(jobs[0], EpisodeJob) and jobs[0].seed == derive_seed(7, "t/0", 0)
