@@ -70,3 +70,13 @@ class NumpyInfo(SnapshotLineWorld):
 def test_broken_env_is_caught(env_class, check):
     with pytest.raises(EnvCheckError, match=check):
         check_env(env_class, TASKS)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_sokoban_from_config_passes_check_env(split):
+    from leafe.config import config_from_dict
+    from leafe.envs import build_env
+
+    make_env, tasks = build_env(config_from_dict({}).env)
+    report = check_env(make_env, tasks.tasks(split, 10))
+    assert report.tasks_checked == 10 and report.snapshot_checked and report.experts_checked == 10
