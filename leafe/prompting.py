@@ -76,7 +76,7 @@ class Prompter:
     @property
     def stop(self) -> tuple[str, ...]:
         """Stop strings: the model must not write the next observation itself."""
-        return ("\nObservation", "\nThought:") if self.prompt_format == "completion" else ()
+        return ("\nObservation", "\nThought:", "\n\n") if self.prompt_format == "completion" else ()
 
     def reply(self, completion: str) -> str:
         """The reply as later prompts show it: ``Thought: ...`` up to the ``Action:`` line."""

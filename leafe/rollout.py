@@ -44,11 +44,15 @@ class EpisodeJob:
 
 @dataclass
 class _Episode:
+    """An episode in flight. ``observation`` is what the agent sees next (possibly format
+    feedback); ``env_observation`` is the environment's latest observation."""
+
     job: EpisodeJob
     env: TextEnv
     instruction: str
     initial_observation: str
     observation: str
+    env_observation: str
     turns: list[Turn] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     success: bool = False
@@ -74,6 +78,7 @@ def _start(job: EpisodeJob, make_env: Callable[[], TextEnv]) -> _Episode:
         instruction=str(info.get("instruction", "")),
         initial_observation=observation,
         observation=observation,
+        env_observation=observation,
     )
 
 
@@ -141,10 +146,11 @@ def _advance(episode: _Episode, generation: Generation, prompter: Prompter, max_
     action = parse_action(completion)
     reward, terminated, env_truncated, info = 0.0, False, False, {}
     if action is None:
-        observation = missing_action_feedback(episode.observation)
+        observation = missing_action_feedback(episode.env_observation)
         info = {"parse_error": True}
     else:
         observation, reward, terminated, env_truncated, info = episode.env.step(action)
+        episode.env_observation = observation
         episode.success = bool(info.get("success", False))
     truncated = not terminated and (env_truncated or len(episode.steps) + 1 >= max_steps)
     episode.turns.append(Turn(observation=episode.observation, reply=prompter.reply(completion)))

@@ -59,6 +59,12 @@ def test_unparseable_reply_costs_a_turn_and_becomes_feedback():
     assert "no 'Action:' line" in second.prompt
 
 
+def test_repeated_parse_failures_do_not_stack_feedback():
+    result, _, _ = _play(["no idea"], max_steps=3)
+    last = result[0].steps[-1].observation
+    assert last.count("no 'Action:' line") == 1 and last.endswith("You are at 0.")
+
+
 def test_budget_truncates_failed_episode():
     result, _, _ = _play([" hmm\nAction: left"], max_steps=3)
     (trajectory,) = result
