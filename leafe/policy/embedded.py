@@ -190,35 +190,15 @@ def _file_lock(path: Path) -> Iterator[None]:
 def _load_gguf_model(folder: Path, name: str):
     """Load the GGUF as a dequantized float32 ``PreTrainedModel``.
 
-    With ``accelerate`` installed this is ``from_pretrained(folder, gguf_file=name, dtype=float32,
-    quantization_config=GgufConfig(dequantize=True))``; ``dequantize=True`` matters, without it the
-    model stays marked quantized and cannot be saved or fine-tuned. transformers refuses
-    ``gguf_file=`` without ``accelerate``, so then the same reader is called directly
-    (``load_gguf_checkpoint``) and its tensors are loaded into a model built from the GGUF's
-    config. Both give byte-identical safetensors (checked with transformers 5.23).
+    ``dequantize=True`` matters: without it the model stays marked quantized and can be neither
+    saved nor fine-tuned. (transformers needs ``accelerate`` installed for ``gguf_file=``.)
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GgufConfig
-    from transformers.utils import is_accelerate_available
+    from transformers import AutoModelForCausalLM, GgufConfig
 
-    if is_accelerate_available():
-        return AutoModelForCausalLM.from_pretrained(
-            str(folder), gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
-        )
-
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    config = AutoConfig.from_pretrained(str(folder), gguf_file=name)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(
-        str(folder / name), return_tensors=True, model_to_load=model, torch_dtype=torch.float32
-    )["tensors"]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"GGUF weights do not fit the model: missing={missing}, unexpected={unexpected}")
-    model.tie_weights()
-    return model
+    return AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
 
 
 def _convert(gguf: Path, dest: Path) -> None:
