@@ -1,0 +1,125 @@
+"""The `leafe` command end to end: real environment, real models, real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "sokoban_quickstart.yaml"
+
+
+def _leafe(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leafe.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _episodes(run_dir: Path) -> dict[tuple[str, int], dict]:
+    records = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    keyed = {(r["task"]["task_id"], r["sample_index"]): r for r in records}
+    assert len(keyed) == len(records), "an episode was recorded twice"
+    return keyed
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
+    """A randomly initialised 2-layer Llama saved as a Hugging Face directory (real tokenizer)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _tiny_args(model_dir: Path, out: Path, name: str) -> list[str]:
+    return [
+        str(QUICKSTART), f"name={name}", f"output_dir={out}", f"policy.model={model_dir}",
+        "eval.num_tasks=6", "eval.samples_per_task=4", "eval.ks=[1,2,4]", "rollout.max_steps=4",
+        "rollout.max_concurrent_episodes=2", "policy.max_new_tokens=12", "policy.temperature=1.0",
+    ]
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    reference = _leafe("eval", *_tiny_args(tiny_model_dir, tmp_path, "reference"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = _episodes(tmp_path / "reference")
+    assert len(expected) == 24
+
+    args = [sys.executable, "-m", "leafe.cli", "eval", *_tiny_args(tiny_model_dir, tmp_path, "killed")]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    episodes_file = tmp_path / "killed" / "episodes.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if episodes_file.exists() and len(episodes_file.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    done_before = len(_episodes(tmp_path / "killed"))
+    assert 6 <= done_before < 24
+
+    resumed = _leafe("eval", *_tiny_args(tiny_model_dir, tmp_path, "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert metrics["details"]["throughput_this_invocation"]["episodes"] == 24 - done_before
+
+    got = _episodes(tmp_path / "killed")
+    assert got.keys() == expected.keys()
+    for key, record in expected.items():
+        assert [s["completion"] for s in got[key]["steps"]] == [s["completion"] for s in record["steps"]], key
+    reference_metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert metrics["mean"] == reference_metrics["mean"] and metrics["ci_low"] == reference_metrics["ci_low"]
+
+
+def test_changed_config_refuses_the_old_run_dir(tiny_model_dir, tmp_path):
+    args = _tiny_args(tiny_model_dir, tmp_path, "r") + ["eval.num_tasks=1", "eval.samples_per_task=1", "eval.ks=[1]", "rollout.max_steps=1"]
+    assert _leafe("eval", *args).returncode == 0
+    changed = _leafe("eval", *args, "policy.temperature=0.3")
+    assert changed.returncode == 2 and "policy.temperature" in changed.stderr and "Traceback" not in changed.stderr
+
+
+@pytest.mark.slow
+def test_eval_with_the_embedded_model_writes_every_artifact(tmp_path):
+    result = _leafe(
+        "eval", str(QUICKSTART), "name=e2e", f"output_dir={tmp_path}", "eval.num_tasks=2", "eval.samples_per_task=2",
+        "eval.ks=[1,2]", "rollout.max_steps=2", "policy.max_new_tokens=24",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "e2e"
+    for name in ("config.yaml", "meta.json", "leafe.log", "episodes.jsonl", "metrics.json", "passk.png", "summary.md"):
+        assert (run / name).exists(), name
+    assert "Pass@k" in result.stdout
+    episodes = _episodes(run)
+    assert len(episodes) == 4
+    for record in episodes.values():
+        assert 1 <= len(record["steps"]) <= 2
+        for step in record["steps"]:
+            assert step["prompt"].endswith("Thought:") and step["prompt_tokens"] > 50
+            assert 0 < step["completion_tokens"] <= 24
+            assert step["observation"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ks"] == [1, 2] and len(metrics["mean"]) == 2
+    assert metrics["details"]["throughput_this_invocation"]["generated_tokens_per_s"] > 0
+
+
+def test_check_env_command():
+    result = _leafe("check-env", str(QUICKSTART), "--tasks", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("OK") == 2
