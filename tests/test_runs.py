@@ -49,3 +49,14 @@ def test_jsonl_skips_torn_last_line(tmp_path):
     append_jsonl(path, {"a": 4})  # a resumed run appends after the torn line
     assert [r["a"] for r in read_jsonl(path)] == [1, 2, 4]
     assert list(read_jsonl(tmp_path / "missing.jsonl")) == []
+
+
+def test_write_atomic_replaces_and_keeps_normal_permissions(tmp_path):
+    from leafe.runs import write_atomic
+
+    target = tmp_path / "nested" / "out.txt"
+    write_atomic(target, "one")
+    write_atomic(target, b"two")
+    assert target.read_text() == "two"
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in target.parent.iterdir()] == ["out.txt"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def plot_pass_at_k(curves: Mapping[str, PassAtK], path: str | os.PathLike[str], 
         mean = [100 * x for x in result.mean]
         low = [100 * x for x in result.ci_low]
         high = [100 * x for x in result.ci_high]
-        (line,) = ax.plot(result.ks, mean, marker="o", linewidth=2, markersize=6, clip_on=False)
+        (line,) = ax.plot(result.ks, mean, marker="o", linewidth=2, markersize=6)
         band = ax.fill_between(result.ks, low, high, color=line.get_color(), alpha=0.18, lw=0)
         handles.append(((band, line), name))
 
@@ -92,7 +91,8 @@ def plot_pass_at_k(curves: Mapping[str, PassAtK], path: str | os.PathLike[str], 
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([str(k) for k in ks])
     ax.set_xlim(ks[0] / 2**0.3, ks[-1] * 2**0.3)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(-3, 103)  # headroom so 0% and 100% points do not sit on the frame
+    ax.yaxis.set_major_locator(FixedLocator(range(0, 101, 20)))
     ax.set_xlabel("k (attempts per task)")
     ax.set_ylabel("Pass@k (%)")
     ax.set_title(title)
