@@ -35,23 +35,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_policy(cfg: ExperimentConfig):
+    from leafe.policy import load_policy
+
+    try:
+        return load_policy(
+            cfg.policy.backend,
+            cfg.policy.model,
+            device=cfg.policy.device,
+            dtype=cfg.policy.dtype,
+            max_batch_size=cfg.policy.max_batch_size,
+        )
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"policy.model: cannot load {cfg.policy.model!r} with backend {cfg.policy.backend!r}: {reason}\n"
+            "  use 'smollm2-135m-instruct' (embedded), a local Hugging Face model directory, or a hub id "
+            "that is in the local cache or reachable"
+        ) from None
+
+
 def _eval(cfg: ExperimentConfig, fresh: bool) -> None:
     from leafe.envs import build_env
     from leafe.eval.evaluate import evaluate
-    from leafe.policy import load_policy
     from leafe.runs import RunDir
 
+    # Build everything that can fail on bad input before the run directory records the config.
+    make_env, task_source = build_env(cfg.env)
+    policy = _load_policy(cfg)
     run = RunDir.open(cfg, command="eval", fresh=fresh)
     if run.resumed:
         print(f"resuming {run.path}", file=sys.stderr)
-    make_env, task_source = build_env(cfg.env)
-    policy = load_policy(
-        cfg.policy.backend,
-        cfg.policy.model,
-        device=cfg.policy.device,
-        dtype=cfg.policy.dtype,
-        max_batch_size=cfg.policy.max_batch_size,
-    )
     evaluate(cfg, run, policy, make_env, task_source)
     print(f"report: {run.path / 'summary.md'}  plot: {run.path / 'passk.png'}")
 

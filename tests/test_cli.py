@@ -123,3 +123,10 @@ def test_check_env_command():
     result = _leafe("check-env", str(QUICKSTART), "--tasks", "5")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("OK") == 2
+
+
+def test_unloadable_model_is_a_clear_error_and_leaves_no_run_dir(tmp_path):
+    result = _leafe("eval", str(QUICKSTART), "name=bad", f"output_dir={tmp_path}", f"policy.model={tmp_path / 'no-such-model'}")
+    assert result.returncode == 2
+    assert "policy.model" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "bad").exists()
