@@ -2,6 +2,7 @@
 
     leafe eval CONFIG [dotted.key=value ...] [--fresh]
     leafe check-env CONFIG [dotted.key=value ...] [--tasks N]
+    leafe view RUN_DIR
     leafe prepare-model [MODEL]
 
 Configs are validated before torch or transformers are imported, so a bad field fails at once.
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", help="experiment YAML (its env section is checked)")
     check.add_argument("overrides", nargs="*", help="dotted overrides")
     check.add_argument("--tasks", type=int, default=10, help="tasks per split to check")
+
+    view = commands.add_parser("view", help="write RUN_DIR/view.html: a static page showing what the agent did")
+    view.add_argument("run_dir", help="a run directory (e.g. runs/sokoban-quickstart)")
 
     prepare = commands.add_parser("prepare-model", help="convert/cache a model so later runs start fast")
     prepare.add_argument("model", nargs="?", default=None, help="model alias, directory or hub id (default: embedded)")
@@ -94,12 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare-model":
             _prepare_model(args.model)
             return 0
+        if args.command == "view":
+            from leafe.viewer import write_view
+
+            print(write_view(args.run_dir))
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "eval":
             _eval(cfg, args.fresh)
         elif args.command == "check-env":
             _check_env(cfg, args.tasks)
-    except ConfigError as error:
+    except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

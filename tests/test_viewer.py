@@ -1,0 +1,62 @@
+"""`leafe view`: the static page renders in a real headless browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from leafe.policy.base import SamplingParams
+from leafe.prompting import Prompter
+from leafe.rollout import make_jobs, run_episodes
+from leafe.runs import append_jsonl
+from leafe.types import Task
+from leafe.viewer import episodes_payload, write_view
+from tests.line_world import LineWorld
+from tests.test_rollout import ScriptedPolicy
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _run_dir(tmp_path):
+    tasks = [Task(f"line/{goal}", "test", {"goal": goal}) for goal in (1, 2)]
+    script = ["hmm </script><b>bold</b>", " go\nAction: right"]
+    for trajectory in run_episodes(make_jobs(tasks, 3, 0), LineWorld, ScriptedPolicy(script), Prompter(), SamplingParams(), max_steps=3):
+        append_jsonl(tmp_path / "episodes.jsonl", trajectory.to_dict())
+    return tmp_path
+
+
+def test_payload_groups_by_task(tmp_path):
+    from leafe.runs import read_jsonl
+
+    payload = episodes_payload(read_jsonl(_run_dir(tmp_path) / "episodes.jsonl"))
+    assert [task["task_id"] for task in payload] == ["line/1", "line/2"]
+    assert [e["sample_index"] for e in payload[0]["episodes"]] == [0, 1, 2]
+    assert [len(e["steps"]) for e in payload[0]["episodes"]] == [2, 2, 2]
+    assert [len(e["steps"]) for e in payload[1]["episodes"]] == [3, 3, 3]
+    assert "prompt" not in payload[0]["episodes"][0]["steps"][0]
+
+
+def test_missing_episodes_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no episodes.jsonl"):
+        write_view(tmp_path)
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed (CI installs it)")
+def test_page_renders_in_headless_chromium(tmp_path):
+    page = write_view(_run_dir(tmp_path))
+    assert CHROMIUM is not None, "CI must install chromium (see .ci/run)"
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    dom = result.stdout
+    assert dom.count('data-task="') == 2, result.stderr[-2000:]
+    assert dom.count('class="episode"') == 3  # the first task is shown
+    assert "3/3 solved" in dom and "line/1" in dom
+    assert "hmm &lt;/script&gt;&lt;b&gt;bold" in dom  # model text is shown as text...
+    assert "<b>bold</b>" not in dom  # ...never as markup
