@@ -14,8 +14,9 @@ Two prompt formats:
   assistant (reply) messages, rendered by the backend with the model's chat template. The usual
   choice for larger instruction-tuned models.
 
-The prompt holds the task statement, an optional one-step worked example, the last
-``history_window`` turns and the current observation.
+The prompt holds the task statement, an optional one-step worked example, optional experience
+summaries (lessons from earlier attempts, LEAFE stage 1), the last ``history_window`` turns and
+the current observation.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from leafe.policy.base import ChatMessages, Prompt
 from leafe.types import Task
 
 FORMAT_RULE = 'Answer with one line "Thought: <brief reasoning>" and then one line "Action: <action>".'
+EXPERIENCE_HEADER = "Lessons from your earlier attempts at this task:"
 
 _ACTION_PATTERN = re.compile(r"^\W*action\W*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 
@@ -89,21 +91,30 @@ class Prompter:
                 return "\n".join(lines[: index + 1])
         return text
 
-    def build(self, instruction: str, history: Sequence[Turn], observation: str) -> Prompt:
-        """The prompt for the next turn, given the full history of the episode so far."""
+    def build(
+        self, instruction: str, history: Sequence[Turn], observation: str, experience: Sequence[str] = ()
+    ) -> Prompt:
+        """The prompt for the next turn, given the full history of the episode so far.
+
+        ``experience``: summaries of earlier attempts, shown as a list of lessons before the
+        history (completion format) or at the end of the system message (chat format).
+        """
         shown = list(history[len(history) - self.history_window :]) if self.history_window else []
         omitted = len(history) - len(shown)
+        lessons = "\n".join([EXPERIENCE_HEADER] + [f"- {text.strip()}" for text in experience]) if experience else ""
         if self.prompt_format == "chat":
-            return self._chat(instruction, shown, omitted, observation)
-        return self._completion(instruction, shown, omitted, observation)
+            return self._chat(instruction, shown, omitted, observation, lessons)
+        return self._completion(instruction, shown, omitted, observation, lessons)
 
     def _header(self, instruction: str) -> str:
         return f"{instruction.strip()}\n{FORMAT_RULE}"
 
-    def _completion(self, instruction: str, shown: list[Turn], omitted: int, observation: str) -> str:
+    def _completion(self, instruction: str, shown: list[Turn], omitted: int, observation: str, lessons: str) -> str:
         parts = [self._header(instruction)]
         if self.example is not None:
             parts.append(f"Example:\nObservation:\n{self.example.observation}\n{self.example.reply}\n\nNow your game.")
+        if lessons:
+            parts.append(lessons)
         if omitted:
             parts.append(f"({omitted} earlier steps not shown)")
         for turn in shown:
@@ -111,10 +122,12 @@ class Prompter:
         parts.append(f"Observation:\n{observation}\nThought:")
         return "\n\n".join(parts)
 
-    def _chat(self, instruction: str, shown: list[Turn], omitted: int, observation: str) -> ChatMessages:
+    def _chat(self, instruction: str, shown: list[Turn], omitted: int, observation: str, lessons: str) -> ChatMessages:
         system = self._header(instruction)
         if self.example is not None:
             system += f"\n\nExample:\nObservation:\n{self.example.observation}\n{self.example.reply}"
+        if lessons:
+            system += f"\n\n{lessons}"
         messages = [{"role": "system", "content": system}]
         for index, turn in enumerate(shown):
             prefix = f"({omitted} earlier steps not shown)\n" if index == 0 and omitted else ""

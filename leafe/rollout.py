@@ -12,6 +12,15 @@ budget of ``max_steps`` turns; hitting it marks the last step ``truncated``.
 Every sample is reproducible: the seed of turn t of an episode is derived from the episode's
 seed and t, and backends seed each request separately, so an episode's text does not depend on
 which other episodes shared its batch (this is what makes interrupted runs resumable).
+
+Exploration (LEAFE stage 1) uses three optional parts of a job:
+
+* ``start``: the episode begins at a rollback point, not at ``reset``: recorded prior steps and
+  an environment already rebuilt to the state after them (see :mod:`leafe.method.rollback`);
+* ``experience``: experience summaries the prompter shows in every prompt of the episode;
+* ``budget``: a :class:`Budget` shared by several episodes (all attempts at one task). A turn is
+  granted only while the budget has turns left, so its turn limit is never exceeded; episodes
+  that get no turn are cut (their last new step is marked ``truncated``).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from leafe.envs.base import TextEnv
 from leafe.policy.base import Generation, GenerationRequest, Policy, SamplingParams
@@ -33,13 +42,72 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+@dataclass
+class Budget:
+    """A spending limit shared by the episodes that hold it; counts are exact.
+
+    Attributes:
+        max_env_steps: turns allowed in all (``None``: unlimited). One agent turn is one unit,
+            including a turn whose reply had no parseable action (it still cost a model call and
+            returned feedback), the same unit as the per-episode ``max_steps``.
+        max_model_tokens: prompt + completion tokens allowed (``None``: unlimited). A model call
+            is only started while tokens are left, so the total can pass the cap by the calls of
+            one batched round at most.
+        env_steps: turns spent so far.
+        model_tokens: tokens spent so far (rollout turns, plus whatever callers charge, e.g.
+            reflections).
+    """
+
+    max_env_steps: int | None = None
+    max_model_tokens: int | None = None
+    env_steps: int = 0
+    model_tokens: int = 0
+
+    def turns_left(self) -> int | float:
+        """How many more turns may start now (0 once either limit is reached)."""
+        if self.max_model_tokens is not None and self.model_tokens >= self.max_model_tokens:
+            return 0
+        return float("inf") if self.max_env_steps is None else max(0, self.max_env_steps - self.env_steps)
+
+    def exhausted(self) -> bool:
+        return self.turns_left() == 0
+
+    def charge(self, env_steps: int = 0, model_tokens: int = 0) -> None:
+        self.env_steps += env_steps
+        self.model_tokens += model_tokens
+
+
+@dataclass(frozen=True)
+class EpisodeStart:
+    """A rollback point to start an episode from, instead of ``reset``.
+
+    Attributes:
+        env: an environment already in the state reached after ``steps`` (the caller rebuilt it).
+        instruction: the task statement.
+        initial_observation: the observation ``reset`` returned.
+        steps: the recorded turns before the branch point; they form the prompt history and the
+            first steps of the resulting trajectory.
+    """
+
+    env: TextEnv
+    instruction: str
+    initial_observation: str
+    steps: tuple[Step, ...]
+
+
 @dataclass(frozen=True)
 class EpisodeJob:
-    """One episode to play: a task, which of its n samples this is, and the episode seed."""
+    """One episode to play: a task, which of its n samples this is, and the episode seed.
+
+    ``experience``, ``start`` and ``budget`` are for exploration (see the module docstring).
+    """
 
     task: Task
     sample_index: int
     seed: int
+    experience: tuple[str, ...] = ()
+    start: EpisodeStart | None = field(default=None, compare=False)
+    budget: Budget | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -56,6 +124,7 @@ class _Episode:
     turns: list[Turn] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     success: bool = False
+    prefix_length: int = 0
 
     def finish(self) -> Trajectory:
         return Trajectory(
@@ -69,16 +138,31 @@ class _Episode:
         )
 
 
-def _start(job: EpisodeJob, make_env: Callable[[], TextEnv]) -> _Episode:
-    env = make_env()
-    observation, info = env.reset(job.task)
+def _start(job: EpisodeJob, make_env: Callable[[], TextEnv], prompter: Prompter) -> _Episode:
+    if job.start is None:
+        env = make_env()
+        observation, info = env.reset(job.task)
+        return _Episode(
+            job=job,
+            env=env,
+            instruction=str(info.get("instruction", "")),
+            initial_observation=observation,
+            observation=observation,
+            env_observation=observation,
+        )
+    start = job.start
+    seen = [start.initial_observation] + [step.observation for step in start.steps]
+    acted = [start.initial_observation] + [step.observation for step in start.steps if step.action is not None]
     return _Episode(
         job=job,
-        env=env,
-        instruction=str(info.get("instruction", "")),
-        initial_observation=observation,
-        observation=observation,
-        env_observation=observation,
+        env=start.env,
+        instruction=start.instruction,
+        initial_observation=start.initial_observation,
+        observation=seen[-1],
+        env_observation=acted[-1],
+        turns=[Turn(observation=seen[i], reply=prompter.reply(step.completion)) for i, step in enumerate(start.steps)],
+        steps=list(start.steps),
+        prefix_length=len(start.steps),
     )
 
 
@@ -91,6 +175,7 @@ def run_episodes(
     max_steps: int,
     max_concurrent: int = 64,
     on_finish: Callable[[Trajectory], None] | None = None,
+    on_step: Callable[[EpisodeJob, TextEnv], None] | None = None,
 ) -> list[Trajectory]:
     """Play every job to the end and return the trajectories in the order they finished.
 
@@ -103,6 +188,7 @@ def run_episodes(
         max_steps: interaction budget per episode (model turns, parse failures included).
         max_concurrent: episodes in flight at once (the batch the policy sees per round).
         on_finish: called with each trajectory as soon as it ends (e.g. append to JSONL).
+        on_step: called after every turn with the job and its environment (e.g. to snapshot it).
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -115,12 +201,25 @@ def run_episodes(
     pending = deque(jobs)
     active: list[_Episode] = []
     finished: list[Trajectory] = []
+
+    def finish(episode: _Episode) -> None:
+        trajectory = episode.finish()
+        finished.append(trajectory)
+        if on_finish is not None:
+            on_finish(trajectory)
+
     while pending or active:
         while pending and len(active) < max_concurrent:
-            active.append(_start(pending.popleft(), make_env))
+            active.append(_start(pending.popleft(), make_env, prompter))
+        active, cut = _grant_turns(active)
+        for episode in cut:
+            _mark_cut(episode)
+            finish(episode)
+        if not active:
+            continue
         requests = [
             GenerationRequest(
-                prompt=prompter.build(ep.instruction, ep.turns, ep.observation),
+                prompt=prompter.build(ep.instruction, ep.turns, ep.observation, ep.job.experience),
                 seed=derive_seed(ep.job.seed, len(ep.steps)),
             )
             for ep in active
@@ -128,16 +227,43 @@ def run_episodes(
         generations = policy.generate(requests, params)
         still_active = []
         for episode, generation in zip(active, generations):
+            if episode.job.budget is not None:
+                episode.job.budget.charge(env_steps=1, model_tokens=generation.prompt_tokens + generation.completion_tokens)
             _advance(episode, generation, prompter, max_steps)
+            if on_step is not None:
+                on_step(episode.job, episode.env)
             if episode.steps[-1].terminated or episode.steps[-1].truncated:
-                trajectory = episode.finish()
-                finished.append(trajectory)
-                if on_finish is not None:
-                    on_finish(trajectory)
+                finish(episode)
             else:
                 still_active.append(episode)
         active = still_active
     return finished
+
+
+def _grant_turns(active: list[_Episode]) -> tuple[list[_Episode], list[_Episode]]:
+    """Split the active episodes into those that take a turn this round and those cut by their
+    budget: in order, each budget grants as many turns as it has left."""
+    granted: dict[int, int] = {}
+    playing, cut = [], []
+    for episode in active:
+        budget = episode.job.budget
+        if budget is None:
+            playing.append(episode)
+            continue
+        used = granted.get(id(budget), 0)
+        if used < budget.turns_left():
+            granted[id(budget)] = used + 1
+            playing.append(episode)
+        else:
+            cut.append(episode)
+    return playing, cut
+
+
+def _mark_cut(episode: _Episode) -> None:
+    """Mark the episode's last own step as cut by the budget (recorded prior steps stay as they are)."""
+    if len(episode.steps) > episode.prefix_length:
+        last = episode.steps[-1]
+        episode.steps[-1] = replace(last, truncated=True, info={**last.info, "budget_exhausted": True})
 
 
 def _advance(episode: _Episode, generation: Generation, prompter: Prompter, max_steps: int) -> None:

@@ -32,3 +32,36 @@ class SnapshotLineWorld(LineWorld):
 
     def expert_actions(self, task):
         return ["right"] * task.params["goal"]
+
+
+class TrapLineWorld(SnapshotLineWorld):
+    """SnapshotLineWorld with a trap at -1: stepping onto it ends the episode unsolved (a
+    deadlock), and ``diagnose`` names the step that did it (the ``env`` reflector's capability)."""
+
+    def step(self, action):
+        if action == "left" and self.position == 0:
+            self.position = -1
+            return "You fell into the trap at -1; the game is over.", 0.0, True, False, {"success": False, "invalid_action": False, "deadlock": True}
+        return super().step(action)
+
+    def diagnose(self, task, actions):
+        from leafe.envs.sokoban_diagnosis import Diagnosis
+
+        position = 0
+        for number, action in enumerate(actions, start=1):
+            if action == "left" and position == 0:
+                return Diagnosis(number, f"At step {number} you stepped left from 0 into the trap. Instead, move right.")
+            position += {"left": -1, "right": 1}.get(action, 0)
+        return None
+
+
+class FlakyLineWorld(LineWorld):
+    """A non-deterministic LineWorld: each observation after a step carries a global tick, so
+    replaying the same actions never reproduces the recorded observations."""
+
+    ticks = 0
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = super().step(action)
+        FlakyLineWorld.ticks += 1
+        return f"{observation} (tick {FlakyLineWorld.ticks})", reward, terminated, truncated, info
