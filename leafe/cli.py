@@ -1,6 +1,7 @@
 """The ``leafe`` command: builds objects from a config and calls one function per command.
 
     leafe eval CONFIG [dotted.key=value ...] [--fresh]
+    leafe explore CONFIG [dotted.key=value ...] [--fresh]
     leafe check-env CONFIG [dotted.key=value ...] [--tasks N]
     leafe view RUN_DIR
     leafe prepare-model [MODEL]
@@ -26,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", help="dotted overrides, e.g. policy.temperature=0.5")
     evaluate.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
+    explore = commands.add_parser("explore", help="LEAFE stage 1: reflective rollback exploration trees (or a baseline)")
+    explore.add_argument("config", help="experiment YAML (its explore section)")
+    explore.add_argument("overrides", nargs="*", help="dotted overrides, e.g. explore.reflector=env")
+    explore.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+
     check = commands.add_parser("check-env", help="verify determinism, replay and snapshot/restore of an environment")
     check.add_argument("config", help="experiment YAML (its env section is checked)")
     check.add_argument("overrides", nargs="*", help="dotted overrides")
@@ -39,13 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_policy(cfg: ExperimentConfig):
+def _load_policy(cfg: ExperimentConfig, model: str | None = None, field: str = "policy.model"):
+    """The policy serving ``model`` (default ``policy.model``); a load failure names ``field``."""
     from leafe.policy import load_policy
 
+    model = model or cfg.policy.model
     try:
         return load_policy(
             cfg.policy.backend,
-            cfg.policy.model,
+            model,
             device=cfg.policy.device,
             dtype=cfg.policy.dtype,
             max_batch_size=cfg.policy.max_batch_size,
@@ -53,7 +61,7 @@ def _load_policy(cfg: ExperimentConfig):
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
-            f"policy.model: cannot load {cfg.policy.model!r} with backend {cfg.policy.backend!r}: {reason}\n"
+            f"{field}: cannot load {model!r} with backend {cfg.policy.backend!r}: {reason}\n"
             "  use 'smollm2-135m-instruct' (embedded), a local Hugging Face model directory, or a hub id "
             "that is in the local cache or reachable"
         ) from None
@@ -72,6 +80,22 @@ def _eval(cfg: ExperimentConfig, fresh: bool) -> None:
         print(f"resuming {run.path}", file=sys.stderr)
     evaluate(cfg, run, policy, make_env, task_source)
     print(f"report: {run.path / 'summary.md'}  plot: {run.path / 'passk.png'}")
+
+
+def _explore(cfg: ExperimentConfig, fresh: bool) -> None:
+    from leafe.envs import build_env
+    from leafe.method.explore_run import run_exploration
+    from leafe.runs import RunDir
+    from leafe.viewer import write_view
+
+    make_env, task_source = build_env(cfg.env)
+    policy = _load_policy(cfg)
+    reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model") if cfg.explore.reflector == "model" else None
+    run = RunDir.open(cfg, command="explore", fresh=fresh)
+    if run.resumed:
+        print(f"resuming {run.path}", file=sys.stderr)
+    run_exploration(cfg, run, policy, make_env, task_source, reflector_policy)
+    print(f"summary: {run.path / 'explore_summary.md'}  trees: {write_view(run.path)}")
 
 
 def _check_env(cfg: ExperimentConfig, count: int) -> None:
@@ -106,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.command == "eval":
             _eval(cfg, args.fresh)
+        elif args.command == "explore":
+            _explore(cfg, args.fresh)
         elif args.command == "check-env":
             _check_env(cfg, args.tasks)
     except (ConfigError, FileNotFoundError) as error:

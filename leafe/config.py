@@ -87,6 +87,37 @@ class EvalConfig(_Section):
         return tuple(sorted(set(value)))
 
 
+class ExploreConfig(_Section):
+    """LEAFE stage 1 (``leafe explore``): which method, on which tasks, with which knobs.
+
+    All fields after ``reflector_model`` map one to one onto
+    :class:`leafe.method.explore.ExploreSettings` (documented there); the paper gives none of
+    their values.
+    """
+
+    method: Literal["leafe", "independent", "refinement"] = "leafe"
+    split: Literal["train", "test"] = "train"
+    num_tasks: int = Field(8, ge=1, le=100000)
+    reflector_model: str | None = None
+    reflector: Literal["self", "model", "env"] = "self"
+    trigger: Literal["interval", "feedback"] = "interval"
+    reflect_every: int = Field(4, ge=1)
+    max_reflections_per_node: int = Field(2, ge=1)
+    max_depth: int = Field(3, ge=0)
+    max_branches_per_node: int = Field(2, ge=1)
+    max_env_steps: int = Field(100, ge=1)
+    max_model_tokens: int | None = Field(None, ge=1)
+    max_reflection_attempts: int = Field(3, ge=1)
+    reflection_max_new_tokens: int = Field(64, ge=1)
+    experience_window: int = Field(3, ge=1)
+    max_tasks_in_flight: int = Field(16, ge=1)
+    restart: bool = True
+
+    def settings_fields(self) -> dict[str, Any]:
+        """The fields that make up ``ExploreSettings``."""
+        return self.model_dump(exclude={"method", "split", "num_tasks", "reflector_model"})
+
+
 class ExperimentConfig(_Section):
     """A whole experiment. ``output_dir/name`` is its run directory."""
 
@@ -97,6 +128,7 @@ class ExperimentConfig(_Section):
     policy: PolicyConfig = PolicyConfig()
     rollout: RolloutConfig = RolloutConfig()
     eval: EvalConfig = EvalConfig()
+    explore: ExploreConfig = ExploreConfig()
 
     def check_consistency(self) -> None:
         """Cross-field rules that single-field validators cannot see."""
@@ -105,6 +137,8 @@ class ExperimentConfig(_Section):
                 f"eval.ks: k={max(self.eval.ks)} exceeds eval.samples_per_task="
                 f"{self.eval.samples_per_task}; Pass@k needs n >= k samples per task"
             )
+        if self.explore.reflector == "model" and not self.explore.reflector_model:
+            raise ConfigError("explore.reflector_model: required when explore.reflector is 'model'")
         if self.env.min_solution_length > self.env.max_solution_length:
             raise ConfigError("env.min_solution_length: must not exceed env.max_solution_length")
 

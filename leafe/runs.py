@@ -49,6 +49,8 @@ RESUMABLE_CHANGES = frozenset(
         "policy.device",
         "policy.max_batch_size",
         "rollout.max_concurrent_episodes",
+        "explore.num_tasks",
+        "explore.max_tasks_in_flight",
     }
 )
 

@@ -1,9 +1,12 @@
 """``leafe view RUN_DIR``: one static HTML page showing what the agent did.
 
 The page is self-contained (inline CSS, JS and data; no server, no network): open it from disk.
-For every task it lists the episodes with their outcome, and for every step the model's reply,
-the parsed action and the environment's answer. Prompts are left out (they are in
-``episodes.jsonl``): the page shows what happened, not what the model was fed.
+For an evaluation run (``episodes.jsonl``) it lists every task's episodes with their outcome;
+for an exploration run (``trees.jsonl``) it draws every task's experience tree: each branch
+under its parent, headed by the reflection that created it (rollback step, experience summary,
+reflector), so it is clear at a glance why a branch exists and how it ended. For every step it
+shows the model's reply, the parsed action and the environment's answer. Prompts are left out
+(they are in the JSONL files): the page shows what happened, not what the model was fed.
 """
 
 from __future__ import annotations
@@ -63,6 +66,50 @@ def episodes_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [tasks[task_id] for task_id in sorted(tasks)]
 
 
+def _reflection_view(reflection: dict[str, Any] | None) -> dict[str, Any] | None:
+    if reflection is None:
+        return None
+    return {
+        "rollback_step": reflection["rollback_step"],
+        "summary": reflection["experience_summary"],
+        "reflector": reflection["reflector"],
+        "at_step": reflection["at_step"],
+        "trigger": reflection.get("trigger", ""),
+    }
+
+
+def trees_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Experience-tree records (``ExperienceTree.to_dict()``) as the page shows them, by task id."""
+    tasks = []
+    for record in records:
+        nodes = [
+            {
+                "id": node["node_id"],
+                "parent": node["parent_id"],
+                "depth": node["depth"],
+                "outcome": node["outcome"],
+                "prefix_length": node["prefix_length"],
+                "rollback": node["rollback"],
+                "replay_mismatch": node["replay_mismatch"],
+                "spawned_by": _reflection_view(node["spawned_by"]),
+                "reflections": [_reflection_view(r) for r in node.get("reflections", [])],
+                "steps": [_step_view(step) for step in node["steps"]],
+            }
+            for node in record["nodes"]
+        ]
+        tasks.append(
+            {
+                "task_id": record["task"]["task_id"],
+                "instruction": record["instruction"],
+                "initial_observation": record["initial_observation"],
+                "method": record["method"],
+                "reflector": record["reflector"],
+                "nodes": nodes,
+            }
+        )
+    return sorted(tasks, key=lambda task: task["task_id"])
+
+
 def render_page(title: str, payload: dict[str, Any]) -> str:
     """The HTML page with ``payload`` embedded as JSON (safe inside a ``<script>`` element)."""
     template = resources.files("leafe").joinpath("viewer_template.html").read_text()
@@ -71,17 +118,21 @@ def render_page(title: str, payload: dict[str, Any]) -> str:
 
 
 def write_view(run_dir: str | Path) -> Path:
-    """Write ``RUN_DIR/view.html`` from the run's ``episodes.jsonl`` and return its path.
+    """Write ``RUN_DIR/view.html`` from the run's ``episodes.jsonl``/``trees.jsonl``; return its path.
 
     Raises:
-        FileNotFoundError: ``run_dir`` has no ``episodes.jsonl`` (names the directory).
+        FileNotFoundError: ``run_dir`` has neither file (names the directory).
     """
     run_dir = Path(run_dir)
-    episodes_file = run_dir / "episodes.jsonl"
-    if not episodes_file.exists():
-        raise FileNotFoundError(f"{run_dir} has no episodes.jsonl: is it a leafe run directory?")
-    tasks = episodes_payload(read_jsonl(episodes_file))
-    page = render_page(f"leafe run {run_dir.name}", {"run": run_dir.name, "tasks": tasks})
+    episodes_file, trees_file = run_dir / "episodes.jsonl", run_dir / "trees.jsonl"
+    if not episodes_file.exists() and not trees_file.exists():
+        raise FileNotFoundError(f"{run_dir} has no episodes.jsonl or trees.jsonl: is it a leafe run directory?")
+    payload = {
+        "run": run_dir.name,
+        "tasks": episodes_payload(read_jsonl(episodes_file)),
+        "trees": trees_payload(read_jsonl(trees_file)),
+    }
+    page = render_page(f"leafe run {run_dir.name}", payload)
     out = run_dir / PAGE_FILE
     write_atomic(out, page)
     return out

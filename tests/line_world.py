@@ -45,7 +45,7 @@ class TrapLineWorld(SnapshotLineWorld):
         return super().step(action)
 
     def diagnose(self, task, actions):
-        from leafe.envs.sokoban_diagnosis import Diagnosis
+        from leafe.envs.base import Diagnosis
 
         position = 0
         for number, action in enumerate(actions, start=1):

@@ -130,3 +130,27 @@ def test_unloadable_model_is_a_clear_error_and_leaves_no_run_dir(tmp_path):
     assert result.returncode == 2
     assert "policy.model" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_explore_writes_trees_summary_and_viewer_then_resumes(tiny_model_dir, tmp_path):
+    args = [
+        str(QUICKSTART), "name=explore", f"output_dir={tmp_path}", f"policy.model={tiny_model_dir}",
+        "explore.reflector=env", "explore.num_tasks=2", "explore.max_env_steps=8", "rollout.max_steps=4",
+        "policy.max_new_tokens=8",
+    ]
+    result = _leafe("explore", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "explore"
+    trees = [json.loads(line) for line in (run / "trees.jsonl").read_text().splitlines()]
+    assert sorted(t["task"]["task_id"] for t in trees) == ["sokoban/train/0000", "sokoban/train/0001"]
+    assert all(t["method"] == "leafe" and t["reflector"] == "env" for t in trees)
+    summary = json.loads((run / "explore_summary.json").read_text())["summary"]
+    assert summary["tasks"] == 2 and summary["env_steps"] == sum(
+        len(node["steps"]) for t in trees for node in t["nodes"]
+    ) <= 16
+    assert (run / "view.html").exists() and (run / "explore_summary.md").exists()
+
+    again = _leafe("explore", *args, "explore.num_tasks=3")  # resumes: explores only the new task
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = (run / "trees.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and lines[:2] == [json.dumps(t) for t in trees]

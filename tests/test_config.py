@@ -81,3 +81,16 @@ def test_cli_rejects_bad_field_in_under_a_second(tmp_path):
     assert result.returncode == 2
     assert "policy.temprature" in result.stderr and "Traceback" not in result.stderr
     assert elapsed < 1.0, f"config error took {elapsed:.2f}s"
+
+
+def test_explore_section_matches_explore_settings():
+    import dataclasses
+
+    from leafe.config import ExploreConfig
+    from leafe.method.explore import ExploreSettings
+
+    section = ExploreConfig()
+    settings = ExploreSettings(**section.settings_fields())
+    assert dataclasses.asdict(settings) == section.settings_fields()  # same fields, same defaults
+    with pytest.raises(ConfigError, match="explore.reflector_model"):
+        config_from_dict({"explore": {"reflector": "model"}})

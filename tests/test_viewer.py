@@ -40,13 +40,15 @@ def test_payload_groups_by_task(tmp_path):
 
 
 def test_missing_episodes_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no episodes.jsonl"):
+    with pytest.raises(FileNotFoundError, match="no episodes.jsonl or trees.jsonl"):
         write_view(tmp_path)
 
 
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed (CI installs it)")
-def test_page_renders_in_headless_chromium(tmp_path):
-    page = write_view(_run_dir(tmp_path))
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed (CI installs it)")
+
+
+def _rendered_dom(page, tmp_path) -> str:
+    """The page's DOM after its scripts ran, from a real headless Chromium."""
     assert CHROMIUM is not None, "CI must install chromium (see .ci/run)"
     result = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,8 +56,35 @@ def test_page_renders_in_headless_chromium(tmp_path):
          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120,
     )
-    dom = result.stdout
-    assert dom.count('data-task="') == 2, result.stderr[-2000:]
+    assert "<main" in result.stdout, result.stderr[-2000:]
+    return result.stdout
+
+
+@needs_chromium
+def test_tree_page_shows_why_each_branch_exists(tmp_path):
+    from leafe.envs.sokoban import SokobanEnv, SokobanTasks
+    from leafe.envs.sokoban_diagnosis import diagnose
+    from leafe.method.explore import Agent, ExploreSettings, explore
+    from leafe.method.reflect import EnvReflector
+    from tests.method.scripted import deadlock_path, sokoban_policy
+
+    task = next(t for t in SokobanTasks().tasks("train", 10) if len(deadlock_path(t)) >= 3)
+    agent = Agent(SokobanEnv, sokoban_policy(task, deadlock_path(task)), Prompter(history_window=2), SamplingParams(), max_steps=20)
+    settings = ExploreSettings(reflector="env", reflect_every=50, max_branches_per_node=1, restart=False)
+    (tree,) = explore([task], agent, EnvReflector(diagnose), settings, seed=0)
+    append_jsonl(tmp_path / "trees.jsonl", tree.to_dict())
+
+    dom = _rendered_dom(write_view(tmp_path), tmp_path)
+    assert dom.count('data-tree="') == 1 and dom.count('data-node="') == 2
+    assert 'class="node fail"' in dom and 'class="node success"' in dom
+    assert "Why this branch" in dom and "env reflection on node 0" in dom
+    assert tree.nodes[0].reflections[0].experience_summary.split(";")[0] in dom
+
+
+@needs_chromium
+def test_page_renders_in_headless_chromium(tmp_path):
+    dom = _rendered_dom(write_view(_run_dir(tmp_path)), tmp_path)
+    assert dom.count('data-task="') == 2
     assert dom.count('class="episode"') == 3  # the first task is shown
     assert "3/3 solved" in dom and "line/1" in dom
     assert "hmm &lt;/script&gt;&lt;b&gt;bold" in dom  # model text is shown as text...

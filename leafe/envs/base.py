@@ -1,7 +1,13 @@
 """The environment contract: text in, text out, Gymnasium-shaped.
 
 An environment is any object with ``reset(task)`` and ``step(action_text)``; everything else
-is optional and discovered with :func:`supports_snapshot` / :func:`expert_actions`.
+is optional and discovered with :func:`supports_snapshot` / :func:`expert_actions` /
+``getattr(env, "diagnose", None)``:
+
+* ``snapshot()`` / ``restore(snapshot)``: copy and restore the full state (fast rollback);
+* ``expert_actions(task) -> list[str]``: a demonstration that solves ``task``;
+* ``diagnose(task, actions) -> Diagnosis | None``: the environment's own verdict on an episode
+  (which turn was the mistake and what to do instead), used by the ``env`` reflector.
 
     obs, info = env.reset(task)            # info["instruction"]: the task statement
     obs, reward, terminated, truncated, info = env.step("left")
@@ -69,6 +75,20 @@ class ReplayResult:
     observation: str
     info: dict[str, Any]
     terminated: bool
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """An environment's verdict on an episode.
+
+    Attributes:
+        rollback_step: the 1-based turn whose action was the mistake (turns without a parseable
+            action count).
+        summary: what went wrong and what to do instead, in a sentence or two.
+    """
+
+    rollback_step: int
+    summary: str
 
 
 def supports_snapshot(env: object) -> bool:

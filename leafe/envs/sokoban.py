@@ -23,13 +23,14 @@ import random
 import re
 import string
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from leafe.envs.base import StepResult
+from leafe.envs.base import Diagnosis, StepResult
 from leafe.envs.sokoban_solver import MOVES, Pos, SearchLimitExceeded, is_corner_deadlock, solve
 from leafe.types import Task
 
@@ -372,6 +373,12 @@ class SokobanEnv:
         if not isinstance(snapshot, SokobanState):
             raise TypeError(f"expected a SokobanState from snapshot(), got {type(snapshot).__name__}")
         self._state = snapshot
+
+    def diagnose(self, task: Task, actions: Sequence[str | None]) -> Diagnosis | None:
+        """The first decisive mistake of an episode of ``task`` (see :mod:`leafe.envs.sokoban_diagnosis`)."""
+        from leafe.envs.sokoban_diagnosis import diagnose
+
+        return diagnose(task, actions)
 
     def expert_actions(self, task: Task) -> list[str]:
         """A shortest solution of ``task`` as action words."""

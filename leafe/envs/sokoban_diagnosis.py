@@ -25,25 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from leafe.envs.base import Diagnosis
 from leafe.envs.sokoban import ACTION_WORDS, SokobanEnv, SokobanState
 from leafe.envs.sokoban_solver import SearchLimitExceeded, is_corner_deadlock, solve
 from leafe.types import Task
 
 _MAX_NODES = 50_000  # per solver call; rooms of the default size need far fewer
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """An environment's verdict on an episode.
-
-    Attributes:
-        rollback_step: the 1-based turn whose action was the mistake (turns without a parseable
-            action count).
-        summary: what went wrong and what to do instead, in a sentence or two.
-    """
-
-    rollback_step: int
-    summary: str
 
 
 @dataclass(frozen=True)
