@@ -31,5 +31,5 @@ test: install
 bench: install
 	$(BIN)/python bench/rollout_throughput.py
 
-clean:
-	rm -rf $(VENV) runs
+clean:  # removes the environment only; results in runs/ are kept
+	rm -rf $(VENV)

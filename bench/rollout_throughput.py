@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leafe.config import config_from_dict  # noqa: E402
 from leafe.envs import build_env  # noqa: E402
-from leafe.eval.evaluate import build_prompter, sampling_params  # noqa: E402
+from leafe.agent import build_agent  # noqa: E402
 from leafe.policy import load_policy  # noqa: E402
 from leafe.rollout import make_jobs, run_episodes  # noqa: E402
 
@@ -57,12 +57,13 @@ def main() -> None:
     make_env, task_source = build_env(cfg.env)
     tasks = task_source.tasks("test", max(1, args.episodes // 4))
     policy = load_policy(cfg.policy.backend, cfg.policy.model, max_batch_size=cfg.policy.max_batch_size)
+    agent = build_agent(cfg, make_env, task_source, policy)
     jobs = make_jobs(tasks, 4, cfg.seed)[: args.episodes]
 
     started = time.perf_counter()
     trajectories = run_episodes(
-        jobs, make_env, policy, build_prompter(cfg, make_env, task_source), sampling_params(cfg),
-        max_steps=cfg.rollout.max_steps, max_concurrent=cfg.rollout.max_concurrent_episodes,
+        jobs, make_env, policy, agent.prompter, agent.sampling,
+        max_steps=agent.max_steps, max_concurrent=cfg.rollout.max_concurrent_episodes,
     )
     seconds = time.perf_counter() - started
     steps = [step for t in trajectories for step in t.steps]

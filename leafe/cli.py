@@ -16,6 +16,14 @@ import logging
 import sys
 
 from leafe.config import ConfigError, ExperimentConfig, load_config
+from leafe.envs.checker import EnvCheckError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-env", help="verify determinism, replay and snapshot/restore of an environment")
     check.add_argument("config", help="experiment YAML (its env section is checked)")
     check.add_argument("overrides", nargs="*", help="dotted overrides")
-    check.add_argument("--tasks", type=int, default=10, help="tasks per split to check")
+    check.add_argument("--tasks", type=_positive_int, default=10, help="tasks per split to check")
 
     view = commands.add_parser("view", help="write RUN_DIR/view.html: a static page showing what the agent did")
     view.add_argument("run_dir", help="a run directory (e.g. runs/sokoban-quickstart)")
@@ -58,7 +66,7 @@ def _load_policy(cfg: ExperimentConfig, model: str | None = None, field: str = "
             dtype=cfg.policy.dtype,
             max_batch_size=cfg.policy.max_batch_size,
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError, AssertionError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
             f"{field}: cannot load {model!r} with backend {cfg.policy.backend!r}: {reason}\n"
@@ -68,33 +76,39 @@ def _load_policy(cfg: ExperimentConfig, model: str | None = None, field: str = "
 
 
 def _eval(cfg: ExperimentConfig, fresh: bool) -> None:
+    from leafe.agent import build_agent, select_tasks
     from leafe.envs import build_env
     from leafe.eval.evaluate import evaluate
     from leafe.runs import RunDir
 
     # Build everything that can fail on bad input before the run directory records the config.
     make_env, task_source = build_env(cfg.env)
-    policy = _load_policy(cfg)
+    tasks = select_tasks(task_source, cfg.eval.split, cfg.eval.num_tasks)
+    agent = build_agent(cfg, make_env, task_source, _load_policy(cfg))
     run = RunDir.open(cfg, command="eval", fresh=fresh)
     if run.resumed:
         print(f"resuming {run.path}", file=sys.stderr)
-    evaluate(cfg, run, policy, make_env, task_source)
+    evaluate(cfg, run, agent, tasks)
     print(f"report: {run.path / 'summary.md'}  plot: {run.path / 'passk.png'}")
 
 
 def _explore(cfg: ExperimentConfig, fresh: bool) -> None:
+    from leafe.agent import build_agent, select_tasks
     from leafe.envs import build_env
     from leafe.method.explore_run import run_exploration
     from leafe.runs import RunDir
     from leafe.viewer import write_view
 
     make_env, task_source = build_env(cfg.env)
-    policy = _load_policy(cfg)
-    reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model") if cfg.explore.reflector == "model" else None
+    tasks = select_tasks(task_source, cfg.explore.split, cfg.explore.num_tasks)
+    agent = build_agent(cfg, make_env, task_source, _load_policy(cfg))
+    reflector_policy = None
+    if cfg.explore.reflector == "model" and cfg.explore.method != "independent":
+        reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model")
     run = RunDir.open(cfg, command="explore", fresh=fresh)
     if run.resumed:
         print(f"resuming {run.path}", file=sys.stderr)
-    run_exploration(cfg, run, policy, make_env, task_source, reflector_policy)
+    run_exploration(cfg, run, agent, tasks, reflector_policy)
     print(f"summary: {run.path / 'explore_summary.md'}  trees: {write_view(run.path)}")
 
 
@@ -137,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except EnvCheckError as error:
+        print(f"check-env failed: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -51,7 +51,7 @@ class PolicyConfig(_Section):
 
     backend: Literal["auto", "transformers"] = "auto"
     model: str = "smollm2-135m-instruct"
-    device: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_size: int = Field(16, ge=1, le=4096)
     temperature: float = Field(0.7, ge=0.0, le=5.0)
@@ -130,6 +130,13 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     explore: ExploreConfig = ExploreConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _not_only_dots(cls, value: str) -> str:
+        if set(value) == {"."}:
+            raise ValueError("must not be '.' or '..' (it names the run directory)")
+        return value
+
     def check_consistency(self) -> None:
         """Cross-field rules that single-field validators cannot see."""
         if max(self.eval.ks) > self.eval.samples_per_task:
@@ -137,8 +144,8 @@ class ExperimentConfig(_Section):
                 f"eval.ks: k={max(self.eval.ks)} exceeds eval.samples_per_task="
                 f"{self.eval.samples_per_task}; Pass@k needs n >= k samples per task"
             )
-        if self.explore.reflector == "model" and not self.explore.reflector_model:
-            raise ConfigError("explore.reflector_model: required when explore.reflector is 'model'")
+        if (self.explore.reflector == "model") != bool(self.explore.reflector_model):
+            raise ConfigError("explore.reflector_model: set it exactly when explore.reflector is 'model'")
         if self.env.min_solution_length > self.env.max_solution_length:
             raise ConfigError("env.min_solution_length: must not exceed env.max_solution_length")
 

@@ -99,7 +99,7 @@ class Prompter:
         ``experience``: summaries of earlier attempts, shown as a list of lessons before the
         history (completion format) or at the end of the system message (chat format).
         """
-        shown = list(history[len(history) - self.history_window :]) if self.history_window else []
+        shown = list(history[max(0, len(history) - self.history_window) :]) if self.history_window else []
         omitted = len(history) - len(shown)
         lessons = "\n".join([EXPERIENCE_HEADER] + [f"- {text.strip()}" for text in experience]) if experience else ""
         if self.prompt_format == "chat":

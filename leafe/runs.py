@@ -46,7 +46,6 @@ RESUMABLE_CHANGES = frozenset(
         "eval.ks",
         "eval.num_bootstrap",
         "eval.confidence",
-        "policy.device",
         "policy.max_batch_size",
         "rollout.max_concurrent_episodes",
         "explore.num_tasks",
@@ -169,6 +168,8 @@ class RunDir:
         new = cfg.model_dump(mode="json")
         resumed = False
         if fresh and path.exists():
+            if Path(cfg.output_dir).resolve() not in path.resolve().parents:
+                raise ConfigError(f"name: {cfg.name!r} does not name a directory inside {cfg.output_dir}")
             shutil.rmtree(path)
         elif config_file.exists():
             old = yaml.safe_load(config_file.read_text()) or {}

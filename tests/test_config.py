@@ -33,6 +33,9 @@ def test_shipped_configs_load_and_comment_every_field(path):
         ("rollout.prompt_format=xml", "rollout.prompt_format"),
         ("eval.ks=[1, 64]", "eval.ks"),
         ("nmae=oops", "nmae"),
+        ("name=..", "name"),
+        ("policy.device=gpu", "policy.device"),
+        ("explore.reflector_model=foo", "explore.reflector_model"),
     ],
 )
 def test_bad_field_is_named(override, field):

@@ -56,3 +56,11 @@ def test_reply_keeps_thought_and_action_only():
 def test_missing_action_feedback_keeps_state_visible():
     text = missing_action_feedback("MAP")
     assert "Action:" in text and text.endswith("MAP")
+
+
+def test_window_larger_than_history_shows_everything():
+    history = [Turn(f"OBS-{i}", f"Thought: t\nAction: a{i}") for i in range(7)]
+    prompt = Prompter(history_window=10).build("Goal.", history, "NOW")
+    assert all(f"OBS-{i}" in prompt for i in range(7)) and "not shown" not in prompt
+    prompt = Prompter(history_window=3).build("Goal.", history, "NOW")
+    assert "OBS-3" not in prompt and all(f"OBS-{i}" in prompt for i in (4, 5, 6)) and "(4 earlier steps not shown)" in prompt

@@ -11,21 +11,19 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from leafe.agent import Agent
 from leafe.config import ExperimentConfig
-from leafe.envs.base import TaskSource, TextEnv
 from leafe.eval.passk import PassAtK, compute_pass_at_k
 from leafe.eval.report import print_table, write_report
-from leafe.policy.base import Policy, SamplingParams
-from leafe.prompting import Prompter, example_from_expert
 from leafe.rollout import make_jobs, run_episodes
 from leafe.runs import RunDir, append_jsonl, read_jsonl
-from leafe.types import Trajectory
+from leafe.types import Task, Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -56,30 +54,8 @@ class Throughput:
         }
 
 
-def build_prompter(cfg: ExperimentConfig, make_env: Callable[[], TextEnv], task_source: TaskSource) -> Prompter:
-    """The prompter of ``cfg.rollout``; its worked example comes from the first *train* task."""
-    example = None
-    if cfg.rollout.few_shot:
-        example = example_from_expert(make_env(), task_source.tasks("train", 1)[0])
-    return Prompter(prompt_format=cfg.rollout.prompt_format, history_window=cfg.rollout.history_window, example=example)
-
-
-def sampling_params(cfg: ExperimentConfig) -> SamplingParams:
-    """Sampling settings of the ``policy`` section."""
-    return SamplingParams(
-        temperature=cfg.policy.temperature, top_p=cfg.policy.top_p, max_new_tokens=cfg.policy.max_new_tokens
-    )
-
-
-def evaluate(
-    cfg: ExperimentConfig,
-    run: RunDir,
-    policy: Policy,
-    make_env: Callable[[], TextEnv],
-    task_source: TaskSource,
-) -> PassAtK:
-    """Play the missing episodes of the evaluation, then compute and write Pass@k."""
-    tasks = task_source.tasks(cfg.eval.split, cfg.eval.num_tasks)
+def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[Task]) -> PassAtK:
+    """Play the missing episodes of the evaluation on ``tasks``, then compute and write Pass@k."""
     jobs = make_jobs(tasks, cfg.eval.samples_per_task, cfg.seed)
     episodes_file = run.path / "episodes.jsonl"
     finished = {(record["task"]["task_id"], record["sample_index"]): record for record in read_jsonl(episodes_file)}
@@ -101,11 +77,11 @@ def evaluate(
         if todo:
             run_episodes(
                 todo,
-                make_env,
-                policy,
-                build_prompter(cfg, make_env, task_source),
-                sampling_params(cfg),
-                max_steps=cfg.rollout.max_steps,
+                agent.make_env,
+                agent.policy,
+                agent.prompter,
+                agent.sampling,
+                max_steps=agent.max_steps,
                 max_concurrent=cfg.rollout.max_concurrent_episodes,
                 on_finish=record,
             )

@@ -48,7 +48,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from leafe.method.reflect import REFLECTORS, Reflection, Reflector, build_reflector
-from leafe.method.task_search import Agent, PlannedBranch, TaskSearch, play_wave, reflect_on
+from leafe.agent import Agent
+from leafe.method.task_search import PlannedBranch, TaskSearch, play_wave, reflect_on
 from leafe.method.tree import ExperienceTree, TreeNode, load_trees
 from leafe.method.trigger import TRIGGERS, reflection_points
 from leafe.policy.base import Policy

@@ -13,19 +13,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
+from leafe.agent import Agent
 from leafe.config import ExperimentConfig
-from leafe.envs.base import TaskSource, TextEnv
-from leafe.eval.evaluate import build_prompter, sampling_params
-from leafe.method.explore import Agent, ExploreSettings, make_reflector, run_method
+from leafe.method.explore import ExploreSettings, make_reflector, run_method
 from leafe.method.tree import ExplorationSummary, ExperienceTree, load_trees, summarize
 from leafe.policy.base import Policy
 from leafe.runs import RunDir, write_atomic
+from leafe.types import Task
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +33,11 @@ TREES_FILE = "trees.jsonl"
 
 
 def run_exploration(
-    cfg: ExperimentConfig,
-    run: RunDir,
-    policy: Policy,
-    make_env: Callable[[], TextEnv],
-    task_source: TaskSource,
-    reflector_policy: Policy | None = None,
+    cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[Task], reflector_policy: Policy | None = None
 ) -> ExplorationSummary:
-    """Explore the missing tasks of ``cfg.explore``, then write the summary files."""
+    """Explore the missing ones of ``tasks`` with ``cfg.explore``, then write the summary files."""
     section = cfg.explore
     settings = ExploreSettings(**section.settings_fields())
-    agent = Agent(
-        make_env=make_env,
-        policy=policy,
-        prompter=build_prompter(cfg, make_env, task_source),
-        sampling=sampling_params(cfg),
-        max_steps=cfg.rollout.max_steps,
-    )
-    tasks = task_source.tasks(section.split, section.num_tasks)
     trees_file = run.path / TREES_FILE
     done = len(set(load_trees(trees_file)) & {task.task_id for task in tasks})
     reflector = None if section.method == "independent" else make_reflector(settings, agent, reflector_policy)

@@ -27,8 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
-from leafe.envs.base import TextEnv
-from leafe.envs.base import Diagnosis
+from leafe.envs.base import Diagnosis, TextEnv
 from leafe.policy.base import GenerationRequest, Policy, Prompt, SamplingParams
 from leafe.rollout import derive_seed
 from leafe.types import Step, Task

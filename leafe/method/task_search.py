@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from leafe.agent import Agent
 from leafe.envs.base import TextEnv, supports_snapshot
 from leafe.method.reflect import Reflection, ReflectionQuery, Reflector
 from leafe.method.rollback import Rollback, roll_back
@@ -25,21 +26,6 @@ from leafe.policy.base import Policy, SamplingParams
 from leafe.prompting import Prompter
 from leafe.rollout import Budget, EpisodeJob, EpisodeStart, derive_seed, run_episodes
 from leafe.types import Step, Task, Trajectory
-
-
-@dataclass(frozen=True)
-class Agent:
-    """What plays an episode: environment factory, policy, prompt format, sampling, step limit.
-
-    ``max_steps`` is the per-episode interaction budget; a branch's limit counts the turns it
-    took over from its parent, so every full history fits the same budget.
-    """
-
-    make_env: Callable[[], TextEnv]
-    policy: Policy
-    prompter: Prompter
-    sampling: SamplingParams
-    max_steps: int
 
 
 @dataclass(frozen=True)
