@@ -103,7 +103,8 @@ def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[T
         counts, cfg.eval.ks, num_bootstrap=cfg.eval.num_bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed
     )
     details = _details(cfg, trajectories, throughput)
-    write_report(result, run.path, title=f"{cfg.name}: {cfg.policy.model} on {cfg.env.name} ({cfg.eval.split})", details=details)
+    title = f"{cfg.name}: {cfg.policy.model} on {cfg.env.name} ({cfg.eval.split})"
+    write_report(result, run.path, title=title, details=details, name=cfg.policy.model)
     print_table({cfg.policy.model: result})
     logger.info("eval done: %s", details)
     return result

@@ -143,6 +143,7 @@ def write_report(
     out_dir: str | os.PathLike[str],
     title: str,
     details: Mapping[str, object],
+    name: str | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``passk.png`` and ``summary.md`` into ``out_dir``.
 
@@ -153,6 +154,7 @@ def write_report(
         details: run facts shown as a bullet list and stored in ``metrics.json`` under
             ``"details"`` (e.g. model, env, n, tasks, max steps, seed, mean steps); values
             that are not JSON types are stored as their ``str``.
+        name: the curve's label in the plot and table (default: ``title``).
 
     Returns:
         ``{"metrics": ..., "plot": ..., "summary": ...}``, the three written paths.
@@ -164,7 +166,8 @@ def write_report(
     metrics_path = out / METRICS_FILE
     write_atomic(metrics_path, (json.dumps(metrics, indent=2, default=str) + "\n").encode())
 
-    plot_path = plot_pass_at_k({title: result}, out / PLOT_FILE, title)
+    curve = {name or title: result}
+    plot_path = plot_pass_at_k(curve, out / PLOT_FILE, title)
 
     detail_lines = [f"- **{key}**: {_detail(value)}" for key, value in details.items()]
     summary = "\n".join(
@@ -175,7 +178,7 @@ def write_report(
             f"n={result.samples_per_task} samples each; {_ci_label(result)} from a percentile "
             f"bootstrap over tasks ({result.num_bootstrap} resamples).",
             "",
-            markdown_table({title: result}),
+            markdown_table(curve),
             *(detail_lines + [""] if detail_lines else []),
             f"![Pass@k curve]({PLOT_FILE})",
             "",
