@@ -75,39 +75,38 @@ def _load_policy(cfg: ExperimentConfig, model: str | None = None, field: str = "
         ) from None
 
 
-def _eval(cfg: ExperimentConfig, fresh: bool) -> None:
+def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh: bool):
+    """(agent, tasks, run dir, reflector policy) of a playing command. Everything that can fail on bad input is
+    built before the run directory records the config."""
     from leafe.agent import build_agent, select_tasks
     from leafe.envs import build_env
-    from leafe.eval.evaluate import evaluate
     from leafe.runs import RunDir
 
-    # Build everything that can fail on bad input before the run directory records the config.
     make_env, task_source = build_env(cfg.env)
-    tasks = select_tasks(task_source, cfg.eval.split, cfg.eval.num_tasks)
+    tasks = select_tasks(task_source, split, count)
     agent = build_agent(cfg, make_env, task_source, _load_policy(cfg))
-    run = RunDir.open(cfg, command="eval", fresh=fresh)
+    reflector_policy = None
+    if command == "explore" and cfg.explore.reflector == "model" and cfg.explore.method != "independent":
+        reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model")
+    run = RunDir.open(cfg, command=command, fresh=fresh)
     if run.resumed:
         print(f"resuming {run.path}", file=sys.stderr)
+    return agent, tasks, run, reflector_policy
+
+
+def _eval(cfg: ExperimentConfig, fresh: bool) -> None:
+    from leafe.eval.evaluate import evaluate
+
+    agent, tasks, run, _ = _prepare(cfg, "eval", cfg.eval.split, cfg.eval.num_tasks, fresh)
     evaluate(cfg, run, agent, tasks)
     print(f"report: {run.path / 'summary.md'}  plot: {run.path / 'passk.png'}")
 
 
 def _explore(cfg: ExperimentConfig, fresh: bool) -> None:
-    from leafe.agent import build_agent, select_tasks
-    from leafe.envs import build_env
     from leafe.method.explore_run import run_exploration
-    from leafe.runs import RunDir
     from leafe.viewer import write_view
 
-    make_env, task_source = build_env(cfg.env)
-    tasks = select_tasks(task_source, cfg.explore.split, cfg.explore.num_tasks)
-    agent = build_agent(cfg, make_env, task_source, _load_policy(cfg))
-    reflector_policy = None
-    if cfg.explore.reflector == "model" and cfg.explore.method != "independent":
-        reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model")
-    run = RunDir.open(cfg, command="explore", fresh=fresh)
-    if run.resumed:
-        print(f"resuming {run.path}", file=sys.stderr)
+    agent, tasks, run, reflector_policy = _prepare(cfg, "explore", cfg.explore.split, cfg.explore.num_tasks, fresh)
     run_exploration(cfg, run, agent, tasks, reflector_policy)
     print(f"summary: {run.path / 'explore_summary.md'}  trees: {write_view(run.path)}")
 
