@@ -18,9 +18,11 @@ Exploration (LEAFE stage 1) uses three optional parts of a job:
 * ``start``: the episode begins at a rollback point, not at ``reset``: recorded prior steps and
   an environment already rebuilt to the state after them (see :mod:`leafe.method.rollback`);
 * ``experience``: experience summaries the prompter shows in every prompt of the episode;
-* ``budget``: a :class:`Budget` shared by several episodes (all attempts at one task). A turn is
-  granted only while the budget has turns left, so its turn limit is never exceeded; episodes
-  that get no turn are cut (their last new step is marked ``truncated``).
+* ``budget``: a :class:`Budget` shared by several episodes (all attempts at one task). Its
+  episodes are served in order: one takes a turn only while the budget still covers the turns
+  the earlier ones may yet take, so earlier attempts finish and later ones wait. The turn limit
+  is never exceeded; episodes still waiting when it is spent are cut (their last new step, if
+  any, is marked ``truncated``).
 """
 
 from __future__ import annotations
@@ -211,22 +213,23 @@ def run_episodes(
     while pending or active:
         while pending and len(active) < max_concurrent:
             active.append(_start(pending.popleft(), make_env, prompter))
-        active, cut = _grant_turns(active)
+        playing, waiting, cut = _grant_turns(active, max_steps)
         for episode in cut:
             _mark_cut(episode)
             finish(episode)
-        if not active:
+        if not playing:
+            active = waiting
             continue
         requests = [
             GenerationRequest(
                 prompt=prompter.build(ep.instruction, ep.turns, ep.observation, ep.job.experience),
                 seed=derive_seed(ep.job.seed, len(ep.steps)),
             )
-            for ep in active
+            for ep in playing
         ]
         generations = policy.generate(requests, params)
         still_active = []
-        for episode, generation in zip(active, generations):
+        for episode, generation in zip(playing, generations):
             if episode.job.budget is not None:
                 episode.job.budget.charge(env_steps=1, model_tokens=generation.prompt_tokens + generation.completion_tokens)
             _advance(episode, generation, prompter, max_steps)
@@ -236,27 +239,35 @@ def run_episodes(
                 finish(episode)
             else:
                 still_active.append(episode)
-        active = still_active
+        active = still_active + waiting
     return finished
 
 
-def _grant_turns(active: list[_Episode]) -> tuple[list[_Episode], list[_Episode]]:
-    """Split the active episodes into those that take a turn this round and those cut by their
-    budget: in order, each budget grants as many turns as it has left."""
-    granted: dict[int, int] = {}
-    playing, cut = [], []
+def _grant_turns(active: list[_Episode], max_steps: int) -> tuple[list[_Episode], list[_Episode], list[_Episode]]:
+    """Split the active episodes into (playing this round, waiting, cut by their budget).
+
+    A shared budget serves its episodes in order: an episode takes a turn only if the budget
+    still covers every turn the earlier episodes may yet take (up to ``max_steps`` each) plus
+    this one. So when the budget runs low, earlier attempts are played to their end instead of
+    every attempt being cut short; later ones wait, and are cut once the budget is spent.
+    """
+    reserved: dict[int, int] = {}
+    playing, waiting, cut = [], [], []
     for episode in active:
         budget = episode.job.budget
         if budget is None:
             playing.append(episode)
             continue
-        used = granted.get(id(budget), 0)
-        if used < budget.turns_left():
-            granted[id(budget)] = used + 1
+        left = budget.turns_left()
+        before = reserved.get(id(budget), 0)
+        if left == 0:
+            cut.append(episode)
+        elif before + 1 <= left:
             playing.append(episode)
         else:
-            cut.append(episode)
-    return playing, cut
+            waiting.append(episode)
+        reserved[id(budget)] = before + max(1, max_steps - len(episode.steps))
+    return playing, waiting, cut
 
 
 def _mark_cut(episode: _Episode) -> None:

@@ -176,8 +176,9 @@ def test_independent_sampling_spends_the_whole_budget_on_fresh_episodes():
     assert tree.method == "independent" and tree.reflector is None
     assert all(n.parent_id is None and n.depth == 0 and n.experience == () for n in tree.nodes)
     # Wave 2 plays ceil(7 / 3) = 3 episodes at once; the budget grants turns in order, then cuts.
-    assert [len(n.steps) for n in tree.nodes] == [3, 3, 2, 2] and tree.summary().env_steps == 10
-    assert [n.outcome for n in tree.nodes] == ["truncated", "truncated", "out_of_budget", "out_of_budget"]
+    # Earlier attempts are played to their end; only the last one is cut by the budget.
+    assert [len(n.steps) for n in tree.nodes] == [3, 3, 3, 1] and tree.summary().env_steps == 10
+    assert [n.outcome for n in tree.nodes] == ["truncated", "truncated", "truncated", "out_of_budget"]
 
 
 def test_iterative_refinement_retries_from_scratch_with_the_reflections():

@@ -45,7 +45,7 @@ def test_episode_continues_from_a_rollback_point():
     assert seeds == [derive_seed(99, turn) for turn in (1, 2, 3)]
 
 
-def test_shared_budget_grants_turns_in_order_and_cuts_the_rest():
+def test_shared_budget_plays_earlier_episodes_to_the_end_and_cuts_the_rest():
     budget = Budget(max_env_steps=5)
     jobs = [EpisodeJob(TASK, i, i, budget=budget) for i in range(3)]
     steps_seen = []
@@ -55,13 +55,14 @@ def test_shared_budget_grants_turns_in_order_and_cuts_the_rest():
         on_step=lambda job, env: steps_seen.append((job.sample_index, env.position)),
     )
     lengths = {t.sample_index: len(t.steps) for t in trajectories}
-    assert lengths == {0: 2, 1: 2, 2: 1} and budget.env_steps == 5
+    # The budget cannot cover episode 0's possible 10 turns, so 1 and 2 wait, then are cut.
+    assert lengths == {0: 5, 1: 0, 2: 0} and budget.env_steps == 5
     assert budget.model_tokens == policy.tokens
-    assert [len(batch) for batch in policy.batches] == [3, 2]  # round 2: only two turns left
-    for trajectory in trajectories:
-        assert trajectory.steps[-1].truncated and trajectory.steps[-1].info["budget_exhausted"]
-        assert not any(s.truncated for s in trajectory.steps[:-1])
-    assert steps_seen == [(0, -1), (1, -1), (2, -1), (0, -2), (1, -2)]
+    assert [len(batch) for batch in policy.batches] == [1, 1, 1, 1, 1]
+    (played,) = [t for t in trajectories if t.steps]
+    assert played.steps[-1].truncated and played.steps[-1].info["budget_exhausted"]
+    assert not any(s.truncated for s in played.steps[:-1])
+    assert steps_seen == [(0, -1), (0, -2), (0, -3), (0, -4), (0, -5)]
 
 
 def test_exhausted_budget_plays_nothing_and_token_budget_stops_new_calls():
