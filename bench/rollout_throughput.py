@@ -56,7 +56,7 @@ def main() -> None:
     )
     make_env, task_source = build_env(cfg.env)
     tasks = task_source.tasks("test", max(1, args.episodes // 4))
-    policy = load_policy(cfg.policy.backend, cfg.policy.model, max_batch_size=cfg.policy.max_batch_size)
+    policy = load_policy(cfg.policy)
     agent = build_agent(cfg, make_env, task_source, policy)
     jobs = make_jobs(tasks, 4, cfg.seed)[: args.episodes]
 

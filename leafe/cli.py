@@ -59,13 +59,7 @@ def _load_policy(cfg: ExperimentConfig, model: str | None = None, field: str = "
 
     model = model or cfg.policy.model
     try:
-        return load_policy(
-            cfg.policy.backend,
-            model,
-            device=cfg.policy.device,
-            dtype=cfg.policy.dtype,
-            max_batch_size=cfg.policy.max_batch_size,
-        )
+        return load_policy(cfg.policy, model)
     except (OSError, ValueError, RuntimeError, AssertionError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(

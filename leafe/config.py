@@ -49,14 +49,20 @@ class SokobanConfig(_Section):
 class PolicyConfig(_Section):
     """Which model answers, through which inference backend, and how it samples."""
 
-    backend: Literal["auto", "transformers"] = "auto"
+    backend: Literal["auto", "transformers", "native", "vllm", "openai"] = "auto"
     model: str = "smollm2-135m-instruct"
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_batch_size: int = Field(16, ge=1, le=4096)
+    max_batch_size: int = Field(64, ge=1, le=4096)
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(48, ge=1, le=32768)
+    prefix_cache_mb: int = Field(2048, ge=0, le=1 << 20)
+    base_url: str | None = Field(None, pattern=r"^https?://")
+    api_key_env: str = "OPENAI_API_KEY"
+    request_timeout_s: float = Field(120.0, gt=0.0, le=86400.0)
+    max_retries: int = Field(4, ge=0, le=100)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
 class RolloutConfig(_Section):

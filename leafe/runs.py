@@ -37,7 +37,8 @@ from leafe.config import ConfigError, ExperimentConfig, config_to_yaml
 logger = logging.getLogger(__name__)
 
 # Fields that may differ between invocations of one run: they change how much is done, where,
-# or how results are summarised, never what a finished episode contains.
+# how fast, or how results are summarised, not what a finished episode contains. (Every backend
+# samples with the same per-request seeds; their logits agree up to float rounding.)
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir",
@@ -47,6 +48,11 @@ RESUMABLE_CHANGES = frozenset(
         "eval.num_bootstrap",
         "eval.confidence",
         "policy.max_batch_size",
+        "policy.backend",
+        "policy.prefix_cache_mb",
+        "policy.api_key_env",
+        "policy.request_timeout_s",
+        "policy.max_retries",
         "rollout.max_concurrent_episodes",
         "explore.num_tasks",
         "explore.max_tasks_in_flight",

@@ -1,19 +1,31 @@
 """Inference backends ("policies") that turn prompts into completions.
 
-``load_policy(backend, model, **kwargs)`` builds one by name. Backends: ``"transformers"``
-(``"auto"`` maps to it). Importing this package stays light: torch and transformers are imported
-only when a backend is built or ``TransformersPolicy`` is first accessed.
+``load_policy(cfg.policy)`` builds the backend a :class:`~leafe.config.PolicyConfig` names:
+
+- ``native``: leafe's CPU engine (continuous batching + prefix cache) for Llama-family models;
+- ``transformers``: ``AutoModelForCausalLM.generate``, any causal LM, any device;
+- ``vllm``: vLLM on GPUs (optional ``[gpu]`` extra), LoRA adapters served unmerged;
+- ``openai``: any OpenAI-compatible HTTP server (vLLM serve, SGLang, llama.cpp, Ollama, hosted);
+- ``auto``: ``openai`` if ``base_url`` is set, else vLLM on CUDA when installed, else ``native``
+  when it supports the model, else ``transformers``.
+
+Importing this package stays light: torch and transformers are imported only when a backend is
+built or ``TransformersPolicy`` is first accessed.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from leafe.policy.base import ChatMessages, Generation, GenerationRequest, Policy, Prompt, SamplingParams
 from leafe.policy.embedded import DEFAULT_MODEL, resolve_model
 
 if TYPE_CHECKING:
+    from leafe.config import PolicyConfig
     from leafe.policy.transformers_backend import TransformersPolicy
 
 __all__ = [
@@ -26,45 +38,118 @@ __all__ = [
     "Prompt",
     "SamplingParams",
     "TransformersPolicy",
+    "choose_backend",
     "load_policy",
     "resolve_model",
 ]
 
 
-def _transformers(model: str, **kwargs: Any) -> Policy:
+def _transformers(cfg: PolicyConfig, model: str) -> Policy:
+    from leafe.policy.checkpoints import servable_model
     from leafe.policy.transformers_backend import TransformersPolicy
 
-    return TransformersPolicy(model, **kwargs)
+    return TransformersPolicy(servable_model(model), cfg.device, cfg.dtype, cfg.max_batch_size)
 
 
-# name -> factory(model, **kwargs). Future backends (vLLM, an HTTP/OpenAI-compatible server, a
-# fast CPU engine) register here.
-BACKENDS: dict[str, Callable[..., Policy]] = {
+def _native(cfg: PolicyConfig, model: str) -> Policy:
+    from leafe.policy.checkpoints import servable_model
+    from leafe.policy.native import NativePolicy
+
+    return NativePolicy(
+        servable_model(model), cfg.device, cfg.dtype, cfg.max_batch_size, prefix_cache_mb=cfg.prefix_cache_mb
+    )
+
+
+def _vllm(cfg: PolicyConfig, model: str) -> Policy:
+    from leafe.policy.vllm_backend import VLLMPolicy
+
+    return VLLMPolicy(model, dtype=cfg.dtype, engine_args=cfg.engine_args)
+
+
+def _openai(cfg: PolicyConfig, model: str) -> Policy:
+    from leafe.policy.openai_backend import OpenAIPolicy
+
+    if not cfg.base_url:
+        raise ValueError("policy.base_url is required for backend openai (e.g. http://localhost:8000/v1)")
+    return OpenAIPolicy(
+        cfg.base_url,
+        model,
+        api_key_env=cfg.api_key_env,
+        max_concurrent=cfg.max_batch_size,
+        timeout_s=cfg.request_timeout_s,
+        max_retries=cfg.max_retries,
+    )
+
+
+# name -> factory(policy config, model)
+BACKENDS: dict[str, Callable[[Any, str], Policy]] = {
+    "native": _native,
     "transformers": _transformers,
+    "vllm": _vllm,
+    "openai": _openai,
 }
 
-# Aliases resolved before lookup; "auto" picks the best backend available (only one for now).
-_ALIASES = {"auto": "transformers"}
+
+def _model_type(model: str) -> str | None:
+    """``model_type`` from the checkpoint's config.json (an adapter's base model for LoRA), or None."""
+    try:
+        path = Path(resolve_model(model))
+    except (OSError, ValueError):
+        return None
+    from leafe.policy.checkpoints import adapter_base
+
+    base = adapter_base(path)
+    if base is not None:
+        return _model_type(base)
+    config = path / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("model_type")
+    try:  # a hub id (only works where the hub or its local cache is reachable)
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(path)).model_type
+    except (OSError, ValueError):
+        return None
 
 
-def load_policy(backend: str, model: str = DEFAULT_MODEL, **kwargs: Any) -> Policy:
-    """Build the policy ``backend`` serving ``model``.
+def choose_backend(cfg: PolicyConfig, model: str | None = None) -> str:
+    """The backend ``cfg.backend`` means for ``model`` (resolves ``auto``, see the module docstring)."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    if cfg.base_url:
+        return "openai"
+    wants_cuda = cfg.device.startswith("cuda") or cfg.device == "auto"
+    if wants_cuda and importlib.util.find_spec("vllm") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return "vllm"
+    if cfg.device in ("auto", "cpu"):
+        from leafe.policy.native import SUPPORTED_MODEL_TYPES
+
+        if _model_type(model or cfg.model) in SUPPORTED_MODEL_TYPES:
+            import torch
+
+            if cfg.device == "cpu" or not torch.cuda.is_available():
+                return "native"
+    return "transformers"
+
+
+def load_policy(cfg: PolicyConfig | None = None, model: str | None = None) -> Policy:
+    """Build the backend ``cfg`` names, serving ``model`` (default ``cfg.model``).
 
     Args:
-        backend: ``"transformers"`` or ``"auto"`` (-> transformers).
-        model: ``"embedded"``, a local folder or a hub id (see :func:`resolve_model`).
-        **kwargs: passed to the backend's constructor (e.g. ``device``, ``dtype``,
-            ``max_batch_size`` for transformers).
+        cfg: the ``policy`` section of an experiment config (default: all defaults).
+        model: ``"embedded"``, a local folder (full checkpoint or LoRA adapter) or a hub id.
 
     Raises:
-        ValueError: unknown backend (the message lists the known ones).
+        ValueError: a backend that cannot serve this config (the message names the field).
     """
-    key = _ALIASES.get(backend.strip().lower(), backend.strip().lower())
-    factory = BACKENDS.get(key)
-    if factory is None:
-        known = sorted(set(BACKENDS) | set(_ALIASES))
-        raise ValueError(f"unknown policy backend {backend!r}; known backends: {', '.join(known)}")
-    return factory(model, **kwargs)
+    from leafe.config import PolicyConfig
+
+    cfg = cfg or PolicyConfig()
+    model = model or cfg.model
+    return BACKENDS[choose_backend(cfg, model)](cfg, model)
 
 
 def __getattr__(name: str) -> Any:

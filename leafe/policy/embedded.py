@@ -171,7 +171,7 @@ def find_gguf() -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Exclusive inter-process lock on ``path`` (``fcntl.flock``; a no-op where fcntl is missing)."""
     try:
         import fcntl
@@ -253,7 +253,7 @@ def ensure_embedded_model() -> Path:
     if _is_complete(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(dest.parent / f".{MODEL_DIRNAME}.lock"):
+    with file_lock(dest.parent / f".{MODEL_DIRNAME}.lock"):
         if _is_complete(dest):  # another process finished while we waited
             return dest
         for stale in dest.parent.glob(_TMP_PREFIX + "*"):  # left by a killed conversion

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +36,8 @@ from transformers import (
 )
 
 from leafe.policy.base import Generation, GenerationRequest, Prompt, SamplingParams
+from leafe.policy.sampling import filter_top_p, gumbel_noise, seeded_generator
+from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
 from leafe.policy.embedded import DEFAULT_MODEL, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,17 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise ValueError(f"unknown dtype {dtype!r}; use 'auto' or one of {sorted(_DTYPES)}") from None
 
 
-def _seed_to_uint64(seed: int) -> int:
-    """``torch.Generator.manual_seed`` takes 64-bit values; any Python int maps into that range."""
-    return int(seed) % (1 << 64)
+def load_model(model: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for inference: resolve the name (:func:`resolve_model`), pick
+    device and dtype (:func:`resolve_device`, :func:`resolve_dtype`), eval mode."""
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path = resolve_model(model)
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(torch_device).eval()
+    logger.info("Loaded %s (%s, %s) in %.1f s", path, torch_device, torch_dtype, time.perf_counter() - start)
+    return hf_model, tokenizer
 
 
 class GumbelMaxSampler(LogitsProcessor):
@@ -110,36 +119,16 @@ class GumbelMaxSampler(LogitsProcessor):
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.device = torch.device(device)
-        self.generators = [
-            torch.Generator(device=self.device).manual_seed(_seed_to_uint64(seed)) for seed in seeds
-        ]
+        self.generators = [seeded_generator(seed, self.device) for seed in seeds]
 
     def gumbel_noise(self, vocab_size: int) -> torch.Tensor:
-        """Draw the next noise vector of every row: ``(batch, vocab)`` float32, ``-log(-log(u))``.
-
-        Uniforms are drawn in float64 and ``-log(u)`` is taken in float64, so the Gumbel tail
-        reaches ~37 (float32 uniforms would cap it at ~17); the second log is exact enough in
-        float32. ``u == 0`` gives ``-inf`` (that token cannot win), never NaN. Cost on 2 CPU cores:
-        ~0.3 ms per row and step for a 49k vocabulary (``Tensor.exponential_`` is 4x slower).
-        """
-        uniforms = torch.empty((len(self.generators), vocab_size), dtype=torch.float64, device=self.device)
-        for row, generator in enumerate(self.generators):
-            uniforms[row].uniform_(generator=generator)
-        exponentials = uniforms.log_().neg_().to(torch.float32)  # Exp(1); float32 keeps tiny values
-        return exponentials.log_().neg_()
+        """Draw the next noise vector of every row: ``(batch, vocab)`` float32 (see
+        :func:`leafe.policy.sampling.gumbel_noise`)."""
+        return gumbel_noise(self.generators, vocab_size, self.device)
 
     def filter_top_p(self, scores: torch.Tensor) -> torch.Tensor:
-        """Set to -inf every token outside the smallest set whose probability mass reaches
-        ``top_p`` (the most likely token always stays). ``scores: (batch, vocab)``."""
-        if self.top_p >= 1.0:
-            return scores
-        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-        probs = torch.softmax(sorted_scores, dim=-1)
-        mass_before = torch.cumsum(probs, dim=-1) - probs  # mass of strictly more likely tokens
-        remove_sorted = mass_before >= self.top_p
-        remove_sorted[..., 0] = False
-        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-        return scores.masked_fill(remove, float("-inf"))
+        """:func:`leafe.policy.sampling.filter_top_p` with this sampler's ``top_p``."""
+        return filter_top_p(scores, self.top_p)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != len(self.generators):
@@ -182,22 +171,6 @@ class _FinishTracker(StoppingCriteria):
         return any(s in text for s in self.stop)
 
 
-@dataclass(frozen=True)
-class TokenGeneration:
-    """A :class:`Generation` with its token ids.
-
-    Attributes:
-        generation: the completion as the Policy protocol reports it.
-        prompt_token_ids: the prompt's tokens, ``(prompt_tokens,)``.
-        completion_token_ids: generated tokens up to and including the end-of-sequence token or
-            the token completing a stop string, ``(completion_tokens,)``.
-    """
-
-    generation: Generation
-    prompt_token_ids: list[int]
-    completion_token_ids: list[int]
-
-
 class TransformersPolicy:
     """The Policy protocol on a transformers causal LM.
 
@@ -226,15 +199,7 @@ class TransformersPolicy:
         dtype: str = "auto",
         max_batch_size: int = 16,
     ) -> None:
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        path = resolve_model(model)
-        start = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(torch_device).eval()
-        logger.info(
-            "Loaded %s (%s, %s) in %.1f s", path, torch_device, torch_dtype, time.perf_counter() - start
-        )
+        hf_model, tokenizer = load_model(model, device, dtype)
         self._setup(hf_model, tokenizer, max_batch_size, model_name=model)
 
     @classmethod
@@ -254,16 +219,8 @@ class TransformersPolicy:
         self.max_batch_size = int(max_batch_size)
         self.model_name = model_name
         self.device = next(model.parameters()).device
-        eos: list[int] = []
-        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        for value in ([config_eos] if isinstance(config_eos, int) else list(config_eos or [])) + [
-            tokenizer.eos_token_id
-        ]:
-            if value is not None and value not in eos:
-                eos.append(int(value))
-        if not eos:
-            raise ValueError("the tokenizer has no eos token and the model's generation_config none either")
-        self.eos_token_ids: tuple[int, ...] = tuple(eos)
+        self.codec = PromptCodec(tokenizer, model_name)
+        eos = self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.pad_token_id: int = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos[0]
         bos = tokenizer.bos_token_id
         # Everything generate() may read, explicitly; swapped in for model.generation_config during
@@ -276,23 +233,8 @@ class TransformersPolicy:
     # ------------------------------------------------------------------ prompts
 
     def render_prompt(self, prompt: Prompt) -> str:
-        """The exact text the model is conditioned on: a string as-is, chat messages through the
-        tokenizer's chat template with the assistant generation prompt appended."""
-        if isinstance(prompt, str):
-            return prompt
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.model_name or 'this tokenizer'} has no chat template; pass a string prompt")
-        rendered = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-        if not isinstance(rendered, str):  # pragma: no cover - defensive across transformers versions
-            raise TypeError(f"apply_chat_template returned {type(rendered).__name__}, expected str")
-        return rendered
-
-    def _encode(self, prompt: Prompt, text: str) -> list[int]:
-        # A chat template writes its own special tokens; plain text gets the tokenizer's (e.g. BOS).
-        ids = self.tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
-        if not ids:
-            raise ValueError("empty prompt: the model needs at least one prompt token")
-        return list(ids)
+        """The exact text the model is conditioned on (see :meth:`PromptCodec.render`)."""
+        return self.codec.render(prompt)
 
     # ------------------------------------------------------------------ generation
 
@@ -302,14 +244,9 @@ class TransformersPolicy:
 
     def generate_tokens(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[TokenGeneration]:
         """Like :meth:`generate`, also returning prompt and completion token ids."""
-        if params.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {params.max_new_tokens}")
-        if params.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {params.temperature}")
-        if not 0.0 < params.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {params.top_p}")
-        texts = [self.render_prompt(request.prompt) for request in requests]
-        prompt_ids = [self._encode(request.prompt, text) for request, text in zip(requests, texts)]
+        check_params(params)
+        texts = [self.codec.render(request.prompt) for request in requests]
+        prompt_ids = [self.codec.encode(request.prompt, text) for request, text in zip(requests, texts)]
         completions: list[tuple[list[int], bool]] = [([], False)] * len(requests)
         if params.max_new_tokens > 0:
             order = sorted(range(len(requests)), key=lambda i: len(prompt_ids[i]))
@@ -321,26 +258,9 @@ class TransformersPolicy:
                 for i, result in zip(chunk, results):
                     completions[i] = result
         return [
-            self._finish(text, ids, completion, stopped, params)
+            self.codec.finish(text, ids, completion, stopped, params)
             for text, ids, (completion, stopped) in zip(texts, prompt_ids, completions)
         ]
-
-    def _finish(
-        self, prompt_text: str, prompt_ids: list[int], completion: list[int], stopped: bool, params: SamplingParams
-    ) -> TokenGeneration:
-        text = self.tokenizer.decode(completion, skip_special_tokens=True)
-        cuts = [pos for pos in (text.find(s) for s in params.stop if s) if pos >= 0]
-        if cuts:
-            text = text[: min(cuts)]
-            stopped = True
-        generation = Generation(
-            text=text,
-            prompt_text=prompt_text,
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=len(completion),
-            finish_reason="stop" if stopped else "length",
-        )
-        return TokenGeneration(generation, list(prompt_ids), completion)
 
     def _generate_chunk(
         self, prompts: list[list[int]], seeds: list[int], params: SamplingParams

@@ -1,0 +1,158 @@
+"""Inference engines against the machine's roofline, on a real rollout workload, in ONE run.
+
+    .venv/bin/python bench/engine_throughput.py                          # native vs transformers
+    .venv/bin/python bench/engine_throughput.py --backends native --tasks 4
+
+1. Measures the fp32 matmul peak (2048 x 2048, median of 10) and turns it into the model's compute
+   roofline in tokens/s: peak / (2 x weights touched per token), where the weights are every linear
+   layer of the decoder plus the LM head (attention scores are left out: ~3% here).
+2. Plays the same Sokoban workload with each backend: ``--tasks`` test rooms x ``--samples``
+   episodes = 64 concurrent episodes by default, 8 turns, history window 1, T=0.7, 40 new tokens
+   (the quickstart's settings), same seeds.
+3. Counts the work an ideal prefix-sharing engine must do, identically for every backend: each
+   prompt's tokens beyond its longest common prefix with any prompt or completed sequence seen
+   before it (prompts are visited round by round), plus every generated token. Tokens a backend
+   re-encodes only because it has no cache do not count as work.
+4. Prints, per backend: wall time, work tokens/s, the ratio to the roofline, the speedup over the
+   first backend listed after it, the engine's own counters, Pass@k and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from leafe.agent import build_agent, select_tasks  # noqa: E402
+from leafe.config import config_from_dict  # noqa: E402
+from leafe.envs import build_env  # noqa: E402
+from leafe.eval.passk import compute_pass_at_k  # noqa: E402
+from leafe.policy import load_policy  # noqa: E402
+from leafe.policy.prefix_cache import common_prefix_length  # noqa: E402
+from leafe.rollout import make_jobs, run_episodes  # noqa: E402
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Median fp32 GFLOP/s of a ``size x size`` matmul on the current torch thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def flops_per_token(model: torch.nn.Module) -> float:
+    """2 x (decoder linear weights + LM head weights): the matmul FLOPs of one token's forward."""
+    linear = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    return 2.0 * (linear + model.lm_head.weight.numel())
+
+
+def work_tokens(trajectories, tokenizer) -> tuple[int, int, int]:
+    """(prompt tokens sent, newly seen prompt tokens, generated tokens) of a set of trajectories."""
+    rounds = max(len(t.steps) for t in trajectories)
+    seen: list[np.ndarray] = []
+    sent = new = generated = 0
+    for turn in range(rounds):
+        finished_sequences = []
+        for trajectory in trajectories:
+            if turn >= len(trajectory.steps):
+                continue
+            step = trajectory.steps[turn]
+            prompt = np.asarray(tokenizer(step.prompt, add_special_tokens=True)["input_ids"])
+            reused = max((common_prefix_length(prompt, other) for other in seen), default=0)
+            sent += len(prompt)
+            new += len(prompt) - reused
+            generated += step.completion_tokens
+            seen.append(prompt)
+            completion = tokenizer(step.completion, add_special_tokens=False)["input_ids"]
+            finished_sequences.append(np.concatenate([prompt, np.asarray(completion, dtype=prompt.dtype)]))
+        seen.extend(finished_sequences)
+    return sent, new, generated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["native", "transformers"])
+    parser.add_argument("--tasks", type=int, default=8, help="test rooms")
+    parser.add_argument("--samples", type=int, default=8, help="episodes per room")
+    parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--history-window", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    results = {"threads": torch.get_num_threads(), "backends": {}}
+    peak = matmul_peak_gflops()
+    results["matmul_peak_gflops"] = peak
+    print(f"fp32 matmul peak: {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads")
+    episodes = args.tasks * args.samples
+    for backend in args.backends:
+        cfg = config_from_dict(
+            {
+                "seed": 0,
+                "policy": {"backend": backend, "max_batch_size": episodes, "max_new_tokens": 40, "temperature": 0.7},
+                "rollout": {
+                    "max_steps": args.max_steps,
+                    "history_window": args.history_window,
+                    "max_concurrent_episodes": episodes,
+                },
+            }
+        )
+        make_env, task_source = build_env(cfg.env)
+        tasks = select_tasks(task_source, "test", args.tasks)
+        policy = load_policy(cfg.policy)
+        agent = build_agent(cfg, make_env, task_source, policy)
+        roofline = peak * 1e9 / flops_per_token(policy.model)
+        start = time.perf_counter()
+        trajectories = run_episodes(
+            make_jobs(tasks, args.samples, cfg.seed), agent.make_env, policy, agent.prompter, agent.sampling,
+            max_steps=agent.max_steps, max_concurrent=episodes,
+        )
+        wall = time.perf_counter() - start
+        sent, new, generated = work_tokens(trajectories, policy.tokenizer)
+        by_task: dict[str, list[bool]] = {}
+        for t in trajectories:
+            by_task.setdefault(t.task.task_id, []).append(t.success)
+        passk = compute_pass_at_k(
+            {task: (len(v), sum(v)) for task, v in by_task.items()}, [k for k in (1, 2, 4, 8) if k <= args.samples]
+        )
+        row = {
+            "wall_s": wall,
+            "episodes": len(trajectories),
+            "prompt_tokens_sent": sent,
+            "new_prompt_tokens": new,
+            "generated_tokens": generated,
+            "work_tokens_per_s": (new + generated) / wall,
+            "roofline_tokens_per_s": roofline,
+            "fraction_of_roofline": (new + generated) / wall / roofline,
+            "pass_at_k": {str(k): round(100 * m, 1) for k, m in zip(passk.ks, passk.mean)},
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        if hasattr(policy, "stats"):
+            row["engine"] = policy.stats.as_dict()
+        results["backends"][backend] = row
+        print(f"\n[{backend}] {json.dumps(row, indent=1)}")
+        del policy, agent
+    names = list(results["backends"])
+    if len(names) > 1:
+        base = results["backends"][names[-1]]["wall_s"]
+        for name in names[:-1]:
+            print(f"speedup {name} vs {names[-1]}: {base / results['backends'][name]['wall_s']:.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Make any checkpoint servable by the in-process backends: full folders pass through, LoRA
+adapters are merged into their base model once and cached.
+
+A LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, as peft and our
+SFT trainer write it) names its base model in ``base_model_name_or_path``. The native and
+transformers backends want one plain checkpoint, so :func:`servable_model` merges the adapter with
+peft's ``merge_and_unload`` into ``<cache root>/merged/<digest>/`` (the digest covers the adapter's
+files and the base model's name, so a retrained adapter gets a new folder). vLLM serves adapters
+without merging and does not use this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from leafe.policy.embedded import file_lock, cache_root, resolve_model
+
+logger = logging.getLogger(__name__)
+
+_MARKER = "leafe_merge.json"
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model an adapter folder names, or None if ``path`` is not a LoRA adapter folder."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config}: not valid JSON ({error})") from None
+    if not base:
+        raise ValueError(f"{config}: base_model_name_or_path is missing; cannot tell which model the adapter fits")
+    return str(base)
+
+
+def _digest(adapter: Path, base: str) -> str:
+    hasher = hashlib.sha256(base.encode())
+    for file in sorted(adapter.iterdir()):
+        if file.is_file() and file.name.startswith("adapter_"):
+            hasher.update(file.name.encode())
+            hasher.update(file.read_bytes())
+    return hasher.hexdigest()[:16]
+
+
+def servable_model(model: str) -> str:
+    """``model`` itself, or for a LoRA adapter folder the cached merged checkpoint's folder.
+
+    Raises:
+        ValueError: an adapter folder without a usable ``adapter_config.json``.
+    """
+    path = Path(resolve_model(model))
+    base = adapter_base(path)
+    if base is None:
+        return model
+    target = cache_root() / "merged" / _digest(path, base)
+    if (target / _MARKER).is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent / f".{target.name}.lock"):
+        if (target / _MARKER).is_file():
+            return str(target)
+        started = time.perf_counter()
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        base_path = resolve_model(base)
+        model_obj = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(model_obj, str(path)).merge_and_unload()
+        tokenizer_source = path if (path / "tokenizer_config.json").is_file() else Path(base_path)
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            merged.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
+            (scratch / _MARKER).write_text(json.dumps({"adapter": str(path), "base": base}, indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(scratch, target)
+        finally:
+            if scratch.exists():
+                shutil.rmtree(scratch, ignore_errors=True)
+        logger.info("Merged LoRA adapter %s into %s in %.1f s", path, target, time.perf_counter() - started)
+    return str(target)

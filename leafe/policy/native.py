@@ -1,0 +1,506 @@
+"""The native CPU engine: continuous batching with a prefix (KV) cache over a transformers model.
+
+Why it exists: in agent rollouts the prompt dominates. Every turn re-sends the instructions and the
+few-shot example, the n samples of a task start from the same prompt, and an append-only history
+repeats the previous turn. ``transformers.generate`` re-encodes all of it on every call. This engine
+keeps each running sequence's keys/values in a fixed slot, reuses the longest cached prefix of every
+new prompt (:class:`PrefixCache`), computes a prefix shared by several new prompts once, and packs
+all prompt tokens of a round into one variable-length forward pass. Decoding runs all active
+sequences as one batch; a sequence that finishes leaves the batch and a queued request takes its
+slot (continuous batching).
+
+The forward pass reuses the model's own modules (embedding, norms, projections, MLP, rotary
+embedding, LM head); only attention and the cache layout are ours. That covers the Llama family
+(Llama 2/3, SmolLM, Mistral without sliding window use, Qwen2, Qwen3); anything else raises
+:class:`UnsupportedModel` (``backend: auto`` then falls back to transformers).
+
+Sampling is the same seeded Gumbel-max as the transformers backend (:mod:`leafe.policy.sampling`),
+so for the same logits both backends draw the same tokens for the same seed. Logits are not bitwise
+equal (different matmul shapes), so a near-tie can still go the other way.
+
+Shapes: ``keys[layer]`` and ``values[layer]`` are ``(slots, kv_heads, capacity, head_dim)``.
+Active sequences always occupy slots ``0..n_active-1`` (a finishing sequence's slot is refilled by
+moving the last one down), so the decode batch is a contiguous view, never a gather.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from leafe.policy.base import Generation, GenerationRequest, SamplingParams
+from leafe.policy.embedded import DEFAULT_MODEL
+from leafe.policy.prefix_cache import PrefixCache
+from leafe.policy.sampling import sample_next, seeded_generator
+from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+_CAPACITY_STEP = 128  # slot capacity grows in multiples of this many positions
+_MIN_SHARED = 16  # a prefix shared by new prompts is computed once if it is at least this long
+
+
+class UnsupportedModel(ValueError):
+    """The model's architecture is not one the native engine implements."""
+
+
+@dataclass
+class EngineStats:
+    """Token and time counters, cumulative over the engine's life.
+
+    Attributes:
+        prompt_tokens: prompt tokens of all requests.
+        cached_prompt_tokens: prompt positions copied from the prefix cache instead of computed.
+        computed_prompt_tokens: prompt positions run through the model (includes shared prefixes
+            computed once for several prompts).
+        generated_tokens: sampled tokens.
+        prefill_seconds / decode_seconds: wall time in prompt and decode forward passes.
+        requests: requests served.
+    """
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    computed_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    requests: int = 0
+    cache_evictions: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Sequence:
+    """A request in flight. ``length`` = positions whose keys/values are in the slot."""
+
+    index: int
+    prompt_ids: list[int]
+    generator: torch.Generator
+    slot: int = -1
+    length: int = 0
+    generated: list[int] = field(default_factory=list)
+    stopped: bool = False
+
+
+class _Model:
+    """The forward pass over slots, on the modules of a Llama-family transformers model."""
+
+    def __init__(self, model: Any) -> None:
+        config = model.config
+        model_type = getattr(config, "model_type", "")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModel(
+                f"the native engine supports {', '.join(SUPPORTED_MODEL_TYPES)} models, not {model_type!r}; "
+                "use policy.backend: transformers"
+            )
+        self.model = model
+        self.inner = model.model
+        self.layers = list(self.inner.layers)
+        self.num_heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.num_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.num_heads)
+        self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 20))
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if window:
+            self.max_positions = min(self.max_positions, int(window))
+        attn = self.layers[0].self_attn
+        self.qk_norm = hasattr(attn, "q_norm") and hasattr(attn, "k_norm")
+        self.param = next(model.parameters())
+        self._cos = self._sin = torch.empty(0)
+
+    def rope_table(self, positions: int) -> None:
+        """Precompute cos/sin ``(positions, head_dim)`` with the model's own rotary embedding."""
+        if self._cos.shape[0] >= positions:
+            return
+        ids = torch.arange(positions, device=self.param.device)[None]
+        cos, sin = self.inner.rotary_emb(self.param.new_zeros(1), ids)
+        self._cos, self._sin = cos[0], sin[0]
+
+    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Apply rotary embedding. ``x: (tokens, heads, head_dim)``, ``positions: (tokens,)``."""
+        cos, sin = self._cos[positions][:, None, :], self._sin[positions][:, None, :]
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _project(self, layer: Any, h: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``h: (tokens, hidden)`` -> q ``(tokens, heads, hd)``, k and v ``(tokens, kv_heads, hd)``."""
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        n = x.shape[0]
+        q = attn.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = attn.k_proj(x).view(n, self.kv_heads, self.head_dim)
+        v = attn.v_proj(x).view(n, self.kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return self._rotate(q, positions), self._rotate(k, positions), v
+
+    def _finish_layer(self, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        h = h + layer.self_attn.o_proj(attended.reshape(h.shape[0], self.num_heads * self.head_dim))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""
+        return self.model.lm_head(self.inner.norm(h)).float()
+
+    def prefill(
+        self,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        pieces: Sequence[tuple[int, int, list[int]]],
+    ) -> torch.Tensor:
+        """Run the prompt pieces ``(slot, start, token_ids)`` in one packed forward pass.
+
+        Each piece's tokens take positions ``start..start+len-1`` of its slot and attend to the
+        slot's positions ``0..start+len-1`` (causally). Keys/values of all pieces are written
+        before any attention of the same layer, so two consecutive pieces of one slot may share a
+        pass. Returns the last position's hidden state per piece, ``(len(pieces), hidden)``.
+        """
+        device = self.param.device
+        ids = torch.tensor([t for _, _, toks in pieces for t in toks], device=device)
+        positions = torch.cat([torch.arange(start, start + len(toks), device=device) for _, start, toks in pieces])
+        offsets = np.cumsum([0] + [len(toks) for _, _, toks in pieces])
+        masks = [
+            torch.arange(start + len(toks), device=device)[None, :]
+            <= torch.arange(start, start + len(toks), device=device)[:, None]
+            for _, start, toks in pieces
+        ]
+        h = self.inner.embed_tokens(ids)
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, h, positions)
+            layer_keys, layer_values = keys[index], values[index]
+            for (slot, start, toks), lo in zip(pieces, offsets):
+                layer_keys[slot, :, start : start + len(toks)] = k[lo : lo + len(toks)].transpose(0, 1)
+                layer_values[slot, :, start : start + len(toks)] = v[lo : lo + len(toks)].transpose(0, 1)
+            attended = torch.empty_like(q)
+            for (slot, start, toks), lo, mask in zip(pieces, offsets, masks):
+                end = start + len(toks)
+                out = F.scaled_dot_product_attention(
+                    q[lo : lo + len(toks)].transpose(0, 1)[None],
+                    layer_keys[slot : slot + 1, :, :end],
+                    layer_values[slot : slot + 1, :, :end],
+                    attn_mask=mask,
+                    enable_gqa=True,
+                )
+                attended[lo : lo + len(toks)] = out[0].transpose(0, 1)
+            h = self._finish_layer(layer, h, attended)
+        return h[torch.as_tensor(offsets[1:] - 1, device=device)]
+
+    def decode(
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], tokens: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """One decode step for slots ``0..B-1``: ``tokens``, ``positions`` ``(B,)`` -> hidden ``(B, hidden)``.
+
+        Slot ``b`` writes its new key/value at ``positions[b]`` and attends to ``0..positions[b]``.
+        """
+        batch = tokens.shape[0]
+        rows = torch.arange(batch, device=tokens.device)
+        span = int(positions.max()) + 1
+        mask = (torch.arange(span, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+        h = self.inner.embed_tokens(tokens)
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, h, positions)
+            keys[index][rows, :, positions] = k
+            values[index][rows, :, positions] = v
+            out = F.scaled_dot_product_attention(
+                q[:, :, None, :],
+                keys[index][:batch, :, :span],
+                values[index][:batch, :, :span],
+                attn_mask=mask,
+                enable_gqa=True,
+            )
+            h = self._finish_layer(layer, h, out[:, :, 0, :])
+        return h
+
+
+class NativePolicy:
+    """The Policy protocol on the native engine (see the module docstring).
+
+    Args:
+        model: ``"embedded"``, a local folder (full checkpoint or LoRA adapter) or a hub id.
+        device: ``"auto"`` / ``"cpu"`` / ``"cuda:0"`` (the engine is written for CPU; it runs on
+            CUDA too, but vLLM is the better choice there).
+        dtype: ``"auto"`` (float32 on CPU) or an explicit dtype.
+        max_batch_size: sequences decoded together (slots).
+        prefix_cache_mb: memory for cached prefixes (keys/values); 0 disables reuse.
+        max_prefill_tokens: prompt tokens per packed forward pass (bounds activation memory).
+    """
+
+    name = "native"
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_size: int = 64,
+        prefix_cache_mb: int = 2048,
+        max_prefill_tokens: int = 2048,
+    ) -> None:
+        from leafe.policy.transformers_backend import load_model
+
+        hf_model, tokenizer = load_model(model, device, dtype)
+        self._setup(hf_model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, model)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        max_batch_size: int = 64,
+        prefix_cache_mb: int = 2048,
+        max_prefill_tokens: int = 2048,
+    ) -> NativePolicy:
+        """Serve an already-built ``(model, tokenizer)`` pair (tests, or a model being trained:
+        call :meth:`weights_changed` after every update)."""
+        policy = cls.__new__(cls)
+        name = getattr(model, "name_or_path", "") or ""
+        policy._setup(model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, name)
+        return policy
+
+    def _setup(
+        self, model: Any, tokenizer: Any, max_batch_size: int, prefix_cache_mb: int, max_prefill_tokens: int, name: str
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be >= 1, got {max_prefill_tokens}")
+        self.net = _Model(model)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = name
+        self.codec = PromptCodec(tokenizer, name)
+        self.eos_token_ids = frozenset(eos_token_ids(model, tokenizer))
+        self.max_batch_size = int(max_batch_size)
+        self.max_prefill_tokens = int(max_prefill_tokens)
+        self.cache = PrefixCache(int(prefix_cache_mb) << 20)
+        self.stats = EngineStats()
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def render_prompt(self, prompt: Any) -> str:
+        """The exact text the model is conditioned on (see :meth:`PromptCodec.render`)."""
+        return self.codec.render(prompt)
+
+    def weights_changed(self) -> None:
+        """Forget cached prefixes: they were computed with the old weights."""
+        with self._lock:
+            self.cache.clear()
+
+    # ------------------------------------------------------------------ storage
+
+    def _reserve(self, slots: int, capacity: int) -> None:
+        """Make sure ``slots`` slots of ``capacity`` positions exist (allocates only when growing)."""
+        if capacity > self.net.max_positions:
+            raise ValueError(
+                f"prompt + max_new_tokens needs {capacity} positions; {self.model_name or 'the model'} "
+                f"supports {self.net.max_positions}"
+            )
+        have_slots = self.keys[0].shape[0] if self.keys else 0
+        have_capacity = self.keys[0].shape[2] if self.keys else 0
+        if have_slots >= slots and have_capacity >= capacity:
+            return
+        slots = max(slots, have_slots)
+        capacity = max(-(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP, have_capacity)
+        param = self.net.param
+        shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
+        self.keys = [param.new_zeros(shape) for _ in self.net.layers]
+        self.values = [param.new_zeros(shape) for _ in self.net.layers]
+        self.net.rope_table(capacity)
+
+    def _slot_kv(self, slot: int, length: int) -> torch.Tensor:
+        """A copy of a slot's first ``length`` positions: ``(layers, 2, kv_heads, length, head_dim)``."""
+        return torch.stack(
+            [torch.stack((k[slot, :, :length], v[slot, :, :length])) for k, v in zip(self.keys, self.values)]
+        ).clone()
+
+    def _load_slot(self, slot: int, kv: torch.Tensor, length: int) -> None:
+        for index, (k, v) in enumerate(zip(self.keys, self.values)):
+            k[slot, :, :length] = kv[index, 0, :, :length]
+            v[slot, :, :length] = kv[index, 1, :, :length]
+
+    def _move_slot(self, source: int, target: int, length: int) -> None:
+        for k, v in zip(self.keys, self.values):
+            k[target, :, :length] = k[source, :, :length]
+            v[target, :, :length] = v[source, :, :length]
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        """Complete every request; the i-th generation answers the i-th request."""
+        return [result.generation for result in self.generate_tokens(requests, params)]
+
+    def generate_tokens(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[TokenGeneration]:
+        """Like :meth:`generate`, also returning prompt and completion token ids."""
+        check_params(params)
+        texts = [self.codec.render(request.prompt) for request in requests]
+        prompt_ids = [self.codec.encode(request.prompt, text) for request, text in zip(requests, texts)]
+        completions: list[tuple[list[int], bool]] = [([], False)] * len(requests)
+        if requests and params.max_new_tokens > 0:
+            with self._lock, torch.inference_mode():
+                self._reserve(
+                    min(self.max_batch_size, len(requests)),
+                    max(len(ids) for ids in prompt_ids) + params.max_new_tokens,
+                )
+                for seq in self._run(prompt_ids, [request.seed for request in requests], params):
+                    completions[seq.index] = (seq.generated, seq.stopped)
+                self.stats.cache_evictions = self.cache.evictions
+        self.stats.requests += len(requests)
+        self.stats.prompt_tokens += sum(len(ids) for ids in prompt_ids)
+        return [
+            self.codec.finish(text, ids, generated, stopped, params)
+            for text, ids, (generated, stopped) in zip(texts, prompt_ids, completions)
+        ]
+
+    def _run(self, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams) -> list[_Sequence]:
+        """The scheduler: admit queued requests into free slots, decode the active batch, retire."""
+        device = self.net.param.device
+        queue = deque(
+            _Sequence(index, ids, seeded_generator(seed, device)) for index, (ids, seed) in enumerate(zip(prompt_ids, seeds))
+        )
+        slots = self.keys[0].shape[0]
+        active: list[_Sequence] = []
+        done: list[_Sequence] = []
+        while queue or active:
+            if queue and len(active) < slots:
+                admitted = [queue.popleft() for _ in range(min(slots - len(active), len(queue)))]
+                for seq in admitted:
+                    seq.slot = len(active)
+                    active.append(seq)
+                first = self._prefill(admitted, free_slots=range(len(active), slots))
+                self._append(admitted, first, params)
+            else:
+                start = time.perf_counter()
+                tokens = torch.tensor([seq.generated[-1] for seq in active], device=device)
+                positions = torch.tensor([seq.length for seq in active], device=device)
+                hidden = self.net.decode(self.keys, self.values, tokens, positions)
+                for seq in active:
+                    seq.length += 1
+                self.stats.decode_seconds += time.perf_counter() - start
+                self._append(active, self.net.logits(hidden), params)
+            finished = [seq for seq in active if self._finished(seq, params)]
+            for seq in finished:
+                self._retire(seq, active)
+                done.append(seq)
+        return done
+
+    def _append(self, seqs: Sequence[_Sequence], logits: torch.Tensor, params: SamplingParams) -> None:
+        """Sample one token per sequence from ``logits`` ``(len(seqs), vocab)``."""
+        tokens = sample_next(logits, [seq.generator for seq in seqs], params.temperature, params.top_p).tolist()
+        for seq, token in zip(seqs, tokens):
+            seq.generated.append(int(token))
+        self.stats.generated_tokens += len(seqs)
+
+    def _finished(self, seq: _Sequence, params: SamplingParams) -> bool:
+        if seq.generated[-1] in self.eos_token_ids or self.codec.has_stop(seq.generated, params.stop):
+            seq.stopped = True
+            return True
+        return len(seq.generated) >= params.max_new_tokens
+
+    def _retire(self, seq: _Sequence, active: list[_Sequence]) -> None:
+        """Cache the finished sequence's keys/values and give its slot to the last active one."""
+        tokens = seq.prompt_ids + seq.generated[:-1]  # the last token was sampled, never run
+        self.cache.insert(tokens, lambda: self._slot_kv(seq.slot, seq.length))
+        last = active.pop()
+        if last is not seq:
+            self._move_slot(last.slot, seq.slot, last.length)
+            last.slot = seq.slot
+            active[seq.slot] = last
+
+    # ------------------------------------------------------------------ prompts
+
+    def _prefill(self, seqs: list[_Sequence], free_slots: Sequence[int]) -> torch.Tensor:
+        """Bring every new sequence's prompt into its slot: compute prefixes shared by several of
+        them once, copy the longest cached prefix, run the rest packed. Returns the logits of each
+        prompt's last position, ``(len(seqs), vocab)``."""
+        self._warm_shared([seq.prompt_ids for seq in seqs], list(free_slots))
+        for seq in seqs:
+            entry, length = self.cache.match(seq.prompt_ids)
+            length = min(length, len(seq.prompt_ids) - 1)  # the last prompt token must run for logits
+            if entry is not None and length > 0:
+                self._load_slot(seq.slot, entry.kv, length)
+            seq.length = length
+            self.stats.cached_prompt_tokens += length
+        hidden = self._run_prompts([(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in seqs])
+        for seq in seqs:
+            seq.length = len(seq.prompt_ids)
+        return self.net.logits(hidden)
+
+    def _warm_shared(self, prompts: list[list[int]], free_slots: list[int]) -> None:
+        """Compute, once, each prefix that two or more ``prompts`` share beyond what the cache
+        holds, and cache it. Recurses so that prefixes shared among those prefixes (say, the
+        instructions common to several tasks' prompts) are computed first, also only once."""
+        if len(prompts) < 2 or not free_slots or self.cache.capacity_bytes == 0:
+            return
+        ordered = sorted(prompts)
+        arrays = [np.asarray(p) for p in ordered]
+        from leafe.policy.prefix_cache import common_prefix_length
+
+        neighbour = [common_prefix_length(a, b) for a, b in zip(arrays, arrays[1:])]
+        wanted: dict[tuple[int, ...], None] = {}
+        for i, prompt in enumerate(ordered):
+            shared = max(neighbour[i - 1] if i > 0 else 0, neighbour[i] if i < len(neighbour) else 0)
+            if shared >= _MIN_SHARED and shared - self.cache.match(prompt[:shared])[1] >= _MIN_SHARED:
+                wanted[tuple(prompt[:shared])] = None
+        prefixes = [list(p) for p in wanted]
+        if not prefixes:
+            return
+        self._warm_shared(prefixes, free_slots)
+        for start in range(0, len(prefixes), len(free_slots)):
+            batch = list(zip(free_slots, prefixes[start : start + len(free_slots)]))
+            pieces = []
+            for slot, prefix in batch:
+                entry, length = self.cache.match(prefix)
+                length = min(length, len(prefix) - 1)
+                if entry is not None and length > 0:
+                    self._load_slot(slot, entry.kv, length)
+                pieces.append((slot, length, prefix[length:]))
+            self._run_prompts(pieces)
+            for slot, prefix in batch:
+                self.cache.insert(prefix, lambda slot=slot, n=len(prefix): self._slot_kv(slot, n))
+
+    def _run_prompts(self, segments: list[tuple[int, int, list[int]]]) -> torch.Tensor:
+        """Prefill ``(slot, start, tokens)`` segments in packed passes of at most
+        ``max_prefill_tokens`` tokens (a long segment is split across passes). Returns each
+        segment's last hidden state, ``(len(segments), hidden)``."""
+        start_time = time.perf_counter()
+        budget = self.max_prefill_tokens
+        pieces: list[tuple[int, int, list[int], int | None]] = []  # (slot, start, tokens, segment or None)
+        for index, (slot, start, tokens) in enumerate(segments):
+            for lo in range(0, len(tokens), budget):
+                last = lo + budget >= len(tokens)
+                pieces.append((slot, start + lo, tokens[lo : lo + budget], index if last else None))
+        last_hidden: list[torch.Tensor | None] = [None] * len(segments)
+        batch: list[tuple[int, int, list[int], int | None]] = []
+        used = 0
+
+        def flush() -> None:
+            hidden = self.net.prefill(self.keys, self.values, [(s, st, t) for s, st, t, _ in batch])
+            for row, (_, _, _, segment) in enumerate(batch):
+                if segment is not None:
+                    last_hidden[segment] = hidden[row]
+
+        for piece in pieces:
+            if batch and used + len(piece[2]) > budget:
+                flush()
+                batch, used = [], 0
+            batch.append(piece)
+            used += len(piece[2])
+        if batch:
+            flush()
+        self.stats.computed_prompt_tokens += sum(len(tokens) for _, _, tokens in segments)
+        self.stats.prefill_seconds += time.perf_counter() - start_time
+        return torch.stack([h for h in last_hidden if h is not None])
