@@ -1,7 +1,9 @@
 """THE multi-turn agent loop. Evaluation, exploration and RL all collect episodes through it.
 
-Many episodes run at once: every round, each active episode contributes one prompt, the policy
-completes them all in one batched call, and each environment takes its step. Finished episodes
+Many episodes run at once. Each active episode submits its next prompt to the policy's stream
+(:func:`leafe.policy.base.open_stream`) and takes its environment step as soon as that reply is
+back: with a continuous-batching backend (native) an episode never waits for slower ones; a
+batch-only backend completes all submitted prompts per call, i.e. in rounds. Finished episodes
 leave and queued ones take their place, so the batch stays full.
 
 Per turn: prompt = task + recent history + current observation; the reply is parsed into an
@@ -33,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from leafe.envs.base import TextEnv
-from leafe.policy.base import Generation, GenerationRequest, Policy, SamplingParams
+from leafe.policy.base import Generation, GenerationRequest, Policy, SamplingParams, open_stream
 from leafe.prompting import Prompter, Turn, missing_action_feedback, parse_action
 from leafe.types import Step, Task, Trajectory
 
@@ -201,10 +203,13 @@ def run_episodes(
         stop=tuple(dict.fromkeys(sampling.stop + prompter.stop)),
     )
     pending = deque(jobs)
-    active: list[_Episode] = []
+    active: list[_Episode] = []  # in start order (a shared budget serves its episodes in this order)
+    in_flight: dict[int, _Episode] = {}  # id(episode) -> episode whose turn the policy is generating
     finished: list[Trajectory] = []
+    stream = open_stream(policy, params)
 
     def finish(episode: _Episode) -> None:
+        active.remove(episode)
         trajectory = episode.finish()
         finished.append(trajectory)
         if on_finish is not None:
@@ -213,23 +218,17 @@ def run_episodes(
     while pending or active:
         while pending and len(active) < max_concurrent:
             active.append(_start(pending.popleft(), make_env, prompter))
-        playing, waiting, cut = _grant_turns(active, max_steps)
+        playing, _waiting, cut = _grant_turns(active, max_steps, in_flight)
         for episode in cut:
             _mark_cut(episode)
             finish(episode)
-        if not playing:
-            active = waiting
-            continue
-        requests = [
-            GenerationRequest(
-                prompt=prompter.build(ep.instruction, ep.turns, ep.observation, ep.job.experience),
-                seed=derive_seed(ep.job.seed, len(ep.steps)),
-            )
-            for ep in playing
-        ]
-        generations = policy.generate(requests, params)
-        still_active = []
-        for episode, generation in zip(playing, generations):
+        for episode in playing:
+            if id(episode) not in in_flight:
+                in_flight[id(episode)] = episode
+                prompt = prompter.build(episode.instruction, episode.turns, episode.observation, episode.job.experience)
+                stream.submit(id(episode), GenerationRequest(prompt, seed=derive_seed(episode.job.seed, len(episode.steps))))
+        for key, result in stream.next_finished():
+            episode, generation = in_flight.pop(key), result.generation
             if episode.job.budget is not None:
                 episode.job.budget.charge(env_steps=1, model_tokens=generation.prompt_tokens + generation.completion_tokens)
             _advance(episode, generation, prompter, max_steps)
@@ -237,14 +236,14 @@ def run_episodes(
                 on_step(episode.job, episode.env)
             if episode.steps[-1].terminated or episode.steps[-1].truncated:
                 finish(episode)
-            else:
-                still_active.append(episode)
-        active = still_active + waiting
     return finished
 
 
-def _grant_turns(active: list[_Episode], max_steps: int) -> tuple[list[_Episode], list[_Episode], list[_Episode]]:
-    """Split the active episodes into (playing this round, waiting, cut by their budget).
+def _grant_turns(
+    active: list[_Episode], max_steps: int, in_flight: dict[int, _Episode]
+) -> tuple[list[_Episode], list[_Episode], list[_Episode]]:
+    """Split the active episodes into (playing, waiting, cut by their budget). An episode whose
+    turn is being generated keeps playing (its turn was granted when it was submitted).
 
     A shared budget serves its episodes in order: an episode takes a turn only if the budget
     still covers every turn the earlier episodes may yet take (up to ``max_steps`` each) plus
@@ -260,7 +259,9 @@ def _grant_turns(active: list[_Episode], max_steps: int) -> tuple[list[_Episode]
             continue
         left = budget.turns_left()
         before = reserved.get(id(budget), 0)
-        if left == 0:
+        if id(episode) in in_flight:
+            playing.append(episode)
+        elif left == 0:
             cut.append(episode)
         elif before + 1 <= left:
             playing.append(episode)

@@ -9,9 +9,9 @@ depend on what else happens to be in the batch (needed for resumable, reproducib
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Any, Protocol, Union, runtime_checkable
 
 ChatMessages = list[dict[str, str]]
 Prompt = Union[str, ChatMessages]
@@ -70,3 +70,66 @@ class Policy(Protocol):
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
         """Complete every request; the i-th generation answers the i-th request."""
         ...
+
+
+class GenerationStream(Protocol):
+    """Requests submitted at any time and collected as they finish.
+
+    The rollout loop uses it so that an engine with continuous batching can start an episode's
+    next turn while other episodes are still generating.
+    """
+
+    pending: int
+
+    def submit(self, key: Hashable, request: GenerationRequest) -> None:
+        """Queue ``request``; it is returned by :meth:`next_finished` under ``key``."""
+        ...
+
+    def next_finished(self) -> list[tuple[Hashable, Any]]:
+        """Block until at least one submitted request is complete and return every complete one
+        as ``(key, result)``, where ``result.generation`` is its :class:`Generation`
+        (``[]`` when nothing is pending)."""
+        ...
+
+
+@runtime_checkable
+class StreamingPolicy(Protocol):
+    """A backend that serves :class:`GenerationStream` natively."""
+
+    def stream(self, params: SamplingParams) -> GenerationStream: ...
+
+
+@dataclass(frozen=True)
+class _Done:
+    generation: Generation
+
+
+class BatchStream:
+    """:class:`GenerationStream` over a batch-only policy: :meth:`next_finished` completes every
+    pending request in one ``generate`` call (one round of a round-based loop)."""
+
+    def __init__(self, policy: Policy, params: SamplingParams) -> None:
+        self.policy = policy
+        self.params = params
+        self._submitted: list[tuple[Hashable, GenerationRequest]] = []
+
+    @property
+    def pending(self) -> int:
+        return len(self._submitted)
+
+    def submit(self, key: Hashable, request: GenerationRequest) -> None:
+        self._submitted.append((key, request))
+
+    def next_finished(self) -> list[tuple[Hashable, _Done]]:
+        batch, self._submitted = self._submitted, []
+        if not batch:
+            return []
+        generations = self.policy.generate([request for _, request in batch], self.params)
+        return [(key, _Done(generation)) for (key, _), generation in zip(batch, generations)]
+
+
+def open_stream(policy: Policy, params: SamplingParams) -> GenerationStream:
+    """The policy's own stream if it has one, else a :class:`BatchStream` around ``generate``."""
+    if isinstance(policy, StreamingPolicy):
+        return policy.stream(params)
+    return BatchStream(policy, params)

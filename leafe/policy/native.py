@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,8 @@ class EngineStats:
         generated_tokens: sampled tokens.
         prefill_seconds / decode_seconds: wall time in prompt and decode forward passes.
         requests: requests served.
+        decode_steps: batched decode forward passes (generated tokens / steps = mean batch).
+        cache_evictions: prefix-cache entries dropped for lack of memory.
     """
 
     prompt_tokens: int = 0
@@ -75,6 +77,7 @@ class EngineStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     requests: int = 0
+    decode_steps: int = 0
     cache_evictions: int = 0
 
     def as_dict(self) -> dict[str, float]:
@@ -85,8 +88,11 @@ class EngineStats:
 class _Sequence:
     """A request in flight. ``length`` = positions whose keys/values are in the slot."""
 
-    index: int
+    stream: NativeStream
+    key: Hashable
+    prompt_text: str
     prompt_ids: list[int]
+    params: SamplingParams
     generator: torch.Generator
     slot: int = -1
     length: int = 0
@@ -289,7 +295,10 @@ class NativePolicy:
         self.stats = EngineStats()
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self._lock = threading.Lock()
+        self._queue: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []  # _active[i].slot == i
+        self._ready: dict[int, list[_Sequence]] = {}  # id(stream) -> finished, not yet collected
+        self._lock = threading.RLock()
 
     def render_prompt(self, prompt: Any) -> str:
         """The exact text the model is conditioned on (see :meth:`PromptCodec.render`)."""
@@ -313,19 +322,27 @@ class NativePolicy:
         have_capacity = self.keys[0].shape[2] if self.keys else 0
         if have_slots >= slots and have_capacity >= capacity:
             return
-        slots = max(slots, have_slots)
+        # Every growth copies the sequences in flight: take all slots at once, double capacity.
+        slots = max(self.max_batch_size, have_slots)
+        if capacity > have_capacity:
+            capacity = max(capacity, min(2 * have_capacity, self.net.max_positions))
         capacity = max(-(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP, have_capacity)
         param = self.net.param
         shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
+        old_keys, old_values = self.keys, self.values
         self.keys = [param.new_zeros(shape) for _ in self.net.layers]
         self.values = [param.new_zeros(shape) for _ in self.net.layers]
+        for new, old in zip(self.keys + self.values, old_keys + old_values):  # sequences in flight
+            new[: old.shape[0], :, : old.shape[2]] = old
         self.net.rope_table(capacity)
 
     def _slot_kv(self, slot: int, length: int) -> torch.Tensor:
         """A copy of a slot's first ``length`` positions: ``(layers, 2, kv_heads, length, head_dim)``."""
-        return torch.stack(
-            [torch.stack((k[slot, :, :length], v[slot, :, :length])) for k, v in zip(self.keys, self.values)]
-        ).clone()
+        kv = self.keys[0].new_empty((len(self.keys), 2, self.net.kv_heads, length, self.net.head_dim))
+        for index, (k, v) in enumerate(zip(self.keys, self.values)):
+            kv[index, 0].copy_(k[slot, :, :length])
+            kv[index, 1].copy_(v[slot, :, :length])
+        return kv
 
     def _load_slot(self, slot: int, kv: torch.Tensor, length: int) -> None:
         for index, (k, v) in enumerate(zip(self.keys, self.values)):
@@ -345,73 +362,94 @@ class NativePolicy:
 
     def generate_tokens(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[TokenGeneration]:
         """Like :meth:`generate`, also returning prompt and completion token ids."""
+        stream = self.stream(params)
+        for index, request in enumerate(requests):
+            stream.submit(index, request)
+        results: list[TokenGeneration | None] = [None] * len(requests)
+        while stream.pending:
+            for index, result in stream.next_finished():
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    def stream(self, params: SamplingParams) -> NativeStream:
+        """A stream of requests sharing ``params``: submit at any time, collect as they finish.
+        Several streams may share the engine; their sequences are decoded in one batch."""
         check_params(params)
-        texts = [self.codec.render(request.prompt) for request in requests]
-        prompt_ids = [self.codec.encode(request.prompt, text) for request, text in zip(requests, texts)]
-        completions: list[tuple[list[int], bool]] = [([], False)] * len(requests)
-        if requests and params.max_new_tokens > 0:
-            with self._lock, torch.inference_mode():
-                self._reserve(
-                    min(self.max_batch_size, len(requests)),
-                    max(len(ids) for ids in prompt_ids) + params.max_new_tokens,
-                )
-                for seq in self._run(prompt_ids, [request.seed for request in requests], params):
-                    completions[seq.index] = (seq.generated, seq.stopped)
-                self.stats.cache_evictions = self.cache.evictions
-        self.stats.requests += len(requests)
-        self.stats.prompt_tokens += sum(len(ids) for ids in prompt_ids)
-        return [
-            self.codec.finish(text, ids, generated, stopped, params)
-            for text, ids, (generated, stopped) in zip(texts, prompt_ids, completions)
-        ]
+        return NativeStream(self, params)
 
-    def _run(self, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams) -> list[_Sequence]:
-        """The scheduler: admit queued requests into free slots, decode the active batch, retire."""
-        device = self.net.param.device
-        queue = deque(
-            _Sequence(index, ids, seeded_generator(seed, device)) for index, (ids, seed) in enumerate(zip(prompt_ids, seeds))
-        )
-        slots = self.keys[0].shape[0]
-        active: list[_Sequence] = []
-        done: list[_Sequence] = []
-        while queue or active:
-            if queue and len(active) < slots:
-                admitted = [queue.popleft() for _ in range(min(slots - len(active), len(queue)))]
-                for seq in admitted:
-                    seq.slot = len(active)
-                    active.append(seq)
-                first = self._prefill(admitted, free_slots=range(len(active), slots))
-                self._append(admitted, first, params)
+    def _enqueue(self, seq: _Sequence) -> None:
+        with self._lock:
+            self._reserve(self.max_batch_size, len(seq.prompt_ids) + seq.params.max_new_tokens)
+            self.stats.requests += 1
+            self.stats.prompt_tokens += len(seq.prompt_ids)
+            if seq.params.max_new_tokens == 0:
+                self._ready.setdefault(id(seq.stream), []).append(seq)
             else:
-                start = time.perf_counter()
-                tokens = torch.tensor([seq.generated[-1] for seq in active], device=device)
-                positions = torch.tensor([seq.length for seq in active], device=device)
-                hidden = self.net.decode(self.keys, self.values, tokens, positions)
-                for seq in active:
-                    seq.length += 1
-                self.stats.decode_seconds += time.perf_counter() - start
-                self._append(active, self.net.logits(hidden), params)
-            finished = [seq for seq in active if self._finished(seq, params)]
-            for seq in finished:
-                self._retire(seq, active)
-                done.append(seq)
-        return done
+                self._queue.append(seq)
 
-    def _append(self, seqs: Sequence[_Sequence], logits: torch.Tensor, params: SamplingParams) -> None:
-        """Sample one token per sequence from ``logits`` ``(len(seqs), vocab)``."""
-        tokens = sample_next(logits, [seq.generator for seq in seqs], params.temperature, params.top_p).tolist()
-        for seq, token in zip(seqs, tokens):
-            seq.generated.append(int(token))
+    def _collect(self, stream: NativeStream) -> list[_Sequence]:
+        """Run the scheduler until at least one of ``stream``'s sequences is done; return them all."""
+        with self._lock, torch.inference_mode():
+            while not self._ready.get(id(stream)):
+                if not self._queue and not self._active:
+                    raise RuntimeError("the engine has no work left for this stream (lost requests)")
+                self._step()
+            self.stats.cache_evictions = self.cache.evictions
+            return self._ready.pop(id(stream))
+
+    def _step(self) -> None:
+        """One scheduler iteration: admit queued sequences into free slots if any, else decode."""
+        slots = self.keys[0].shape[0]
+        if self._queue and len(self._active) < slots:
+            admitted = [self._queue.popleft() for _ in range(min(slots - len(self._active), len(self._queue)))]
+            for seq in admitted:
+                seq.slot = len(self._active)
+                self._active.append(seq)
+            # The admitted sequences' slots are still empty: shared prefixes may be computed there.
+            scratch = [seq.slot for seq in admitted] + list(range(len(self._active), slots))
+            self._append(admitted, self._prefill(admitted, scratch))
+        else:
+            device = self.net.param.device
+            start = time.perf_counter()
+            tokens = torch.tensor([seq.generated[-1] for seq in self._active], device=device)
+            positions = torch.tensor([seq.length for seq in self._active], device=device)
+            logits = self.net.logits(self.net.decode(self.keys, self.values, tokens, positions))
+            for seq in self._active:
+                seq.length += 1
+            self.stats.decode_seconds += time.perf_counter() - start
+            self.stats.decode_steps += 1
+            self._append(self._active, logits)
+        for seq in [seq for seq in self._active if self._finished(seq)]:
+            self._retire(seq)
+            self._ready.setdefault(id(seq.stream), []).append(seq)
+
+    def _append(self, seqs: Sequence[_Sequence], logits: torch.Tensor) -> None:
+        """Sample one token per sequence from ``logits`` ``(len(seqs), vocab)``, rows grouped by
+        their stream's sampling parameters."""
+        groups: dict[int, list[int]] = {}
+        for row, seq in enumerate(seqs):
+            groups.setdefault(id(seq.params), []).append(row)
+        for rows in groups.values():
+            params = seqs[rows[0]].params
+            picked = sample_next(
+                logits[rows] if len(rows) < len(seqs) else logits,
+                [seqs[row].generator for row in rows],
+                params.temperature,
+                params.top_p,
+            ).tolist()
+            for row, token in zip(rows, picked):
+                seqs[row].generated.append(int(token))
         self.stats.generated_tokens += len(seqs)
 
-    def _finished(self, seq: _Sequence, params: SamplingParams) -> bool:
-        if seq.generated[-1] in self.eos_token_ids or self.codec.has_stop(seq.generated, params.stop):
+    def _finished(self, seq: _Sequence) -> bool:
+        if seq.generated[-1] in self.eos_token_ids or self.codec.has_stop(seq.generated, seq.params.stop):
             seq.stopped = True
             return True
-        return len(seq.generated) >= params.max_new_tokens
+        return len(seq.generated) >= seq.params.max_new_tokens
 
-    def _retire(self, seq: _Sequence, active: list[_Sequence]) -> None:
+    def _retire(self, seq: _Sequence) -> None:
         """Cache the finished sequence's keys/values and give its slot to the last active one."""
+        active = self._active
         tokens = seq.prompt_ids + seq.generated[:-1]  # the last token was sampled, never run
         self.cache.insert(tokens, lambda: self._slot_kv(seq.slot, seq.length))
         last = active.pop()
@@ -504,3 +542,36 @@ class NativePolicy:
         self.stats.computed_prompt_tokens += sum(len(tokens) for _, _, tokens in segments)
         self.stats.prefill_seconds += time.perf_counter() - start_time
         return torch.stack([h for h in last_hidden if h is not None])
+
+
+class NativeStream:
+    """Requests with one set of sampling parameters, submitted at any time and collected as they
+    finish (continuous batching across the turns of many episodes: an episode submits its next
+    turn as soon as its environment has stepped, without waiting for the others)."""
+
+    def __init__(self, engine: NativePolicy, params: SamplingParams) -> None:
+        self.engine = engine
+        self.params = params
+        self.pending = 0
+
+    def submit(self, key: Hashable, request: GenerationRequest) -> None:
+        """Queue ``request``; :meth:`next_finished` returns it under ``key``."""
+        codec = self.engine.codec
+        text = codec.render(request.prompt)
+        ids = codec.encode(request.prompt, text)
+        generator = seeded_generator(request.seed, self.engine.net.param.device)
+        self.engine._enqueue(_Sequence(self, key, text, ids, self.params, generator))
+        self.pending += 1
+
+    def next_finished(self) -> list[tuple[Hashable, TokenGeneration]]:
+        """Generate until at least one submitted request is complete; return every complete one
+        (``[]`` when nothing is pending)."""
+        if self.pending == 0:
+            return []
+        done = self.engine._collect(self)
+        self.pending -= len(done)
+        codec = self.engine.codec
+        return [
+            (seq.key, codec.finish(seq.prompt_text, seq.prompt_ids, seq.generated, seq.stopped, self.params))
+            for seq in done
+        ]

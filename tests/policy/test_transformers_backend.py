@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from leafe.config import PolicyConfig
 from leafe.policy import GenerationRequest, SamplingParams, load_policy
 from leafe.policy.transformers_backend import GumbelMaxSampler, TransformersPolicy
 
@@ -238,17 +239,12 @@ def test_importing_the_package_stays_light():
     assert out.split() == ["False", "smollm2-135m-instruct"]
 
 
-def test_load_policy_rejects_unknown_backends():
-    with pytest.raises(ValueError, match="transformers"):
-        load_policy("vllm-nonexistent", "embedded")
-
-
 # ----------------------------------------------------------------------------- the real model
 
 
 @pytest.fixture(scope="module")
 def embedded_policy(embedded_model_dir):
-    return load_policy("auto", "embedded", max_batch_size=4)
+    return load_policy(PolicyConfig(backend="transformers", max_batch_size=4))
 
 
 @pytest.mark.slow
