@@ -17,6 +17,7 @@ import sys
 
 from leafe.config import ConfigError, ExperimentConfig, load_config
 from leafe.envs.checker import EnvCheckError
+from leafe.policy.errors import BackendError
 
 
 def _positive_int(text: str) -> int:
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
 
     view = commands.add_parser("view", help="write RUN_DIR/view.html: a static page showing what the agent did")
     view.add_argument("run_dir", help="a run directory (e.g. runs/sokoban-quickstart)")
+
+    serve = commands.add_parser("serve", help="serve a policy over an OpenAI-compatible HTTP API (/v1/completions)")
+    serve.add_argument("overrides", nargs="*", help="dotted overrides of the policy section, e.g. policy.model=DIR")
+    serve.add_argument("--config", help="experiment YAML whose policy section is served (default: defaults)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
 
     prepare = commands.add_parser("prepare-model", help="convert/cache a model so later runs start fast")
     prepare.add_argument("model", nargs="?", default=None, help="model alias, directory or hub id (default: embedded)")
@@ -121,6 +128,17 @@ def _prepare_model(model: str | None) -> None:
     print(resolve_model(model or DEFAULT_MODEL))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from leafe.config import apply_overrides, config_from_dict
+    from leafe.policy.server import serve
+
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = config_from_dict(apply_overrides({}, args.overrides), source="command line")
+    serve(_load_policy(cfg), cfg.policy.model, host=args.host, port=args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``leafe`` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -134,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
             print(write_view(args.run_dir))
             return 0
+        if args.command == "serve":
+            _serve(args)
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "eval":
             _eval(cfg, args.fresh)
@@ -146,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except EnvCheckError as error:
         print(f"check-env failed: {error}", file=sys.stderr)
+        return 1
+    except BackendError as error:
+        print(f"error: the inference server failed: {error}\n  finished episodes are saved; rerun the same "
+              "command to resume", file=sys.stderr)
         return 1
     return 0
 

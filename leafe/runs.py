@@ -51,6 +51,7 @@ RESUMABLE_CHANGES = frozenset(
         "policy.backend",
         "policy.prefix_cache_mb",
         "policy.api_key_env",
+        "policy.base_url",  # a restarted server at a new address serves the same policy.model
         "policy.request_timeout_s",
         "policy.max_retries",
         "rollout.max_concurrent_episodes",

@@ -94,3 +94,20 @@ def test_jobs_have_stable_distinct_seeds():
     assert jobs == make_jobs(tasks, 4, run_seed=7)
     assert jobs != make_jobs(tasks, 4, run_seed=8)
     assert isinstance(jobs[0], EpisodeJob) and jobs[0].seed == derive_seed(7, "t/0", 0)
+
+
+def test_streaming_engine_plays_the_same_episodes_as_batched_rounds(tiny_policy):
+    from leafe.policy.native import NativePolicy
+
+    tasks = [Task(f"line/{i}", "test", {"goal": 3}) for i in range(3)]
+    native = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
+    played = {}
+    for name, policy in (("batched", tiny_policy), ("streamed", native)):
+        trajectories = run_episodes(
+            make_jobs(tasks, 3, run_seed=1), LineWorld, policy, Prompter(history_window=2),
+            SamplingParams(temperature=1.0, max_new_tokens=12), max_steps=4, max_concurrent=5,
+        )
+        played[name] = sorted((t.task.task_id, t.sample_index, [s.completion for s in t.steps]) for t in trajectories)
+    assert played["streamed"] == played["batched"]
+    assert len(played["batched"]) == 9
+    assert native.stats.decode_steps > 0 and native.stats.cached_prompt_tokens > 0

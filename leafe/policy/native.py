@@ -25,6 +25,7 @@ moving the last one down), so the decode batch is a contiguous view, never a gat
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -47,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _CAPACITY_STEP = 128  # slot capacity grows in multiples of this many positions
-_MIN_SHARED = 16  # a prefix shared by new prompts is computed once if it is at least this long
+_MIN_SHARED = 16
+_stream_ids = itertools.count()  # a prefix shared by new prompts is computed once if it is at least this long
 
 
 class UnsupportedModel(ValueError):
@@ -297,7 +299,7 @@ class NativePolicy:
         self.values: list[torch.Tensor] = []
         self._queue: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []  # _active[i].slot == i
-        self._ready: dict[int, list[_Sequence]] = {}  # id(stream) -> finished, not yet collected
+        self._ready: dict[int, list[_Sequence]] = {}  # stream.id -> finished, not yet collected
         self._lock = threading.RLock()
 
     def render_prompt(self, prompt: Any) -> str:
@@ -383,19 +385,20 @@ class NativePolicy:
             self.stats.requests += 1
             self.stats.prompt_tokens += len(seq.prompt_ids)
             if seq.params.max_new_tokens == 0:
-                self._ready.setdefault(id(seq.stream), []).append(seq)
+                self._ready.setdefault(seq.stream.id, []).append(seq)
             else:
                 self._queue.append(seq)
 
     def _collect(self, stream: NativeStream) -> list[_Sequence]:
         """Run the scheduler until at least one of ``stream``'s sequences is done; return them all."""
-        with self._lock, torch.inference_mode():
-            while not self._ready.get(id(stream)):
+        while True:  # the lock is released between steps so other threads can submit
+            with self._lock, torch.inference_mode():
+                if self._ready.get(stream.id):
+                    self.stats.cache_evictions = self.cache.evictions
+                    return self._ready.pop(stream.id)
                 if not self._queue and not self._active:
                     raise RuntimeError("the engine has no work left for this stream (lost requests)")
                 self._step()
-            self.stats.cache_evictions = self.cache.evictions
-            return self._ready.pop(id(stream))
 
     def _step(self) -> None:
         """One scheduler iteration: admit queued sequences into free slots if any, else decode."""
@@ -421,7 +424,7 @@ class NativePolicy:
             self._append(self._active, logits)
         for seq in [seq for seq in self._active if self._finished(seq)]:
             self._retire(seq)
-            self._ready.setdefault(id(seq.stream), []).append(seq)
+            self._ready.setdefault(seq.stream.id, []).append(seq)
 
     def _append(self, seqs: Sequence[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per sequence from ``logits`` ``(len(seqs), vocab)``, rows grouped by
@@ -553,6 +556,7 @@ class NativeStream:
         self.engine = engine
         self.params = params
         self.pending = 0
+        self.id = next(_stream_ids)
 
     def submit(self, key: Hashable, request: GenerationRequest) -> None:
         """Queue ``request``; :meth:`next_finished` returns it under ``key``."""

@@ -1,0 +1,157 @@
+"""The native engine against transformers on the same weights: same tokens, any batch, any cache state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leafe.policy.base import GenerationRequest, SamplingParams
+from leafe.policy.native import NativePolicy, UnsupportedModel
+from leafe.policy.transformers_backend import TransformersPolicy
+
+PROMPTS = [
+    "Observation:\nYou are at 0.\nThought:",
+    "Push every box onto a goal.\n\nObservation:\n#####\n#P_X#\n#####\nThought:",
+    [{"role": "user", "content": "Say hi."}],
+    "Observation:\nYou are at 3.\nThought: I should go right.\nAction: right\n\nObservation:\nYou are at 4.\nThought:",
+    "x",
+]
+
+
+def _requests(prompts=PROMPTS, seed0=0):
+    return [GenerationRequest(prompt, seed=seed0 + i) for i, prompt in enumerate(prompts)]
+
+
+def _ids(results):
+    return [r.completion_token_ids for r in results]
+
+
+@pytest.fixture(scope="module")
+def tiny_native(tiny_policy):
+    return NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=8)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_same_tokens_as_transformers(tiny_policy, tiny_native, temperature):
+    params = SamplingParams(temperature=temperature, max_new_tokens=12)
+    ours, theirs = tiny_native.generate_tokens(_requests(), params), tiny_policy.generate_tokens(_requests(), params)
+    assert _ids(ours) == _ids(theirs)
+    assert [r.generation for r in ours] == [r.generation for r in theirs]
+
+
+def test_prefix_cache_reuses_shared_and_repeated_prompts(tiny_policy):
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=8)
+    long_prompt = "Instructions: " + "walk right until the goal. " * 20 + "\nObservation:\nYou are at 0.\nThought:"
+    requests = [GenerationRequest(long_prompt, seed=i) for i in range(6)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=6)
+    first = engine.generate_tokens(requests, params)
+    prompt_len = first[0].generation.prompt_tokens
+    # Six identical prompts: the prompt is computed once, then each runs only its last token.
+    assert engine.stats.computed_prompt_tokens <= prompt_len + 6
+    assert engine.stats.cached_prompt_tokens >= 6 * (prompt_len - 1) - prompt_len
+    before = engine.stats.computed_prompt_tokens
+    again = engine.generate_tokens(requests, params)
+    assert engine.stats.computed_prompt_tokens - before == 6  # everything but the last token was cached
+    assert _ids(again) == _ids(first)
+    uncached = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=8, prefix_cache_mb=0)
+    assert _ids(uncached.generate_tokens(requests, params)) == _ids(first)
+    assert uncached.stats.cached_prompt_tokens == 0
+    assert uncached.stats.computed_prompt_tokens == 6 * prompt_len
+
+
+def test_continuous_batching_with_fewer_slots_than_requests(tiny_policy, tiny_native):
+    params = SamplingParams(temperature=0.9, max_new_tokens=10, stop=("\n",))
+    narrow = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=2, max_prefill_tokens=7)
+    requests = _requests(PROMPTS * 3)
+    assert _ids(narrow.generate_tokens(requests, params)) == _ids(tiny_native.generate_tokens(requests, params))
+    assert narrow.keys[0].shape[0] == 2
+
+
+def test_a_request_does_not_depend_on_its_batch(tiny_native):
+    params = SamplingParams(temperature=1.0, max_new_tokens=10)
+    target = GenerationRequest("Observation:\nYou are at 1.\nThought:", seed=42)
+    alone = tiny_native.generate_tokens([target], params)[0]
+    crowd = tiny_native.generate_tokens(_requests() + [target] + _requests(seed0=100), params)
+    assert crowd[len(PROMPTS)].completion_token_ids == alone.completion_token_ids
+
+
+def test_stream_accepts_longer_prompts_mid_flight(tiny_policy):
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
+    params = SamplingParams(temperature=0.0, max_new_tokens=20)
+    stream = engine.stream(params)
+    stream.submit("short", GenerationRequest("x", seed=0))
+    stream.submit("short2", GenerationRequest("y", seed=1))
+    first = dict(stream.next_finished())
+    capacity = engine.keys[0].shape[2]
+    long_prompt = "word " * (capacity + 10)
+    stream.submit("long", GenerationRequest(long_prompt, seed=2))
+    results = dict(first)
+    while stream.pending:
+        results.update(stream.next_finished())
+    assert engine.keys[0].shape[2] > capacity
+    expected = tiny_policy.generate_tokens(
+        [GenerationRequest("x", seed=0), GenerationRequest("y", seed=1), GenerationRequest(long_prompt, seed=2)], params
+    )
+    assert [results[k].completion_token_ids for k in ("short", "short2", "long")] == _ids(expected)
+    assert stream.next_finished() == []
+
+
+def test_stop_strings_eos_and_zero_tokens(tiny_policy, tiny_native):
+    params = SamplingParams(temperature=0.0, max_new_tokens=16)
+    full = tiny_native.generate_tokens(_requests(PROMPTS[:1]), params)[0]
+    stop = full.generation.text[3:6]
+    assert stop
+    cut = tiny_native.generate_tokens(_requests(PROMPTS[:1]), SamplingParams(temperature=0.0, max_new_tokens=16, stop=(stop,)))[0]
+    assert cut.generation.finish_reason == "stop"
+    assert cut.generation.text == full.generation.text[: full.generation.text.find(stop)]
+    assert cut.completion_token_ids == full.completion_token_ids[: len(cut.completion_token_ids)]
+    empty = tiny_native.generate_tokens(_requests(), SamplingParams(max_new_tokens=0))
+    assert all(r.completion_token_ids == [] and r.generation.text == "" for r in empty)
+    with pytest.raises(ValueError, match="top_p"):
+        tiny_native.generate(_requests(), SamplingParams(top_p=0.0))
+
+
+def _tiny(config_cls, model_cls, tokenizer, **extra):
+    config = config_cls(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        return model_cls(config).eval()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_other_llama_family_architectures(tiny_policy, family):
+    import transformers
+
+    if family == "qwen2":  # biases on q/k/v
+        model = _tiny(transformers.Qwen2Config, transformers.Qwen2ForCausalLM, tiny_policy.tokenizer)
+    else:  # per-head q/k RMSNorm, explicit head_dim
+        model = _tiny(transformers.Qwen3Config, transformers.Qwen3ForCausalLM, tiny_policy.tokenizer, head_dim=32)
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    native = NativePolicy.from_model(model, tiny_policy.tokenizer)
+    reference = TransformersPolicy.from_model(model, tiny_policy.tokenizer)
+    assert _ids(native.generate_tokens(_requests(), params)) == _ids(reference.generate_tokens(_requests(), params))
+
+
+def test_unsupported_architecture_is_refused(tiny_policy):
+    import transformers
+
+    config = transformers.GPT2Config(vocab_size=len(tiny_policy.tokenizer), n_embd=32, n_layer=1, n_head=2)
+    with pytest.raises(UnsupportedModel, match="policy.backend: transformers"):
+        NativePolicy.from_model(transformers.GPT2LMHeadModel(config), tiny_policy.tokenizer)
+
+
+@pytest.mark.slow
+def test_embedded_model_greedy_text_matches_transformers(embedded_model_dir):
+    from leafe.config import PolicyConfig
+    from leafe.policy import load_policy
+
+    native = load_policy(PolicyConfig(backend="native"))
+    reference = TransformersPolicy.from_model(native.model, native.tokenizer)
+    params = SamplingParams(temperature=0.0, max_new_tokens=24, stop=("\n\n",))
+    ours, theirs = native.generate(_requests(), params), reference.generate(_requests(), params)
+    assert [g.text for g in ours] == [g.text for g in theirs]
+    assert any(len(g.text) > 10 for g in ours)
