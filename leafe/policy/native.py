@@ -4,10 +4,11 @@ Why it exists: in agent rollouts the prompt dominates. Every turn re-sends the i
 few-shot example, the n samples of a task start from the same prompt, and an append-only history
 repeats the previous turn. ``transformers.generate`` re-encodes all of it on every call. This engine
 keeps each running sequence's keys/values in a fixed slot, reuses the longest cached prefix of every
-new prompt (:class:`PrefixCache`), computes a prefix shared by several new prompts once, and packs
-all prompt tokens of a round into one variable-length forward pass. Decoding runs all active
-sequences as one batch; a sequence that finishes leaves the batch and a queued request takes its
-slot (continuous batching).
+new prompt (:class:`PrefixCache`), and computes a prefix shared by several new prompts once. Every
+step is one packed forward pass: a decode token for each active sequence plus the remaining prompt
+tokens of newly admitted ones, so the weights are read once for both. A sequence that finishes
+leaves the batch and a queued request takes its slot in the next step (continuous batching; with
+:meth:`NativePolicy.stream`, an episode's next turn joins while other episodes are mid-reply).
 
 The forward pass reuses the model's own modules (embedding, norms, projections, MLP, rotary
 embedding, LM head); only attention and the cache layout are ours. That covers the Llama family
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 
 from leafe.policy.base import Generation, GenerationRequest, SamplingParams
 from leafe.policy.embedded import DEFAULT_MODEL
-from leafe.policy.prefix_cache import PrefixCache
+from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
 from leafe.policy.sampling import sample_next, seeded_generator
 from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
 
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _CAPACITY_STEP = 128  # slot capacity grows in multiples of this many positions
 _MIN_SHARED = 16
+_MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at least this long
 _stream_ids = itertools.count()  # a prefix shared by new prompts is computed once if it is at least this long
 
 
@@ -66,7 +68,8 @@ class EngineStats:
         computed_prompt_tokens: prompt positions run through the model (includes shared prefixes
             computed once for several prompts).
         generated_tokens: sampled tokens.
-        prefill_seconds / decode_seconds: wall time in prompt and decode forward passes.
+        prefill_seconds: wall time in prompt-only forward passes (first admissions, big ones).
+        decode_seconds: wall time in decode passes, including the prompts admitted into them.
         requests: requests served.
         decode_steps: batched decode forward passes (generated tokens / steps = mean batch).
         cache_evictions: prefix-cache entries dropped for lack of memory.
@@ -100,6 +103,9 @@ class _Sequence:
     length: int = 0
     generated: list[int] = field(default_factory=list)
     stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.prompt_array = np.asarray(self.prompt_ids, dtype=np.int64)
 
 
 class _Model:
@@ -159,40 +165,116 @@ class _Model:
         h = h + layer.self_attn.o_proj(attended.reshape(h.shape[0], self.num_heads * self.head_dim))
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
+    def _cascade_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, shared: int
+    ) -> torch.Tensor:
+        """Decode attention that reads a prefix common to all rows once.
+
+        ``q: (B, heads, hd)``; ``keys``/``values``: one layer's ``(slots, kv_heads, capacity, hd)``;
+        row ``b`` attends to positions ``0..positions[b]`` of slot ``b``, whose first ``shared``
+        positions equal slot 0's. Softmax is split in two parts (the shared prefix, one matmul for
+        all rows; each row's own suffix) and merged with their log-sum-exp, which is exact.
+        Memory read per step drops from ``B * span`` to ``shared + B * (span - shared)`` positions;
+        in agent rollouts the instructions and few-shot example are a large share of every prompt.
+        Returns ``(B, heads, hd)``.
+        """
+        batch, group = q.shape[0], self.num_heads // self.kv_heads
+        span = int(positions.max()) + 1
+        grouped = q.view(batch, self.kv_heads, group, self.head_dim) * self.head_dim**-0.5
+        # Shared prefix: (kv_heads, B * group, hd) @ (kv_heads, hd, shared) in one batched matmul.
+        by_head = grouped.permute(1, 0, 2, 3).reshape(self.kv_heads, batch * group, self.head_dim)
+        shared_scores = torch.matmul(by_head, keys[0, :, :shared].transpose(1, 2))
+        shared_max = shared_scores.amax(dim=-1, keepdim=True)
+        shared_weights = torch.exp(shared_scores - shared_max)
+        shared_out = torch.matmul(shared_weights, values[0, :, :shared])  # (kv_heads, B*group, hd)
+
+        def per_row(t: torch.Tensor) -> torch.Tensor:  # (kv_heads, B*group, x) -> (B, kv_heads, group, x)
+            return t.view(self.kv_heads, batch, group, -1).permute(1, 0, 2, 3)
+
+        shared_max, shared_sum, shared_out = (
+            per_row(shared_max), per_row(shared_weights.sum(dim=-1, keepdim=True)), per_row(shared_out)
+        )
+        # Own suffix: (B, kv_heads, group, hd) @ (B, kv_heads, hd, span - shared), masked past each row's end.
+        own_scores = torch.matmul(grouped, keys[:batch, :, shared:span].transpose(-1, -2))
+        beyond = torch.arange(shared, span, device=q.device)[None, :] > positions[:, None]  # (B, span - shared)
+        own_scores = own_scores.masked_fill(beyond[:, None, None, :], float("-inf"))
+        own_max = own_scores.amax(dim=-1, keepdim=True)  # finite: every row sees its own position
+        own_weights = torch.exp(own_scores - own_max)
+        own_out = torch.matmul(own_weights, values[:batch, :, shared:span])
+        top = torch.maximum(shared_max, own_max)
+        shared_scale, own_scale = torch.exp(shared_max - top), torch.exp(own_max - top)
+        out = (shared_out * shared_scale + own_out * own_scale) / (
+            shared_sum * shared_scale + own_weights.sum(dim=-1, keepdim=True) * own_scale
+        )
+        return out.reshape(batch, self.num_heads, self.head_dim)
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""
         return self.model.lm_head(self.inner.norm(h)).float()
 
-    def prefill(
+    def forward(
         self,
         keys: list[torch.Tensor],
         values: list[torch.Tensor],
-        pieces: Sequence[tuple[int, int, list[int]]],
+        decode_tokens: torch.Tensor,
+        decode_positions: torch.Tensor,
+        pieces: Sequence[tuple[int, int, list[int]]] = (),
+        shared: int = 0,
     ) -> torch.Tensor:
-        """Run the prompt pieces ``(slot, start, token_ids)`` in one packed forward pass.
+        """One packed forward pass: a decode step for slots ``0..B-1`` plus prompt pieces.
 
-        Each piece's tokens take positions ``start..start+len-1`` of its slot and attend to the
-        slot's positions ``0..start+len-1`` (causally). Keys/values of all pieces are written
-        before any attention of the same layer, so two consecutive pieces of one slot may share a
-        pass. Returns the last position's hidden state per piece, ``(len(pieces), hidden)``.
+        Decode: ``decode_tokens``, ``decode_positions`` ``(B,)`` (B may be 0); slot ``b`` writes its
+        key/value at ``decode_positions[b]`` and attends to ``0..decode_positions[b]``.
+        Pieces ``(slot, start, token_ids)`` (slots >= B): the tokens take positions
+        ``start..start+len-1`` of their slot and attend causally to ``0..start+len-1``. Keys/values
+        of every row are written before any attention of the same layer, so consecutive pieces of
+        one slot may share a pass. All rows share the linear layers (the weights are read once).
+
+        ``shared``: the first ``shared`` positions hold the same keys/values in all decode slots
+        (a common prompt prefix); attention then reads them once, from slot 0 (see
+        :meth:`_cascade_attention`).
+
+        Returns hidden states ``(B + len(pieces), hidden)``: the decode rows, then each piece's
+        last position.
         """
         device = self.param.device
-        ids = torch.tensor([t for _, _, toks in pieces for t in toks], device=device)
-        positions = torch.cat([torch.arange(start, start + len(toks), device=device) for _, start, toks in pieces])
-        offsets = np.cumsum([0] + [len(toks) for _, _, toks in pieces])
+        batch = int(decode_tokens.shape[0])
+        ids = [decode_tokens] + [torch.tensor(toks, device=device) for _, _, toks in pieces]
+        positions = [decode_positions] + [
+            torch.arange(start, start + len(toks), device=device) for _, start, toks in pieces
+        ]
+        offsets = (batch + np.cumsum([0] + [len(toks) for _, _, toks in pieces])).tolist()
         masks = [
             torch.arange(start + len(toks), device=device)[None, :]
             <= torch.arange(start, start + len(toks), device=device)[:, None]
             for _, start, toks in pieces
         ]
-        h = self.inner.embed_tokens(ids)
+        if batch:
+            rows = torch.arange(batch, device=device)
+            span = int(decode_positions.max()) + 1
+            decode_mask = (torch.arange(span, device=device)[None, :] <= decode_positions[:, None])[:, None, None, :]
+        all_positions = torch.cat(positions)
+        h = self.inner.embed_tokens(torch.cat(ids))
         for index, layer in enumerate(self.layers):
-            q, k, v = self._project(layer, h, positions)
+            q, k, v = self._project(layer, h, all_positions)
             layer_keys, layer_values = keys[index], values[index]
+            if batch:
+                layer_keys[rows, :, decode_positions] = k[:batch]
+                layer_values[rows, :, decode_positions] = v[:batch]
             for (slot, start, toks), lo in zip(pieces, offsets):
                 layer_keys[slot, :, start : start + len(toks)] = k[lo : lo + len(toks)].transpose(0, 1)
                 layer_values[slot, :, start : start + len(toks)] = v[lo : lo + len(toks)].transpose(0, 1)
             attended = torch.empty_like(q)
+            if batch and shared >= _MIN_CASCADE:
+                attended[:batch] = self._cascade_attention(q[:batch], layer_keys, layer_values, decode_positions, shared)
+            elif batch:
+                attended[:batch] = F.scaled_dot_product_attention(
+                    q[:batch, :, None, :],
+                    layer_keys[:batch, :, :span],
+                    layer_values[:batch, :, :span],
+                    attn_mask=decode_mask,
+                    enable_gqa=True,
+                )[:, :, 0, :]
             for (slot, start, toks), lo, mask in zip(pieces, offsets, masks):
                 end = start + len(toks)
                 out = F.scaled_dot_product_attention(
@@ -204,33 +286,8 @@ class _Model:
                 )
                 attended[lo : lo + len(toks)] = out[0].transpose(0, 1)
             h = self._finish_layer(layer, h, attended)
-        return h[torch.as_tensor(offsets[1:] - 1, device=device)]
-
-    def decode(
-        self, keys: list[torch.Tensor], values: list[torch.Tensor], tokens: torch.Tensor, positions: torch.Tensor
-    ) -> torch.Tensor:
-        """One decode step for slots ``0..B-1``: ``tokens``, ``positions`` ``(B,)`` -> hidden ``(B, hidden)``.
-
-        Slot ``b`` writes its new key/value at ``positions[b]`` and attends to ``0..positions[b]``.
-        """
-        batch = tokens.shape[0]
-        rows = torch.arange(batch, device=tokens.device)
-        span = int(positions.max()) + 1
-        mask = (torch.arange(span, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
-        h = self.inner.embed_tokens(tokens)
-        for index, layer in enumerate(self.layers):
-            q, k, v = self._project(layer, h, positions)
-            keys[index][rows, :, positions] = k
-            values[index][rows, :, positions] = v
-            out = F.scaled_dot_product_attention(
-                q[:, :, None, :],
-                keys[index][:batch, :, :span],
-                values[index][:batch, :, :span],
-                attn_mask=mask,
-                enable_gqa=True,
-            )
-            h = self._finish_layer(layer, h, out[:, :, 0, :])
-        return h
+        last = list(range(batch)) + [end - 1 for end in offsets[1:]]
+        return h[torch.tensor(last, device=device)]
 
 
 class NativePolicy:
@@ -293,6 +350,7 @@ class NativePolicy:
         self.eos_token_ids = frozenset(eos_token_ids(model, tokenizer))
         self.max_batch_size = int(max_batch_size)
         self.max_prefill_tokens = int(max_prefill_tokens)
+        self.cascade = True  # decode attention reads a prefix common to all rows once
         self.cache = PrefixCache(int(prefix_cache_mb) << 20)
         self.stats = EngineStats()
         self.keys: list[torch.Tensor] = []
@@ -401,30 +459,59 @@ class NativePolicy:
                 self._step()
 
     def _step(self) -> None:
-        """One scheduler iteration: admit queued sequences into free slots if any, else decode."""
+        """One scheduler iteration: one forward pass that advances every active sequence by a
+        token and, in the same pass, prefills the prompts of queued sequences that fit into free
+        slots (their first token is sampled from it). Admissions too large for one pass
+        (``max_prefill_tokens``) or with nothing to decode get prompt-only passes instead."""
         slots = self.keys[0].shape[0]
-        if self._queue and len(self._active) < slots:
-            admitted = [self._queue.popleft() for _ in range(min(slots - len(self._active), len(self._queue)))]
-            for seq in admitted:
-                seq.slot = len(self._active)
-                self._active.append(seq)
+        decoding = list(self._active)
+        admitted: list[_Sequence] = []
+        if self._queue and len(decoding) < slots:
+            admitted = [self._queue.popleft() for _ in range(min(slots - len(decoding), len(self._queue)))]
+            for offset, seq in enumerate(admitted):
+                seq.slot = len(decoding) + offset
             # The admitted sequences' slots are still empty: shared prefixes may be computed there.
-            scratch = [seq.slot for seq in admitted] + list(range(len(self._active), slots))
-            self._append(admitted, self._prefill(admitted, scratch))
-        else:
-            device = self.net.param.device
+            self._load_prefixes(admitted, [seq.slot for seq in admitted] + list(range(len(decoding) + len(admitted), slots)))
+            new_tokens = sum(len(seq.prompt_ids) - seq.length for seq in admitted)
+            if not decoding or len(decoding) + new_tokens > self.max_prefill_tokens:
+                hidden = self._run_prompts([(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted])
+                for seq in admitted:
+                    seq.length = len(seq.prompt_ids)
+                self._active.extend(admitted)
+                self._append(admitted, self.net.logits(hidden))
+                admitted, decoding = [], []
+        if decoding:
             start = time.perf_counter()
-            tokens = torch.tensor([seq.generated[-1] for seq in self._active], device=device)
-            positions = torch.tensor([seq.length for seq in self._active], device=device)
-            logits = self.net.logits(self.net.decode(self.keys, self.values, tokens, positions))
-            for seq in self._active:
+            device = self.net.param.device
+            tokens = torch.tensor([seq.generated[-1] for seq in decoding], device=device)
+            positions = torch.tensor([seq.length for seq in decoding], device=device)
+            pieces = [(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted]
+            shared = self._shared_prefix(decoding) if self.cascade else 0
+            logits = self.net.logits(self.net.forward(self.keys, self.values, tokens, positions, pieces, shared))
+            for seq in decoding:
                 seq.length += 1
+            for seq in admitted:
+                seq.length = len(seq.prompt_ids)
+            self._active.extend(admitted)
+            self.stats.computed_prompt_tokens += sum(len(toks) for _, _, toks in pieces)
             self.stats.decode_seconds += time.perf_counter() - start
             self.stats.decode_steps += 1
-            self._append(self._active, logits)
+            self._append(decoding + admitted, logits)
         for seq in [seq for seq in self._active if self._finished(seq)]:
             self._retire(seq)
             self._ready.setdefault(seq.stream.id, []).append(seq)
+
+    def _shared_prefix(self, seqs: list[_Sequence]) -> int:
+        """Length of the prompt prefix every sequence shares and holds in its slot (0 for one)."""
+        if len(seqs) < 2:
+            return 0
+        first = seqs[0].prompt_array
+        shared = min(len(first), min(seq.length for seq in seqs))
+        for seq in seqs[1:]:
+            shared = min(shared, common_prefix_length(first[:shared], seq.prompt_array))
+            if shared < _MIN_CASCADE:
+                return 0
+        return shared
 
     def _append(self, seqs: Sequence[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per sequence from ``logits`` ``(len(seqs), vocab)``, rows grouped by
@@ -463,22 +550,18 @@ class NativePolicy:
 
     # ------------------------------------------------------------------ prompts
 
-    def _prefill(self, seqs: list[_Sequence], free_slots: Sequence[int]) -> torch.Tensor:
-        """Bring every new sequence's prompt into its slot: compute prefixes shared by several of
-        them once, copy the longest cached prefix, run the rest packed. Returns the logits of each
-        prompt's last position, ``(len(seqs), vocab)``."""
+    def _load_prefixes(self, seqs: list[_Sequence], free_slots: Sequence[int]) -> None:
+        """Prepare new sequences' slots: compute prefixes shared by several of them once (into the
+        cache), then copy each one's longest cached prefix into its slot and set ``seq.length``.
+        At least the last prompt token is left to compute (its logits give the first token)."""
         self._warm_shared([seq.prompt_ids for seq in seqs], list(free_slots))
         for seq in seqs:
             entry, length = self.cache.match(seq.prompt_ids)
-            length = min(length, len(seq.prompt_ids) - 1)  # the last prompt token must run for logits
+            length = min(length, len(seq.prompt_ids) - 1)
             if entry is not None and length > 0:
                 self._load_slot(seq.slot, entry.kv, length)
-            seq.length = length
-            self.stats.cached_prompt_tokens += length
-        hidden = self._run_prompts([(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in seqs])
-        for seq in seqs:
-            seq.length = len(seq.prompt_ids)
-        return self.net.logits(hidden)
+            seq.length = max(length, 0)
+            self.stats.cached_prompt_tokens += seq.length
 
     def _warm_shared(self, prompts: list[list[int]], free_slots: list[int]) -> None:
         """Compute, once, each prefix that two or more ``prompts`` share beyond what the cache
@@ -488,8 +571,6 @@ class NativePolicy:
             return
         ordered = sorted(prompts)
         arrays = [np.asarray(p) for p in ordered]
-        from leafe.policy.prefix_cache import common_prefix_length
-
         neighbour = [common_prefix_length(a, b) for a, b in zip(arrays, arrays[1:])]
         wanted: dict[tuple[int, ...], None] = {}
         for i, prompt in enumerate(ordered):
@@ -525,11 +606,12 @@ class NativePolicy:
                 last = lo + budget >= len(tokens)
                 pieces.append((slot, start + lo, tokens[lo : lo + budget], index if last else None))
         last_hidden: list[torch.Tensor | None] = [None] * len(segments)
+        empty = torch.empty(0, dtype=torch.long, device=self.net.param.device)
         batch: list[tuple[int, int, list[int], int | None]] = []
         used = 0
 
         def flush() -> None:
-            hidden = self.net.prefill(self.keys, self.values, [(s, st, t) for s, st, t, _ in batch])
+            hidden = self.net.forward(self.keys, self.values, empty, empty, [(s, st, t) for s, st, t, _ in batch])
             for row, (_, _, _, segment) in enumerate(batch):
                 if segment is not None:
                     last_hidden[segment] = hidden[row]

@@ -75,6 +75,25 @@ def test_a_request_does_not_depend_on_its_batch(tiny_native):
     assert crowd[len(PROMPTS)].completion_token_ids == alone.completion_token_ids
 
 
+HEADER = "Push every box onto a goal. Walls are #, floor is _, you are P. " * 6 + "\n\n"
+SHARED = [HEADER + f"Observation:\nYou are at {i}.\nThought:" for i in range(5)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cascade_attention_over_a_shared_prefix_changes_nothing(tiny_policy, temperature):
+    params = SamplingParams(temperature=temperature, max_new_tokens=12)
+    engines = []
+    for cascade in (True, False):
+        engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=8)
+        engine.cascade = cascade
+        engines.append(engine)
+    with_cascade, without = (engine.generate_tokens(_requests(SHARED), params) for engine in engines)
+    assert _ids(with_cascade) == _ids(without) == _ids(tiny_policy.generate_tokens(_requests(SHARED), params))
+    prompt = with_cascade[0].prompt_token_ids
+    seqs = [type("S", (), {"prompt_array": torch.tensor(r.prompt_token_ids).numpy(), "length": len(prompt)})() for r in with_cascade]
+    assert engines[0]._shared_prefix(seqs) >= 64  # the cascade path really ran
+
+
 def test_stream_accepts_longer_prompts_mid_flight(tiny_policy):
     engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
     params = SamplingParams(temperature=0.0, max_new_tokens=20)
@@ -152,6 +171,7 @@ def test_embedded_model_greedy_text_matches_transformers(embedded_model_dir):
     native = load_policy(PolicyConfig(backend="native"))
     reference = TransformersPolicy.from_model(native.model, native.tokenizer)
     params = SamplingParams(temperature=0.0, max_new_tokens=24, stop=("\n\n",))
-    ours, theirs = native.generate(_requests(), params), reference.generate(_requests(), params)
+    requests = _requests(PROMPTS + SHARED)  # SHARED exercises the cascade attention path
+    ours, theirs = native.generate(requests, params), reference.generate(requests, params)
     assert [g.text for g in ours] == [g.text for g in theirs]
     assert any(len(g.text) > 10 for g in ours)
