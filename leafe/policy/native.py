@@ -142,14 +142,20 @@ class _Model:
         cos, sin = self.inner.rotary_emb(self.param.new_zeros(1), ids)
         self._cos, self._sin = cos[0], sin[0]
 
-    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Apply rotary embedding. ``x: (tokens, heads, head_dim)``, ``positions: (tokens,)``."""
-        cos, sin = self._cos[positions][:, None, :], self._sin[positions][:, None, :]
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for ``positions: (tokens,)``, each ``(tokens, 1, head_dim)``; the sin half
+        that multiplies the first half of a vector is negated, so rotation is two products."""
+        cos, sin = self._cos[positions][:, None, :], self._sin[positions][:, None, :].clone()
+        sin[..., : self.head_dim // 2].neg_()
+        return cos, sin
 
-    def _project(self, layer: Any, h: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Apply rotary embedding to ``x: (tokens, heads, head_dim)`` (Llama's rotate-half layout)."""
+        cos, signed_sin = rope
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
+
+    def _project(self, layer: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """``h: (tokens, hidden)`` -> q ``(tokens, heads, hd)``, k and v ``(tokens, kv_heads, hd)``."""
         attn = layer.self_attn
         x = layer.input_layernorm(h)
@@ -159,7 +165,7 @@ class _Model:
         v = attn.v_proj(x).view(n, self.kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = attn.q_norm(q), attn.k_norm(k)
-        return self._rotate(q, positions), self._rotate(k, positions), v
+        return self._rotate(q, rope), self._rotate(k, rope), v
 
     def _finish_layer(self, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         h = h + layer.self_attn.o_proj(attended.reshape(h.shape[0], self.num_heads * self.head_dim))
@@ -253,10 +259,10 @@ class _Model:
             rows = torch.arange(batch, device=device)
             span = int(decode_positions.max()) + 1
             decode_mask = (torch.arange(span, device=device)[None, :] <= decode_positions[:, None])[:, None, None, :]
-        all_positions = torch.cat(positions)
+        rope = self._rope(torch.cat(positions))
         h = self.inner.embed_tokens(torch.cat(ids))
         for index, layer in enumerate(self.layers):
-            q, k, v = self._project(layer, h, all_positions)
+            q, k, v = self._project(layer, h, rope)
             layer_keys, layer_values = keys[index], values[index]
             if batch:
                 layer_keys[rows, :, decode_positions] = k[:batch]
@@ -382,10 +388,10 @@ class NativePolicy:
         have_capacity = self.keys[0].shape[2] if self.keys else 0
         if have_slots >= slots and have_capacity >= capacity:
             return
-        # Every growth copies the sequences in flight: take all slots at once, double capacity.
+        # Every growth copies the sequences in flight: take all slots at once.
         slots = max(self.max_batch_size, have_slots)
-        if capacity > have_capacity:
-            capacity = max(capacity, min(2 * have_capacity, self.net.max_positions))
+        if capacity > have_capacity:  # +25%: growing touches (zeroes) all the new memory
+            capacity = max(capacity, min(have_capacity + have_capacity // 4, self.net.max_positions))
         capacity = max(-(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP, have_capacity)
         param = self.net.param
         shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
