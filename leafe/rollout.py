@@ -215,27 +215,30 @@ def run_episodes(
         if on_finish is not None:
             on_finish(trajectory)
 
-    while pending or active:
-        while pending and len(active) < max_concurrent:
-            active.append(_start(pending.popleft(), make_env, prompter))
-        playing, _waiting, cut = _grant_turns(active, max_steps, in_flight)
-        for episode in cut:
-            _mark_cut(episode)
-            finish(episode)
-        for episode in playing:
-            if id(episode) not in in_flight:
-                in_flight[id(episode)] = episode
-                prompt = prompter.build(episode.instruction, episode.turns, episode.observation, episode.job.experience)
-                stream.submit(id(episode), GenerationRequest(prompt, seed=derive_seed(episode.job.seed, len(episode.steps))))
-        for key, result in stream.next_finished():
-            episode, generation = in_flight.pop(key), result.generation
-            if episode.job.budget is not None:
-                episode.job.budget.charge(env_steps=1, model_tokens=generation.prompt_tokens + generation.completion_tokens)
-            _advance(episode, generation, prompter, max_steps)
-            if on_step is not None:
-                on_step(episode.job, episode.env)
-            if episode.steps[-1].terminated or episode.steps[-1].truncated:
+    try:
+        while pending or active:
+            while pending and len(active) < max_concurrent:
+                active.append(_start(pending.popleft(), make_env, prompter))
+            playing, _waiting, cut = _grant_turns(active, max_steps, in_flight)
+            for episode in cut:
+                _mark_cut(episode)
                 finish(episode)
+            for episode in playing:
+                if id(episode) not in in_flight:
+                    in_flight[id(episode)] = episode
+                    prompt = prompter.build(episode.instruction, episode.turns, episode.observation, episode.job.experience)
+                    stream.submit(id(episode), GenerationRequest(prompt, seed=derive_seed(episode.job.seed, len(episode.steps))))
+            for key, result in stream.next_finished():
+                episode, generation = in_flight.pop(key), result.generation
+                if episode.job.budget is not None:
+                    episode.job.budget.charge(env_steps=1, model_tokens=generation.prompt_tokens + generation.completion_tokens)
+                _advance(episode, generation, prompter, max_steps)
+                if on_step is not None:
+                    on_step(episode.job, episode.env)
+                if episode.steps[-1].terminated or episode.steps[-1].truncated:
+                    finish(episode)
+    finally:
+        stream.close()  # after an error, nothing of this call stays queued in the backend
     return finished
 
 

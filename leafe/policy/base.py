@@ -91,6 +91,10 @@ class GenerationStream(Protocol):
         (``[]`` when nothing is pending)."""
         ...
 
+    def close(self) -> None:
+        """Abandon pending requests (called when the caller stops early, e.g. on an error)."""
+        ...
+
 
 @runtime_checkable
 class StreamingPolicy(Protocol):
@@ -119,6 +123,9 @@ class BatchStream:
 
     def submit(self, key: Hashable, request: GenerationRequest) -> None:
         self._submitted.append((key, request))
+
+    def close(self) -> None:
+        self._submitted = []
 
     def next_finished(self) -> list[tuple[Hashable, _Done]]:
         batch, self._submitted = self._submitted, []

@@ -429,12 +429,15 @@ class NativePolicy:
     def generate_tokens(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[TokenGeneration]:
         """Like :meth:`generate`, also returning prompt and completion token ids."""
         stream = self.stream(params)
-        for index, request in enumerate(requests):
-            stream.submit(index, request)
         results: list[TokenGeneration | None] = [None] * len(requests)
-        while stream.pending:
-            for index, result in stream.next_finished():
-                results[index] = result
+        try:
+            for index, request in enumerate(requests):
+                stream.submit(index, request)
+            while stream.pending:
+                for index, result in stream.next_finished():
+                    results[index] = result
+        finally:
+            stream.close()
         return [result for result in results if result is not None]
 
     def stream(self, params: SamplingParams) -> NativeStream:
@@ -452,6 +455,14 @@ class NativePolicy:
                 self._ready.setdefault(seq.stream.id, []).append(seq)
             else:
                 self._queue.append(seq)
+
+    def _cancel(self, stream: NativeStream) -> None:
+        """Drop every queued, running or uncollected sequence of ``stream``."""
+        with self._lock:
+            self._queue = deque(seq for seq in self._queue if seq.stream is not stream)
+            for seq in [seq for seq in self._active if seq.stream is stream]:
+                self._release(seq)
+            self._ready.pop(stream.id, None)
 
     def _collect(self, stream: NativeStream) -> list[_Sequence]:
         """Run the scheduler until at least one of ``stream``'s sequences is done; return them all."""
@@ -545,9 +556,13 @@ class NativePolicy:
 
     def _retire(self, seq: _Sequence) -> None:
         """Cache the finished sequence's keys/values and give its slot to the last active one."""
-        active = self._active
         tokens = seq.prompt_ids + seq.generated[:-1]  # the last token was sampled, never run
         self.cache.insert(tokens, lambda: self._slot_kv(seq.slot, seq.length))
+        self._release(seq)
+
+    def _release(self, seq: _Sequence) -> None:
+        """Free an active sequence's slot by moving the last active sequence into it."""
+        active = self._active
         last = active.pop()
         if last is not seq:
             self._move_slot(last.slot, seq.slot, last.length)
@@ -654,6 +669,11 @@ class NativeStream:
         generator = seeded_generator(request.seed, self.engine.net.param.device)
         self.engine._enqueue(_Sequence(self, key, text, ids, self.params, generator))
         self.pending += 1
+
+    def close(self) -> None:
+        """Abandon whatever is still pending (e.g. after an error); the engine forgets it."""
+        self.engine._cancel(self)
+        self.pending = 0
 
     def next_finished(self) -> list[tuple[Hashable, TokenGeneration]]:
         """Generate until at least one submitted request is complete; return every complete one

@@ -186,6 +186,11 @@ class HTTPStream:
     def submit(self, key: Hashable, request: GenerationRequest) -> None:
         self._futures[self.policy._pool.submit(self.policy.complete, request, self.params)] = key
 
+    def close(self) -> None:
+        for future in self._futures:
+            future.cancel()  # requests already on the wire finish in the background, unread
+        self._futures.clear()
+
     def next_finished(self) -> list[tuple[Hashable, HTTPResult]]:
         if not self._futures:
             return []

@@ -175,3 +175,19 @@ def test_embedded_model_greedy_text_matches_transformers(embedded_model_dir):
     ours, theirs = native.generate(requests, params), reference.generate(requests, params)
     assert [g.text for g in ours] == [g.text for g in theirs]
     assert any(len(g.text) > 10 for g in ours)
+
+
+def test_a_failed_call_leaves_nothing_behind_in_the_engine(tiny_policy):
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
+    params = SamplingParams(temperature=0.0, max_new_tokens=5)
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.generate(_requests(PROMPTS[:2] + [""]), params)
+    assert not engine._queue and not engine._active and not engine._ready
+    stream = engine.stream(params)
+    stream.submit("a", GenerationRequest("x", seed=0))
+    engine._step()  # "a" is now mid-generation
+    stream.close()
+    assert not engine._queue and not engine._active and not engine._ready
+    assert [g.text for g in engine.generate(_requests(PROMPTS[:2]), params)] == [
+        g.text for g in tiny_policy.generate(_requests(PROMPTS[:2]), params)
+    ]
