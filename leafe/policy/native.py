@@ -395,11 +395,15 @@ class NativePolicy:
         capacity = max(-(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP, have_capacity)
         param = self.net.param
         shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
-        old_keys, old_values = self.keys, self.values
-        self.keys = [param.new_zeros(shape) for _ in self.net.layers]
-        self.values = [param.new_zeros(shape) for _ in self.net.layers]
-        for new, old in zip(self.keys + self.values, old_keys + old_values):  # sequences in flight
-            new[: old.shape[0], :, : old.shape[2]] = old
+        if not self.keys:
+            self.keys = [param.new_zeros(shape) for _ in self.net.layers]
+            self.values = [param.new_zeros(shape) for _ in self.net.layers]
+        for store in (self.keys, self.values):
+            for index, old in enumerate(store):  # one tensor at a time: peak memory grows by one layer
+                if old.shape != shape:
+                    store[index] = param.new_zeros(shape)
+                    store[index][: old.shape[0], :, : old.shape[2]] = old  # sequences in flight
+                    del old
         self.net.rope_table(capacity)
 
     def _slot_kv(self, slot: int, length: int) -> torch.Tensor:
