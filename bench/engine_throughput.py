@@ -138,7 +138,8 @@ def main() -> None:
             "roofline_tokens_per_s": roofline,
             "fraction_of_roofline": (new + generated) / wall / roofline,
             "pass_at_k": {str(k): round(100 * m, 1) for k, m in zip(passk.ks, passk.mean)},
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # ru_maxrss is the process's high-water mark: meaningful for the first backend only.
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if not results["backends"] else None,
         }
         if hasattr(policy, "stats"):
             row["engine"] = policy.stats.as_dict()
