@@ -17,7 +17,7 @@ import sys
 
 from leafe.config import ConfigError, ExperimentConfig, load_config
 from leafe.envs.checker import EnvCheckError
-from leafe.policy.errors import BackendError
+from leafe.policy.errors import BackendError, RequestTooLarge
 
 
 def _positive_int(text: str) -> int:
@@ -136,7 +136,11 @@ def _serve(args: argparse.Namespace) -> None:
         cfg = load_config(args.config, args.overrides)
     else:
         cfg = config_from_dict(apply_overrides({}, args.overrides), source="command line")
-    serve(_load_policy(cfg), cfg.policy.model, host=args.host, port=args.port)
+    policy = _load_policy(cfg)
+    try:
+        serve(policy, cfg.policy.model, host=args.host, port=args.port)
+    except OSError as error:  # e.g. the port is taken
+        raise ConfigError(f"--host/--port: cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except EnvCheckError as error:
         print(f"check-env failed: {error}", file=sys.stderr)
         return 1
+    except RequestTooLarge as error:
+        print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
+        return 2
     except BackendError as error:
         print(f"error: the inference server failed: {error}\n  finished episodes are saved; rerun the same "
               "command to resume", file=sys.stderr)

@@ -4,3 +4,7 @@
 class BackendError(RuntimeError):
     """An inference request that could not be answered (server down, timeouts after retries,
     an error response)."""
+
+
+class RequestTooLarge(BackendError, ValueError):
+    """A request the backend cannot hold (context length, memory); names the setting to change."""

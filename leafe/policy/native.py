@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import os
 import threading
 import time
 from collections import deque
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 
 from leafe.policy.base import Generation, GenerationRequest, SamplingParams
 from leafe.policy.embedded import DEFAULT_MODEL
+from leafe.policy.errors import RequestTooLarge
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
 from leafe.policy.sampling import sample_next, seeded_generator
 from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
@@ -52,6 +55,14 @@ _CAPACITY_STEP = 128  # slot capacity grows in multiples of this many positions
 _MIN_SHARED = 16
 _MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at least this long
 _stream_ids = itertools.count()  # a prefix shared by new prompts is computed once if it is at least this long
+
+
+def _memory_bytes() -> int:
+    """Physical memory of the machine (a large default where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 40
 
 
 class UnsupportedModel(ValueError):
@@ -380,9 +391,9 @@ class NativePolicy:
     def _reserve(self, slots: int, capacity: int) -> None:
         """Make sure ``slots`` slots of ``capacity`` positions exist (allocates only when growing)."""
         if capacity > self.net.max_positions:
-            raise ValueError(
+            raise RequestTooLarge(
                 f"prompt + max_new_tokens needs {capacity} positions; {self.model_name or 'the model'} "
-                f"supports {self.net.max_positions}"
+                f"supports {self.net.max_positions} (lower policy.max_new_tokens or shorten the prompt)"
             )
         have_slots = self.keys[0].shape[0] if self.keys else 0
         have_capacity = self.keys[0].shape[2] if self.keys else 0
@@ -395,6 +406,12 @@ class NativePolicy:
         capacity = max(-(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP, have_capacity)
         param = self.net.param
         shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
+        needed = 2 * len(self.net.layers) * math.prod(shape) * param.element_size()
+        if needed > _memory_bytes() // 2:
+            raise RequestTooLarge(
+                f"keys/values for {slots} sequences of {capacity} positions need {needed / 2**30:.1f} GiB, more "
+                f"than half of this machine's memory; lower policy.max_batch_size or policy.max_new_tokens"
+            )
         if not self.keys:
             self.keys = [param.new_zeros(shape) for _ in self.net.layers]
             self.values = [param.new_zeros(shape) for _ in self.net.layers]

@@ -141,19 +141,21 @@ class OpenAIPolicy:
             choice = data["choices"][0]
             text = choice["text"] if isinstance(request.prompt, str) else choice["message"]["content"]
             usage = data.get("usage") or {}
-        except (ValueError, KeyError, IndexError, TypeError) as error:
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+            finish = choice.get("finish_reason") or "stop"
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
             raise BackendError(f"{url} returned an unexpected body ({error!r}): {response.text[:300]}") from None
         text = text or ""
         cuts = [pos for pos in (text.find(s) for s in params.stop if s) if pos >= 0]
         if cuts:  # servers cut at stop strings already; some return them
             text = text[: min(cuts)]
-        finish = choice.get("finish_reason") or "stop"
         prompt_text = request.prompt if isinstance(request.prompt, str) else _render_chat(request.prompt)
         return Generation(
             text=text,
             prompt_text=prompt_text,
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             finish_reason="length" if finish == "length" else "stop",
         )
 
@@ -163,7 +165,11 @@ class OpenAIPolicy:
         """Complete every request (``max_concurrent`` in flight); the i-th answers the i-th."""
         check_params(params)
         futures = [self._pool.submit(self.complete, request, params) for request in requests]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()  # after an error, do not keep retrying the rest in the background
 
     def stream(self, params: SamplingParams) -> HTTPStream:
         """Submit requests at any time; collect each as soon as the server answers it."""
@@ -195,8 +201,10 @@ class HTTPStream:
         if not self._futures:
             return []
         done, _ = wait(list(self._futures), return_when=FIRST_COMPLETED)
-        results = []
-        for future in done:
-            key = self._futures.pop(future)
-            results.append((key, HTTPResult(future.result())))  # re-raises BackendError
-        return results
+        succeeded = [future for future in done if future.exception() is None]
+        if not succeeded:  # only failures: raise the first one's error
+            failed = next(iter(done))
+            self._futures.pop(failed)
+            failed.result()
+        # Successes first; a failure stays queued and is raised by the next call.
+        return [(self._futures.pop(future), HTTPResult(future.result())) for future in succeeded]

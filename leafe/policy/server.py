@@ -44,11 +44,11 @@ def parse_request(body: Any, chat: bool) -> tuple[GenerationRequest, SamplingPar
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise RequestError("prompt: a non-empty string is required")
-    if int(body.get("n", 1) or 1) != 1:
-        raise RequestError("n: only n = 1 is supported")
-    stop = body.get("stop") or ()
-    stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
     try:
+        if int(body.get("n", 1) or 1) != 1:
+            raise RequestError("n: only n = 1 is supported")
+        stop = body.get("stop") or ()
+        stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         params = SamplingParams(
             temperature=float(body.get("temperature", 1.0)),
@@ -108,6 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as error:  # e.g. a prompt longer than the model's context
             self._error(400, str(error))
             return
+        except Exception as error:  # noqa: BLE001 - answer instead of dropping the connection
+            logger.exception("request failed")
+            self._error(500, f"{type(error).__name__}: {error}")
+            return
         choice: dict[str, Any] = {"index": 0, "finish_reason": generation.finish_reason, "logprobs": None}
         if chat:
             choice["message"] = {"role": "assistant", "content": generation.text}
@@ -145,10 +149,13 @@ class LeafeServer(ThreadingHTTPServer):
         """Run one request. Backends are thread-safe: the native engine batches concurrent
         handlers' streams together; batch-only backends serialise calls behind their own lock."""
         stream = open_stream(self.policy, params)
-        stream.submit(0, request)
-        while True:
-            for _, result in stream.next_finished():
-                return result.generation
+        try:
+            stream.submit(0, request)
+            while True:
+                for _, result in stream.next_finished():
+                    return result.generation
+        finally:
+            stream.close()
 
 
 def serve(policy: Policy, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:

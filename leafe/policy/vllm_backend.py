@@ -12,6 +12,7 @@ only where vLLM and a CUDA device are present.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ class VLLMPolicy:
         self.tokenizer = self.llm.get_tokenizer()
         self.model_name = model
         self.codec = PromptCodec(self.tokenizer, model)
+        self._lock = threading.Lock()  # vllm.LLM is not safe to call from several threads (leafe serve)
 
     def render_prompt(self, prompt: Any) -> str:
         return self.codec.render(prompt)
@@ -74,12 +76,13 @@ class VLLMPolicy:
             )
             for request in requests
         ]
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=prompt_ids) for prompt_ids in ids],
-            sampling,
-            use_tqdm=False,
-            lora_request=self.lora_request,
-        )
+        with self._lock:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=prompt_ids) for prompt_ids in ids],
+                sampling,
+                use_tqdm=False,
+                lora_request=self.lora_request,
+            )
         results = []
         for text, prompt_ids, output in zip(texts, ids, outputs):
             completion = output.outputs[0]

@@ -191,3 +191,15 @@ def test_a_failed_call_leaves_nothing_behind_in_the_engine(tiny_policy):
     assert [g.text for g in engine.generate(_requests(PROMPTS[:2]), params)] == [
         g.text for g in tiny_policy.generate(_requests(PROMPTS[:2]), params)
     ]
+
+
+def test_requests_too_large_for_the_model_or_the_machine_are_refused_before_allocating(tiny_policy):
+    from leafe.policy.errors import RequestTooLarge
+
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
+    with pytest.raises(RequestTooLarge, match="policy.max_new_tokens"):  # tiny model: 2048 positions
+        engine.generate(_requests(), SamplingParams(max_new_tokens=5000))
+    greedy = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=300_000)
+    with pytest.raises(RequestTooLarge, match="policy.max_batch_size"):
+        greedy._reserve(300_000, 2000)  # ~150 GB of keys/values
+    assert not greedy.keys

@@ -78,6 +78,9 @@ def test_bad_requests_fail_fast_with_the_servers_message(server):
     with pytest.raises(BackendError, match="HTTP 400.*top_p"):
         remote.complete(GenerationRequest("hi", seed=0), SamplingParams(top_p=1.0, temperature=-1.0))
     assert time.perf_counter() - started < 2  # not retried
+    for body, message in (({"prompt": "hi", "stop": 5}, "bad sampling field"), ({"prompt": "hi", "max_tokens": 10**6}, "max_new_tokens")):
+        answer = httpx.post(server + "/completions", json=body, timeout=30)
+        assert answer.status_code == 400 and message in answer.json()["error"]["message"]
     assert httpx.get(server.removesuffix("/v1") + "/health").json() == {"status": "ok"}
     assert httpx.get(server + "/models").json()["data"][0]["object"] == "model"
 
