@@ -1,0 +1,210 @@
+"""The native engine's forward pass over key/value slots, on a Llama-family transformers model.
+
+It reuses the model's own modules (embedding, norms, projections, MLP, rotary embedding, LM head);
+only attention and the cache layout are ours. One pass packs a decode step for the active slots
+with prompt pieces of new sequences; decode attention can read a prefix common to all rows once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at least this long
+
+
+class UnsupportedModel(ValueError):
+    """The model's architecture is not one the native engine implements."""
+
+
+class LlamaFamilyForward:
+    """The forward pass over slots, on the modules of a Llama-family transformers model."""
+
+    def __init__(self, model: Any) -> None:
+        config = model.config
+        model_type = getattr(config, "model_type", "")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModel(
+                f"the native engine supports {', '.join(SUPPORTED_MODEL_TYPES)} models, not {model_type!r}; "
+                "use policy.backend: transformers"
+            )
+        self.model = model
+        self.inner = model.model
+        self.layers = list(self.inner.layers)
+        self.num_heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.num_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.num_heads)
+        self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 20))
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if window:
+            self.max_positions = min(self.max_positions, int(window))
+        attn = self.layers[0].self_attn
+        self.qk_norm = hasattr(attn, "q_norm") and hasattr(attn, "k_norm")
+        self.param = next(model.parameters())
+        self._cos = self._sin = torch.empty(0)
+
+    def rope_table(self, positions: int) -> None:
+        """Precompute cos/sin ``(positions, head_dim)`` with the model's own rotary embedding."""
+        if self._cos.shape[0] >= positions:
+            return
+        ids = torch.arange(positions, device=self.param.device)[None]
+        cos, sin = self.inner.rotary_emb(self.param.new_zeros(1), ids)
+        self._cos, self._sin = cos[0], sin[0]
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for ``positions: (tokens,)``, each ``(tokens, 1, head_dim)``; the sin half
+        that multiplies the first half of a vector is negated, so rotation is two products."""
+        cos, sin = self._cos[positions][:, None, :], self._sin[positions][:, None, :].clone()
+        sin[..., : self.head_dim // 2].neg_()
+        return cos, sin
+
+    def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Apply rotary embedding to ``x: (tokens, heads, head_dim)`` (Llama's rotate-half layout)."""
+        cos, signed_sin = rope
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
+
+    def _project(self, layer: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """``h: (tokens, hidden)`` -> q ``(tokens, heads, hd)``, k and v ``(tokens, kv_heads, hd)``."""
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        n = x.shape[0]
+        q = attn.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = attn.k_proj(x).view(n, self.kv_heads, self.head_dim)
+        v = attn.v_proj(x).view(n, self.kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return self._rotate(q, rope), self._rotate(k, rope), v
+
+    def _finish_layer(self, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        h = h + layer.self_attn.o_proj(attended.reshape(h.shape[0], self.num_heads * self.head_dim))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _cascade_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, shared: int
+    ) -> torch.Tensor:
+        """Decode attention that reads a prefix common to all rows once.
+
+        ``q: (B, heads, hd)``; ``keys``/``values``: one layer's ``(slots, kv_heads, capacity, hd)``;
+        row ``b`` attends to positions ``0..positions[b]`` of slot ``b``, whose first ``shared``
+        positions equal slot 0's. Softmax is split in two parts (the shared prefix, one matmul for
+        all rows; each row's own suffix) and merged with their log-sum-exp, which is exact.
+        Memory read per step drops from ``B * span`` to ``shared + B * (span - shared)`` positions;
+        in agent rollouts the instructions and few-shot example are a large share of every prompt.
+        Returns ``(B, heads, hd)``.
+        """
+        batch, group = q.shape[0], self.num_heads // self.kv_heads
+        span = int(positions.max()) + 1
+        grouped = q.view(batch, self.kv_heads, group, self.head_dim) * self.head_dim**-0.5
+        # Shared prefix: (kv_heads, B * group, hd) @ (kv_heads, hd, shared) in one batched matmul.
+        by_head = grouped.permute(1, 0, 2, 3).reshape(self.kv_heads, batch * group, self.head_dim)
+        shared_scores = torch.matmul(by_head, keys[0, :, :shared].transpose(1, 2))
+        shared_max = shared_scores.amax(dim=-1, keepdim=True)
+        shared_weights = torch.exp(shared_scores - shared_max)
+        shared_out = torch.matmul(shared_weights, values[0, :, :shared])  # (kv_heads, B*group, hd)
+
+        def per_row(t: torch.Tensor) -> torch.Tensor:  # (kv_heads, B*group, x) -> (B, kv_heads, group, x)
+            return t.view(self.kv_heads, batch, group, -1).permute(1, 0, 2, 3)
+
+        shared_max, shared_sum, shared_out = (
+            per_row(shared_max), per_row(shared_weights.sum(dim=-1, keepdim=True)), per_row(shared_out)
+        )
+        # Own suffix: (B, kv_heads, group, hd) @ (B, kv_heads, hd, span - shared), masked past each row's end.
+        own_scores = torch.matmul(grouped, keys[:batch, :, shared:span].transpose(-1, -2))
+        beyond = torch.arange(shared, span, device=q.device)[None, :] > positions[:, None]  # (B, span - shared)
+        own_scores = own_scores.masked_fill(beyond[:, None, None, :], float("-inf"))
+        own_max = own_scores.amax(dim=-1, keepdim=True)  # finite: every row sees its own position
+        own_weights = torch.exp(own_scores - own_max)
+        own_out = torch.matmul(own_weights, values[:batch, :, shared:span])
+        top = torch.maximum(shared_max, own_max)
+        shared_scale, own_scale = torch.exp(shared_max - top), torch.exp(own_max - top)
+        out = (shared_out * shared_scale + own_out * own_scale) / (
+            shared_sum * shared_scale + own_weights.sum(dim=-1, keepdim=True) * own_scale
+        )
+        return out.reshape(batch, self.num_heads, self.head_dim)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""
+        return self.model.lm_head(self.inner.norm(h)).float()
+
+    def forward(
+        self,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        decode_tokens: torch.Tensor,
+        decode_positions: torch.Tensor,
+        pieces: Sequence[tuple[int, int, list[int]]] = (),
+        shared: int = 0,
+    ) -> torch.Tensor:
+        """One packed forward pass: a decode step for slots ``0..B-1`` plus prompt pieces.
+
+        Decode: ``decode_tokens``, ``decode_positions`` ``(B,)`` (B may be 0); slot ``b`` writes its
+        key/value at ``decode_positions[b]`` and attends to ``0..decode_positions[b]``.
+        Pieces ``(slot, start, token_ids)`` (slots >= B): the tokens take positions
+        ``start..start+len-1`` of their slot and attend causally to ``0..start+len-1``. Keys/values
+        of every row are written before any attention of the same layer, so consecutive pieces of
+        one slot may share a pass. All rows share the linear layers (the weights are read once).
+
+        ``shared``: the first ``shared`` positions hold the same keys/values in all decode slots
+        (a common prompt prefix); attention then reads them once, from slot 0 (see
+        :meth:`_cascade_attention`).
+
+        Returns hidden states ``(B + len(pieces), hidden)``: the decode rows, then each piece's
+        last position.
+        """
+        device = self.param.device
+        batch = int(decode_tokens.shape[0])
+        ids = [decode_tokens] + [torch.tensor(toks, device=device) for _, _, toks in pieces]
+        positions = [decode_positions] + [
+            torch.arange(start, start + len(toks), device=device) for _, start, toks in pieces
+        ]
+        offsets = (batch + np.cumsum([0] + [len(toks) for _, _, toks in pieces])).tolist()
+        masks = [
+            torch.arange(start + len(toks), device=device)[None, :]
+            <= torch.arange(start, start + len(toks), device=device)[:, None]
+            for _, start, toks in pieces
+        ]
+        if batch:
+            rows = torch.arange(batch, device=device)
+            span = int(decode_positions.max()) + 1
+            decode_mask = (torch.arange(span, device=device)[None, :] <= decode_positions[:, None])[:, None, None, :]
+        rope = self._rope(torch.cat(positions))
+        h = self.inner.embed_tokens(torch.cat(ids))
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, h, rope)
+            layer_keys, layer_values = keys[index], values[index]
+            if batch:
+                layer_keys[rows, :, decode_positions] = k[:batch]
+                layer_values[rows, :, decode_positions] = v[:batch]
+            for (slot, start, toks), lo in zip(pieces, offsets):
+                layer_keys[slot, :, start : start + len(toks)] = k[lo : lo + len(toks)].transpose(0, 1)
+                layer_values[slot, :, start : start + len(toks)] = v[lo : lo + len(toks)].transpose(0, 1)
+            attended = torch.empty_like(q)
+            if batch and shared >= MIN_CASCADE:
+                attended[:batch] = self._cascade_attention(q[:batch], layer_keys, layer_values, decode_positions, shared)
+            elif batch:
+                attended[:batch] = F.scaled_dot_product_attention(
+                    q[:batch, :, None, :],
+                    layer_keys[:batch, :, :span],
+                    layer_values[:batch, :, :span],
+                    attn_mask=decode_mask,
+                    enable_gqa=True,
+                )[:, :, 0, :]
+            for (slot, start, toks), lo, mask in zip(pieces, offsets, masks):
+                end = start + len(toks)
+                out = F.scaled_dot_product_attention(
+                    q[lo : lo + len(toks)].transpose(0, 1)[None],
+                    layer_keys[slot : slot + 1, :, :end],
+                    layer_values[slot : slot + 1, :, :end],
+                    attn_mask=mask,
+                    enable_gqa=True,
+                )
+                attended[lo : lo + len(toks)] = out[0].transpose(0, 1)
+            h = self._finish_layer(layer, h, attended)
+        last = list(range(batch)) + [end - 1 for end in offsets[1:]]
+        return h[torch.tensor(last, device=device)]
