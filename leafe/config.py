@@ -115,13 +115,54 @@ class ExploreConfig(_Section):
     max_model_tokens: int | None = Field(None, ge=1)
     max_reflection_attempts: int = Field(3, ge=1)
     reflection_max_new_tokens: int = Field(64, ge=1)
-    experience_window: int = Field(3, ge=1)
+    experience_window: int = Field(3, ge=0)
     max_tasks_in_flight: int = Field(16, ge=1)
     restart: bool = True
 
     def settings_fields(self) -> dict[str, Any]:
         """The fields that make up ``ExploreSettings``."""
         return self.model_dump(exclude={"method", "split", "num_tasks", "reflector_model"})
+
+
+class DataConfig(_Section):
+    """LEAFE stage 2 data (``leafe.method.distill``): which SFT examples the trees give."""
+
+    max_cf_per_task: int = Field(3, ge=0, le=100000)
+    cf_target: Literal["turn", "branch"] = "turn"
+    rehearsal_fraction: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class SFTConfig(_Section):
+    """LEAFE stage 2 training (``leafe.trainers.sft``): L = L_cf + beta * L_reh on reply tokens."""
+
+    objective: Literal["leafe", "cf_only", "reh_only"] = "leafe"
+    beta: float = Field(1.0, ge=0.0)
+    finetune: Literal["lora", "full"] = "lora"
+    lora_r: int = Field(16, ge=1, le=4096)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_target_modules: str | list[str] = "all-linear"
+    merge_lora: bool = False
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    epochs: float = Field(2.0, gt=0.0, le=1000.0)
+    batch_size: int = Field(4, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(4, ge=1, le=4096)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    max_seq_length: int = Field(2048, ge=16, le=1 << 20)
+    gradient_checkpointing: bool = False
+    save_steps: int = Field(50, ge=1)
+    logging_steps: int = Field(5, ge=1)
+
+
+class PipelineConfig(_Section):
+    """``leafe run``: explore -> build data -> SFT -> evaluate, ``rounds`` times."""
+
+    rounds: int = Field(1, ge=1, le=100)
+    eval_base: bool = True
 
 
 class ExperimentConfig(_Section):
@@ -135,6 +176,9 @@ class ExperimentConfig(_Section):
     rollout: RolloutConfig = RolloutConfig()
     eval: EvalConfig = EvalConfig()
     explore: ExploreConfig = ExploreConfig()
+    data: DataConfig = DataConfig()
+    sft: SFTConfig = SFTConfig()
+    run: PipelineConfig = PipelineConfig()
 
     @field_validator("name")
     @classmethod

@@ -133,3 +133,35 @@ class Trajectory:
             steps=tuple(Step.from_dict(s) for s in data["steps"]),
             success=bool(data["success"]),
         )
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One supervised target turn for LEAFE stage 2 (distillation).
+
+    Attributes:
+        kind: ``"counterfactual"`` (a corrected action at a rollback point, trained by L_cf) or
+            ``"rehearsal"`` (a turn of a successful rollout, trained by L_reh).
+        prompt: exactly what the policy sees at that turn at test time: the prompt rebuilt from
+            the history WITHOUT experience summaries (a string for the completion format, a list
+            of chat messages for the chat format).
+        completion: the target reply, the only text the loss is computed on (completion format:
+            the continuation after the prompt's trailing ``"Thought:"``, ending in the stop string).
+        task_id: the task the example comes from.
+        node_id: the tree node whose history holds the target turn.
+        turn: 0-based index of the target turn in that node's full history.
+    """
+
+    kind: str
+    prompt: str | list[dict[str, str]]
+    completion: str
+    task_id: str
+    node_id: int
+    turn: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SFTExample:
+        return cls(**{key: data[key] for key in ("kind", "prompt", "completion", "task_id", "node_id", "turn")})

@@ -102,7 +102,8 @@ class ExploreSettings:
         max_reflection_attempts: answers tried per policy reflection before it is recorded
             as failed.
         reflection_max_new_tokens: generation cap of one reflection answer.
-        experience_window: experience summaries shown in a prompt at most (the latest).
+        experience_window: experience summaries shown in a prompt at most (the latest); 0 shows
+            none (the "no experience summary" ablation: branches get only the rollback).
         max_tasks_in_flight: tasks explored together (their waves share policy batches).
         restart: when a task has nothing left to expand (LEAFE) or an attempt succeeded
             (refinement) and budget remains, start again from a fresh root. Keeps the spend of
@@ -136,7 +137,7 @@ class ExploreSettings:
             "max_env_steps": 1,
             "max_reflection_attempts": 1,
             "reflection_max_new_tokens": 1,
-            "experience_window": 1,
+            "experience_window": 0,
             "max_tasks_in_flight": 1,
         }
         for name, low in at_least.items():
@@ -205,7 +206,7 @@ def _restart_idle(new_nodes: list[tuple[TaskSearch, TreeNode]], settings: Explor
 
 def _experience(node: TreeNode, reflection: Reflection | None, window: int) -> tuple[str, ...]:
     added = () if reflection is None or reflection.failed else (reflection.experience_summary,)
-    return (node.experience + added)[-window:]
+    return (node.experience + added)[-window:] if window else ()
 
 
 def explore(

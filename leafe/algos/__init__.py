@@ -1,0 +1,1 @@
+"""Pure tensor functions of the training objectives (no models, no data loading)."""

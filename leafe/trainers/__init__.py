@@ -1,0 +1,1 @@
+"""Trainers: one self-contained file per training method, each with its config section."""

@@ -1,0 +1,167 @@
+"""The SFT trainer: only reply tokens are trained, the loss is L_cf + beta * L_reh, training
+moves the weights, the output loads in every in-process backend, and a killed run resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+from leafe.algos.sft_loss import IGNORE
+from leafe.config import SFTConfig
+from leafe.trainers.sft import DONE_FILE, Collator, LeafeSFTTrainer, encode_example, train_sft
+from leafe.types import SFTExample
+
+PROMPT = "Push the box onto the goal.\nObservation:\nPlayer: row 2, col 2.\nThought:"
+
+
+def _examples(count=8):
+    moves = ["up", "down", "left", "right"]
+    return [
+        SFTExample(
+            "counterfactual" if i % 2 else "rehearsal",
+            f"{PROMPT} (room {i})" if i % 3 else PROMPT,
+            f" The box is {moves[i % 4]} of me.\nAction: {moves[i % 4]}\n\n",
+            f"t{i}",
+            0,
+            0,
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, embedded_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _fast(**overrides):
+    base = dict(batch_size=2, gradient_accumulation_steps=1, epochs=1.0, learning_rate=1e-2, logging_steps=1, save_steps=100)
+    return SFTConfig(**{**base, **overrides})
+
+
+def test_labels_mask_the_prompt_and_keep_exactly_the_reply(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    example = _examples()[0]
+    encoded = encode_example(tokenizer, example)
+    prompt_len = len(tokenizer(example.prompt)["input_ids"])
+    assert encoded.labels[:prompt_len] == [IGNORE] * prompt_len
+    assert IGNORE not in encoded.labels[prompt_len:]
+    assert tokenizer.decode([t for t in encoded.labels if t != IGNORE]) == example.completion
+    assert tokenizer.decode(encoded.input_ids) == example.prompt + example.completion
+    chat = SFTExample("rehearsal", [{"role": "user", "content": "Observation: x"}], "Thought: go\nAction: up", "t", 0, 0)
+    encoded = encode_example(tokenizer, chat)
+    trained = tokenizer.decode([t for t in encoded.labels if t != IGNORE])
+    assert trained.startswith("Thought: go\nAction: up") and "<|im_end|>" in trained
+    assert "Observation" not in trained
+
+
+def test_trainer_loss_equals_the_masked_loss_of_a_full_forward(tiny_model_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    examples = _examples(4)
+    batch = Collator(tokenizer.pad_token_id)([vars(encode_example(tokenizer, e)) for e in examples])
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = LeafeSFTTrainer(model=model, args=args, beta=0.25)
+    loss = trainer.compute_loss(model, dict(batch))
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+    mask = labels != IGNORE
+    kinds = batch["kind"][:, None].expand_as(labels)
+    cf = nll[mask & (kinds == 0)].mean()
+    reh = nll[mask & (kinds == 1)].mean()
+    assert torch.allclose(loss, cf + 0.25 * reh, atol=1e-5)
+    # Changing a prompt-token label cannot change the loss: it is never a target.
+    batch["labels"][0, 0] = IGNORE
+    assert torch.allclose(trainer.compute_loss(model, dict(batch)), loss)
+
+
+def test_full_finetune_moves_weights_and_serves_in_native_and_transformers(tiny_model_dir, tmp_path):
+    from leafe.config import PolicyConfig
+    from leafe.policy import load_policy
+    from leafe.policy.base import GenerationRequest, SamplingParams
+
+    result = train_sft(_fast(finetune="full"), str(tiny_model_dir), _examples(), tmp_path / "sft", seed=0)
+    assert result.examples == {"counterfactual": 4, "rehearsal": 4} and result.steps == 4
+    assert result.tokens > result.target_tokens > 0 and result.final_loss is not None
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(result.model_dir).state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    params = SamplingParams(temperature=0.0, max_new_tokens=6)
+    texts = set()
+    for backend in ("native", "transformers"):
+        policy = load_policy(PolicyConfig(backend=backend), result.model_dir)
+        texts.add(policy.generate([GenerationRequest(PROMPT, seed=0)], params)[0].text)
+    assert len(texts) == 1  # both backends read the same trained weights
+    again = train_sft(_fast(finetune="full"), str(tiny_model_dir), _examples(), tmp_path / "sft", seed=0)
+    assert again == result  # finished: nothing retrained
+
+
+def test_lora_adapter_is_servable_and_differs_from_the_base(tiny_model_dir, tmp_path):
+    from leafe.config import PolicyConfig
+    from leafe.policy import load_policy
+    from leafe.policy.base import GenerationRequest, SamplingParams
+
+    result = train_sft(_fast(finetune="lora", lora_r=4, learning_rate=5e-2), str(tiny_model_dir), _examples(), tmp_path / "lora")
+    model_dir = Path(result.model_dir)
+    assert (model_dir / "adapter_config.json").is_file() and not (model_dir / "model.safetensors").exists()
+    assert json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    request = [GenerationRequest(PROMPT, seed=0)]
+    trained = load_policy(PolicyConfig(backend="native"), str(model_dir)).generate(request, params)[0]
+    base = load_policy(PolicyConfig(backend="native"), str(tiny_model_dir)).generate(request, params)[0]
+    assert trained.text != base.text
+
+
+def test_objective_without_examples_of_its_kind_is_a_clear_error(tiny_model_dir, tmp_path):
+    rehearsal_only = [e for e in _examples() if e.kind == "rehearsal"]
+    with pytest.raises(ValueError, match="sft.objective='cf_only': no counterfactual examples"):
+        train_sft(_fast(objective="cf_only"), str(tiny_model_dir), rehearsal_only, tmp_path / "x")
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+from leafe.config import SFTConfig
+from leafe.trainers.sft import train_sft
+from tests.trainers.test_sft import _examples, _fast
+train_sft(_fast(finetune="full", save_steps=2, epochs=float(sys.argv[3])), sys.argv[1], _examples(16), Path(sys.argv[2]), seed=0)
+"""
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    out = tmp_path / "killed"
+    epochs = 6.0
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tiny_model_dir), str(out), str(epochs)], cwd=os.getcwd())
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "checkpoint-4").is_dir() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (out / "model" / DONE_FILE).exists(), "training finished before it could be killed"
+    resumed = train_sft(_fast(finetune="full", save_steps=2, epochs=epochs), str(tiny_model_dir), _examples(16), out, seed=0)
+    assert resumed.steps == 48
+    straight = train_sft(_fast(finetune="full", save_steps=2, epochs=epochs), str(tiny_model_dir), _examples(16), tmp_path / "straight", seed=0)
+    a = AutoModelForCausalLM.from_pretrained(resumed.model_dir).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(straight.model_dir).state_dict()
+    assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
+    assert resumed.tokens < straight.tokens  # the rerun trained only the steps after the checkpoint
