@@ -1,5 +1,5 @@
 # One command installs everything into .venv and runs the job:
-#   make quickstart   evaluate the embedded default model on Sokoban (Pass@k table + plot)
+#   make quickstart   the whole LEAFE experiment on small Sokoban rooms (base vs trained: report + Pass@k plot)
 #   make test         run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 quickstart: install
-	$(BIN)/leafe eval configs/sokoban_quickstart.yaml
+	$(BIN)/leafe run configs/sokoban_quickstart.yaml
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -40,13 +40,18 @@ def _example_task(task_source: TaskSource) -> Task:
     return task_source.tasks(split, index + 1)[index]
 
 
+def build_prompter(cfg: ExperimentConfig, make_env: Callable[[], TextEnv], task_source: TaskSource) -> Prompter:
+    """The prompt format of ``cfg.rollout`` (with its worked example when ``few_shot``)."""
+    example = example_from_expert(make_env(), _example_task(task_source)) if cfg.rollout.few_shot else None
+    return Prompter(prompt_format=cfg.rollout.prompt_format, history_window=cfg.rollout.history_window, example=example)
+
+
 def build_agent(cfg: ExperimentConfig, make_env: Callable[[], TextEnv], task_source: TaskSource, policy: Policy) -> Agent:
     """The agent of ``cfg.rollout`` and ``cfg.policy`` (sampling) around ``policy``."""
-    example = example_from_expert(make_env(), _example_task(task_source)) if cfg.rollout.few_shot else None
     return Agent(
         make_env=make_env,
         policy=policy,
-        prompter=Prompter(prompt_format=cfg.rollout.prompt_format, history_window=cfg.rollout.history_window, example=example),
+        prompter=build_prompter(cfg, make_env, task_source),
         sampling=SamplingParams(
             temperature=cfg.policy.temperature, top_p=cfg.policy.top_p, max_new_tokens=cfg.policy.max_new_tokens
         ),

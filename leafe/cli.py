@@ -1,5 +1,6 @@
 """The ``leafe`` command: builds objects from a config and calls one function per command.
 
+    leafe run CONFIG [dotted.key=value ...] [--fresh]
     leafe eval CONFIG [dotted.key=value ...] [--fresh]
     leafe explore CONFIG [dotted.key=value ...] [--fresh]
     leafe check-env CONFIG [dotted.key=value ...] [--tasks N]
@@ -30,6 +31,11 @@ def _positive_int(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leafe", description="Train LLM agents to recover from their own mistakes.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="the whole experiment: eval base, explore, build data, SFT, eval trained, report")
+    run.add_argument("config", help="experiment YAML")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.objective=reh_only run.rounds=2")
+    run.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
     evaluate = commands.add_parser("eval", help="Pass@k of a policy on an environment's test tasks")
     evaluate.add_argument("config", help="experiment YAML")
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``leafe`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the terminal shows warnings; leafe.log gets INFO too
+        handler.setLevel(logging.WARNING)
     try:
         if args.command == "prepare-model":
             _prepare_model(args.model)
@@ -160,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             _serve(args)
             return 0
         cfg = load_config(args.config, args.overrides)
-        if args.command == "eval":
+        if args.command == "run":
+            from leafe.pipeline import run_pipeline
+
+            run_pipeline(cfg, fresh=args.fresh)
+            print(f"report: {cfg.run_dir / 'report.md'}  plot: {cfg.run_dir / 'passk.png'}")
+        elif args.command == "eval":
             _eval(cfg, args.fresh)
         elif args.command == "explore":
             _explore(cfg, args.fresh)

@@ -164,4 +164,10 @@ class SFTExample:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SFTExample:
-        return cls(**{key: data[key] for key in ("kind", "prompt", "completion", "task_id", "node_id", "turn")})
+        """Reads :meth:`to_dict` output and exported records (whose chat ``completion`` is a
+        one-message list)."""
+        completion = data["completion"]
+        if isinstance(completion, list):
+            completion = completion[-1]["content"]
+        fields = {key: data[key] for key in ("kind", "prompt", "task_id", "node_id", "turn")}
+        return cls(completion=completion, **fields)

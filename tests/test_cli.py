@@ -27,26 +27,6 @@ def _episodes(run_dir: Path) -> dict[tuple[str, int], dict]:
     return keyed
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
-    """A randomly initialised 2-layer Llama saved as a Hugging Face directory (real tokenizer)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def _tiny_args(model_dir: Path, out: Path, name: str) -> list[str]:
     return [
         str(QUICKSTART), f"name={name}", f"output_dir={out}", f"policy.model={model_dir}",

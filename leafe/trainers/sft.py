@@ -62,7 +62,8 @@ class SFTResult:
 
     ``tokens`` counts the non-padding sequence tokens (prompt + target) this invocation trained
     on, ``target_tokens`` those the loss was computed on; ``seconds`` and ``tokens_per_s`` are of
-    the same invocation (a resumed run reports its remaining part).
+    the same invocation (a resumed run reports its remaining part); ``train_loss`` is the mean
+    training loss over the steps.
     """
 
     model_dir: str
@@ -77,7 +78,7 @@ class SFTResult:
     seconds: float
     tokens_per_s: float
     peak_rss_mib: float
-    final_loss: float | None
+    train_loss: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -300,7 +301,6 @@ def train_sft(
         merged.save_pretrained(str(scratch / "merged"))
         tokenizer.save_pretrained(str(scratch / "merged"))
     counts = {kind: sum(example.kind == kind for example in chosen) for kind in ("counterfactual", "rehearsal")}
-    history = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     result = SFTResult(
         model_dir=str(model_dir / "merged" if cfg.finetune == "lora" and cfg.merge_lora else model_dir),
         base_model=base,
@@ -314,7 +314,7 @@ def train_sft(
         seconds=round(seconds, 1),
         tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0,
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        final_loss=history[-1] if history else None,
+        train_loss=round(float(output.training_loss), 4),
     )
     (scratch / DONE_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     if model_dir.exists():

@@ -1,0 +1,299 @@
+"""``leafe run``: the whole LEAFE experiment in one resumable command.
+
+    eval base -> [explore -> build data -> SFT -> eval] x run.rounds -> report + Pass@k plot
+
+Round r explores with the model of round r-1 (the base model for round 1) and fine-tunes that
+same model on its own corrections, so corrections compound over rounds (iterated LEAFE; the
+paper runs one round). Every evaluation uses the same test tasks and seed (paired comparison).
+
+    runs/<name>/
+      eval-base/                 leafe eval of the base model (episodes.jsonl, summary.md, ...)
+      round-1/explore/           trees.jsonl, explore_summary.*, view.html
+      round-1/data/              sft.jsonl (TRL / LLaMA-Factory / axolotl readable), README.md
+      round-1/sft/               checkpoints/, model/ (the trained Hugging Face checkpoint)
+      round-1/eval/              leafe eval of the trained model
+      report.md, passk.png, report.json
+
+Each stage writes ``stage.json`` when it finishes. A rerun skips finished stages (without loading
+a model for them) and resumes the interrupted one where it stopped: exploration at the next
+unexplored task, SFT at its last checkpoint, evaluation at the next unplayed episode.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from leafe.agent import Agent, build_agent, build_prompter, select_tasks
+from leafe.config import ConfigError, ExperimentConfig
+from leafe.envs import build_env
+from leafe.eval.passk import PassAtK
+from leafe.eval.report import markdown_table, plot_pass_at_k, print_table
+from leafe.method.distill import build_examples, export_record
+from leafe.method.tree import load_trees
+from leafe.runs import RunDir, append_jsonl, read_jsonl, write_atomic
+from leafe.prompting import Prompter
+from leafe.types import SFTExample, Task
+
+logger = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"
+DATA_FILE = "sft.jsonl"
+
+
+def _finished(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded result of a stage finished with the same ``key`` settings, else None."""
+    marker = folder / STAGE_FILE
+    if not marker.is_file():
+        return None
+    record = json.loads(marker.read_text())
+    return record["result"] if record.get("key") == key else None
+
+
+def _finish(folder: Path, key: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    write_atomic(folder / STAGE_FILE, json.dumps({"key": key, "result": result}, indent=2, default=str) + "\n")
+    return result
+
+
+class _Policies:
+    """Holds at most one loaded policy (and the explore reflector's), loading on demand."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.model: str | None = None
+        self.policy: Any = None
+        self.reflector: Any = None
+
+    def get(self, model: str) -> Any:
+        if self.model != model:
+            self.release()
+            from leafe.policy import load_policy
+
+            try:
+                self.policy = load_policy(self.cfg.policy, model)
+            except (OSError, ValueError, RuntimeError) as error:
+                raise ConfigError(f"policy.model: cannot load {model!r}: {str(error).strip().splitlines()[0]}") from None
+            self.model = model
+        return self.policy
+
+    def reflector_policy(self) -> Any:
+        section = self.cfg.explore
+        if section.reflector != "model" or section.method == "independent":
+            return None
+        if self.reflector is None:
+            from leafe.policy import load_policy
+
+            try:
+                self.reflector = load_policy(self.cfg.policy, section.reflector_model)
+            except (OSError, ValueError, RuntimeError) as error:
+                reason = str(error).strip().splitlines()[0]
+                raise ConfigError(f"explore.reflector_model: cannot load {section.reflector_model!r}: {reason}") from None
+        return self.reflector
+
+    def release(self) -> None:
+        """Drop the loaded policy (before training, to give its memory back)."""
+        self.policy, self.model = None, None
+        gc.collect()
+
+
+def _with_model(cfg: ExperimentConfig, model: str) -> ExperimentConfig:
+    return cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"model": model})})
+
+
+def _sub_run(folder: Path) -> RunDir:
+    folder.mkdir(parents=True, exist_ok=True)
+    return RunDir(path=folder, resumed=any(folder.iterdir()))
+
+
+def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run (or resume) the experiment of ``cfg``; returns what ``report.json`` holds."""
+    console = console or Console(stderr=True)
+    make_env, task_source = build_env(cfg.env)
+    explore_tasks = select_tasks(task_source, cfg.explore.split, cfg.explore.num_tasks)
+    eval_tasks = select_tasks(task_source, cfg.eval.split, cfg.eval.num_tasks)
+    run = RunDir.open(cfg, command="run", fresh=fresh)
+    if run.resumed:
+        console.print(f"resuming {run.path}")
+    policies = _Policies(cfg)
+    stages = ["eval base"] * cfg.run.eval_base + [
+        f"round {r}: {stage}" for r in range(1, cfg.run.rounds + 1) for stage in ("explore", "data", "sft", "eval")
+    ]
+    counter = iter(range(1, len(stages) + 1))
+
+    def stage(name: str) -> None:
+        console.rule(f"[bold][{next(counter)}/{len(stages)}] {name}")
+
+    def agent_for(model: str) -> Agent:
+        return build_agent(_with_model(cfg, model), make_env, task_source, policies.get(model))
+
+    eval_key = {"eval": cfg.eval.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json")}
+
+    def evaluate_model(model: str, folder: Path, label: str) -> PassAtK:
+        done = _finished(folder, {**eval_key, "model": model})
+        if done is not None:
+            console.print(f"{label}: finished earlier")
+            return PassAtK.from_dict(done)
+        from leafe.eval.evaluate import evaluate
+
+        result = evaluate(_with_model(cfg, model), _sub_run(folder), agent_for(model), eval_tasks)
+        _finish(folder, {**eval_key, "model": model}, result.to_dict())
+        return result
+
+    report: dict[str, Any] = {"name": cfg.name, "base_model": cfg.policy.model, "rounds": []}
+    curves: dict[str, PassAtK] = {}
+    if cfg.run.eval_base:
+        stage("eval base")
+        curves["base"] = evaluate_model(cfg.policy.model, run.path / "eval-base", "base")
+    model = cfg.policy.model
+    for round_index in range(1, cfg.run.rounds + 1):
+        folder = run.path / f"round-{round_index}"
+        stage(f"round {round_index}: explore")
+        exploration = _explore(cfg, model, folder / "explore", explore_tasks, agent_for, policies)
+        stage(f"round {round_index}: data")
+        data = _build_data(cfg, folder, build_prompter(cfg, make_env, task_source))
+        stage(f"round {round_index}: sft")
+        sft = _train(cfg, model, folder, policies)
+        model = sft["model_dir"]
+        stage(f"round {round_index}: eval")
+        curves[f"LEAFE round {round_index}"] = evaluate_model(model, folder / "eval", f"round {round_index} eval")
+        report["rounds"].append({"round": round_index, "explore": exploration, "data": data, "sft": sft, "model": model})
+    policies.release()
+    report["pass_at_k"] = {name: result.to_dict() for name, result in curves.items()}
+    _write_report(cfg, run.path, report, curves)
+    print_table(curves)
+    return report
+
+
+def _explore(
+    cfg: ExperimentConfig, model: str, folder: Path, tasks: Sequence[Task], agent_for: Callable[[str], Agent], policies: _Policies
+) -> dict[str, Any]:
+    key = {"explore": cfg.explore.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json"), "model": model}
+    done = _finished(folder, key)
+    if done is not None:
+        return done
+    from leafe.method.explore_run import run_exploration
+    from leafe.viewer import write_view
+
+    summary = run_exploration(_with_model(cfg, model), _sub_run(folder), agent_for(model), tasks, policies.reflector_policy())
+    write_view(folder)
+    return _finish(folder, key, asdict(summary))
+
+
+def _build_data(cfg: ExperimentConfig, folder: Path, prompter: Prompter) -> dict[str, Any]:
+    from leafe.method.explore_run import TREES_FILE
+
+    out = folder / "data"
+    key = {"data": cfg.data.model_dump(mode="json"), "sft": {"objective": cfg.sft.objective, "beta": cfg.sft.beta}}
+    done = _finished(out, key)
+    if done is not None:
+        return done
+    trees = list(load_trees(folder / "explore" / TREES_FILE).values())
+    examples = build_examples(
+        trees,
+        prompter,
+        max_cf_per_task=cfg.data.max_cf_per_task,
+        cf_target=cfg.data.cf_target,
+        rehearsal_fraction=cfg.data.rehearsal_fraction,
+        seed=cfg.seed,
+    )
+    weights = {"counterfactual": 1.0, "rehearsal": cfg.sft.beta}
+    data_file = out / DATA_FILE
+    out.mkdir(parents=True, exist_ok=True)
+    data_file.unlink(missing_ok=True)  # rebuilt whole: building is cheap and deterministic
+    for example in examples:
+        append_jsonl(data_file, export_record(example, weights[example.kind]))
+    write_atomic(out / "README.md", _DATA_README)
+    write_atomic(out / "dataset_info.json", json.dumps(_LLAMA_FACTORY_INFO, indent=2) + "\n")
+    counts = {kind: sum(e.kind == kind for e in examples) for kind in ("counterfactual", "rehearsal")}
+    counts["tasks_with_counterfactuals"] = len({e.task_id for e in examples if e.kind == "counterfactual"})
+    counts["trees"] = len(trees)
+    logger.info("data: %s", counts)
+    return _finish(out, key, counts)
+
+
+def _train(cfg: ExperimentConfig, model: str, folder: Path, policies: _Policies) -> dict[str, Any]:
+    out = folder / "sft"
+    key = {"sft": cfg.sft.model_dump(mode="json"), "model": model}
+    done = _finished(out, key)
+    if done is not None:
+        return done
+    examples = [SFTExample.from_dict(record) for record in read_jsonl(folder / "data" / DATA_FILE)]
+    policies.release()
+    from leafe.trainers.sft import train_sft
+
+    try:
+        result = train_sft(cfg.sft, model, examples, out, seed=cfg.seed, device=cfg.policy.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return _finish(out, key, result.to_dict())
+
+
+def _write_report(cfg: ExperimentConfig, path: Path, report: dict[str, Any], curves: dict[str, PassAtK]) -> None:
+    title = f"{cfg.name}: LEAFE on {cfg.env.name} ({cfg.policy.model})"
+    plot_pass_at_k(curves, path / "passk.png", title)
+    write_atomic(path / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    first = next(iter(curves.values()))
+    lines = [
+        f"# {title}",
+        "",
+        f"Pass@k on {first.num_tasks} {cfg.eval.split} tasks, n={first.samples_per_task} episodes each, "
+        f"{cfg.rollout.max_steps} turns per episode, seed {cfg.seed}; unbiased estimator, "
+        f"{first.confidence:.0%} bootstrap CI over tasks.",
+        "",
+        markdown_table(curves),
+        "![Pass@k](passk.png)",
+        "",
+        "| round | tasks explored | solved | corrected branches | env steps | model tokens | cf examples | reh examples | SFT steps | SFT tokens/s | train loss |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in report["rounds"]:
+        explore, data, sft = entry["explore"], entry["data"], entry["sft"]
+        lines.append(
+            f"| {entry['round']} | {explore['tasks']} | {explore['solved_tasks']} | {explore['successful_corrected_branches']} "
+            f"| {explore['env_steps']} | {explore['model_tokens']} | {data['counterfactual']} | {data['rehearsal']} "
+            f"| {sft['steps']} | {sft['tokens_per_s']} | {sft['train_loss']} |"
+        )
+    lines += [
+        "",
+        f"Exploration: {cfg.explore.method}, reflector {cfg.explore.reflector}, budget {cfg.explore.max_env_steps} turns per task. "
+        f"Objective: {cfg.sft.objective} (beta={cfg.sft.beta}), {cfg.sft.finetune} fine-tuning, {cfg.sft.epochs} epochs, "
+        f"lr {cfg.sft.learning_rate}.",
+        "",
+    ]
+    write_atomic(path / "report.md", "\n".join(lines))
+
+
+_DATA_README = """# LEAFE stage-2 data
+
+`sft.jsonl`: one example per line, a target turn and the prompt the policy sees before it.
+
+- `kind`: `counterfactual` (L_cf: a corrected action, prompt WITHOUT the experience summary)
+  or `rehearsal` (L_reh: a turn of a successful rollout); `weight`: 1 or beta.
+- `prompt` / `completion`: TRL `SFTTrainer` prompt-completion format (loss on the completion only;
+  keep just these two columns, e.g. `dataset.select_columns(["prompt", "completion"])`).
+- `messages`: chat format with a per-message `train` flag (only the last, target turn is true):
+  axolotl `type: chat_template` with `message_field_training: train`; LLaMA-Factory `sharegpt`
+  with `mask_history: true` (see `dataset_info.json`).
+- `segments`: (completion prompt format only) axolotl's template-free `input_output` format,
+  `label: true` on the target text.
+
+With the completion prompt format, `prompt` is raw text that ends in `Thought:`; train without a
+chat template (TRL: plain prompt-completion; LLaMA-Factory: `template: empty`) so that training
+sees what the policy sees at test time.
+"""
+
+_LLAMA_FACTORY_INFO = {
+    "leafe": {
+        "file_name": DATA_FILE,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"},
+    }
+}

@@ -1,0 +1,66 @@
+"""`leafe run` end to end with the embedded model: every stage runs, a kill during SFT resumes
+without redoing finished stages, and the report compares base and trained model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "sokoban_quickstart.yaml"
+
+
+def _args(out: Path) -> list[str]:
+    # Rooms solvable in at most 3 moves, so the 135M model solves some within the budget and
+    # there is data to train on.
+    return [
+        str(QUICKSTART), "name=pipe", f"output_dir={out}", "env.max_solution_length=3",
+        "explore.num_tasks=8", "explore.max_env_steps=24", "explore.max_tasks_in_flight=8",
+        "eval.num_tasks=2", "eval.samples_per_task=2", "eval.ks=[1,2]", "rollout.max_steps=6",
+        "sft.save_steps=1", "sft.epochs=3", "sft.lora_r=4",
+    ]
+
+
+@pytest.mark.slow
+def test_leafe_run_survives_a_kill_during_sft_and_reports(tmp_path):
+    run_dir = tmp_path / "pipe"
+    command = [sys.executable, "-m", "leafe.cli", "run", *_args(tmp_path)]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoint = run_dir / "round-1" / "sft" / "checkpoints" / "checkpoint-1" / "trainer_state.json"
+    deadline = time.time() + 900
+    while not checkpoint.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    _out, err = first.communicate()
+    assert checkpoint.exists(), f"never reached SFT: {err[-3000:]}"
+    assert not (run_dir / "round-1" / "sft" / "stage.json").exists(), "SFT finished before the kill"
+
+    finished = {
+        stage: (run_dir / stage / "stage.json").stat().st_mtime_ns
+        for stage in ("eval-base", "round-1/explore", "round-1/data")
+    }
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    # Finished stages were not redone; SFT picked up its checkpoint.
+    assert {stage: (run_dir / stage / "stage.json").stat().st_mtime_ns for stage in finished} == finished
+    assert "sft: resuming from" in (run_dir / "leafe.log").read_text()
+
+    report = json.loads((run_dir / "report.json").read_text())
+    (round_1,) = report["rounds"]
+    assert round_1["explore"]["solved_tasks"] > 0
+    assert round_1["data"]["counterfactual"] + round_1["data"]["rehearsal"] > 0
+    assert round_1["sft"]["steps"] >= 2 and Path(round_1["model"]).is_dir()
+    assert set(report["pass_at_k"]) == {"base", "LEAFE round 1"}
+    markdown = (run_dir / "report.md").read_text()
+    assert "base Pass@k" in markdown and "LEAFE round 1 Pass@k" in markdown
+    assert (run_dir / "passk.png").stat().st_size > 0
+    records = [json.loads(line) for line in (run_dir / "round-1" / "data" / "sft.jsonl").read_text().splitlines()]
+    assert records and all("Lessons from your earlier attempts" not in r["prompt"] for r in records)
+    # The trained checkpoint was evaluated: its episodes exist.
+    assert len((run_dir / "round-1" / "eval" / "episodes.jsonl").read_text().splitlines()) == 4
