@@ -4,12 +4,14 @@
   that worked: the branch took over its parent's first ``prefix_length`` turns and then acted
   differently. The example's input is the history up to that rollback point and the task,
   WITHOUT the experience summary that prompted the correction; the target is the corrected turn
-  (``cf_target: turn``) or each of the branch's turns up to the end of its own segment
-  (``cf_target: branch``). At most ``max_cf_per_task`` corrections per task (paper: 3), drawn
+  (``cf_target: turn``: the branch's first turn with a valid action) or each of the branch's turns
+  up to the end of its own segment (``cf_target: branch``). At most ``max_cf_per_task`` corrections per task (paper: 3), drawn
   with the run seed when there are more.
 * **Rehearsal** (L_reh). Rejection sampling: the successful histories of a tree (roots and
   branches) are kept, a random ``rehearsal_fraction`` of them overall (paper: 20%; at least one
-  when any exists), and every turn of a kept history with a parseable action becomes an example.
+  when any exists), and every turn of a kept history with a valid action becomes an example.
+
+Only turns with a parseable action the environment accepted are targets (:func:`is_target`).
 
 Prompts are rebuilt with the run's :class:`~leafe.prompting.Prompter` from the recorded
 observations and replies, so an example is exactly what the policy sees at test time (no
@@ -60,6 +62,12 @@ def target_text(prompter: Prompter, step: Step) -> str:
     return f" {body}\n\n"
 
 
+def is_target(step: Step) -> bool:
+    """Whether a turn is worth imitating: it had a parseable action that the environment accepted
+    (a successful history can still contain a malformed or invalid move; copying it teaches nothing)."""
+    return step.action is not None and not step.info.get("invalid_action", False)
+
+
 def _example(kind: str, prompter: Prompter, tree: ExperienceTree, node_id: int, history: Sequence[Step], turn: int) -> SFTExample:
     prompt = turn_prompt(prompter, tree.instruction, tree.initial_observation, history, turn)
     return SFTExample(
@@ -104,13 +112,9 @@ def counterfactual_examples(
     for success_id, branch_id in pairs:
         history = tree.history(success_id)
         branch = tree.nodes[branch_id]
-        first = branch.prefix_length
-        last = first + 1 if target == "turn" else min(len(history), first + len(branch.steps))
-        examples += [
-            _example("counterfactual", prompter, tree, success_id, history, turn)
-            for turn in range(first, last)
-            if history[turn].action is not None
-        ]
+        segment = range(branch.prefix_length, min(len(history), branch.prefix_length + len(branch.steps)))
+        turns = [turn for turn in segment if is_target(history[turn])]
+        examples += [_example("counterfactual", prompter, tree, success_id, history, turn) for turn in turns[: 1 if target == "turn" else None]]
     return examples
 
 
@@ -128,7 +132,7 @@ def rehearsal_examples(trees: Sequence[ExperienceTree], prompter: Prompter, frac
         examples += [
             _example("rehearsal", prompter, tree, node_id, history, turn)
             for turn in range(len(history))
-            if history[turn].action is not None
+            if is_target(history[turn])
         ]
     return examples
 

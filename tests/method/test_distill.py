@@ -107,3 +107,14 @@ def test_export_record_has_masks_for_each_stack():
 def test_bad_cf_target_is_named():
     with pytest.raises(ValueError, match="cf_target"):
         build_examples([], PROMPTER, cf_target="episode")
+
+
+def test_invalid_and_unparseable_turns_are_never_targets():
+    # A root that plays an invalid move, a reply without an action, then reaches the goal.
+    script = iter([" hm\nAction: jump", " hm", " hm\nAction: right"])
+    agent = Agent(LineWorld, FunctionPolicy(lambda prompt: next(script)), PROMPTER, SamplingParams(), max_steps=3)
+    (tree,) = independent_sampling([Task("line/1", "train", {"goal": 1})], agent, ExploreSettings(max_env_steps=3), seed=0)
+    steps = tree.nodes[0].steps
+    assert steps[0].info["invalid_action"] and steps[1].action is None and tree.nodes[0].outcome == "success"
+    (example,) = build_examples([tree], PROMPTER, rehearsal_fraction=1.0)
+    assert example.turn == 2 and "Action: right" in example.completion
