@@ -93,18 +93,40 @@ class EvalConfig(_Section):
         return tuple(sorted(set(value)))
 
 
-class ExploreConfig(_Section):
-    """LEAFE stage 1 (``leafe explore``): which method, on which tasks, with which knobs.
+class ExploreSettings(_Section):
+    """Every knob of exploration. The paper gives none of these values; defaults are ours.
 
-    All fields after ``reflector_model`` map one to one onto
-    :class:`leafe.method.explore.ExploreSettings` (documented there); the paper gives none of
-    their values.
+    ``trigger``, ``reflect_every``, ``max_reflections_per_node``, ``max_depth`` and
+    ``max_branches_per_node`` shape the LEAFE tree only; the budget, reflector and experience
+    fields apply to the baselines too (independent sampling uses no reflector).
+
+    Attributes:
+        reflector: ``"self"`` (the acting policy, the paper's choice), ``"model"`` (another
+            policy) or ``"env"`` (the environment's diagnosis).
+        trigger: ``"interval"`` (every ``reflect_every`` steps and at a failed end, the paper's
+            schedule) or ``"feedback"`` (at steps whose feedback signals trouble, and at a
+            failed end).
+        reflect_every: K of the interval schedule (paper: unspecified).
+        max_reflections_per_node: reflections per node at most; the last trigger points are
+            kept (they see the most).
+        max_depth: deepest node; nodes at this depth are not reflected on (paper: unspecified).
+        max_branches_per_node: branches sampled from each distinct rollback step of a node
+            (paper: unspecified).
+        max_env_steps: turn budget per task, shared by all its episodes (paper: "attempt/step
+            budget", value unspecified).
+        max_model_tokens: prompt + completion token budget per task, reflections included
+            (``None``: unlimited). Checked before each model call, so a batched round can pass
+            it by a few calls; the exact spend is reported.
+        max_reflection_attempts: answers tried per policy reflection before it is recorded
+            as failed.
+        reflection_max_new_tokens: generation cap of one reflection answer.
+        experience_window: experience summaries shown in a prompt at most (the latest); 0 shows
+            none (the "no experience summary" ablation: branches get only the rollback).
+        max_tasks_in_flight: tasks explored together (their waves share policy batches).
+        restart: when a task has nothing left to expand (LEAFE) or an attempt succeeded
+            (refinement) and budget remains, start again from a fresh root. Keeps the spend of
+            all methods equal; the paper does not say what happens to leftover budget.
     """
-
-    method: Literal["leafe", "independent", "refinement"] = "leafe"
-    split: Literal["train", "test"] = "train"
-    num_tasks: int = Field(8, ge=1, le=100000)
-    reflector_model: str | None = None
     reflector: Literal["self", "model", "env"] = "self"
     trigger: Literal["interval", "feedback"] = "interval"
     reflect_every: int = Field(4, ge=1)
@@ -119,9 +141,15 @@ class ExploreConfig(_Section):
     max_tasks_in_flight: int = Field(16, ge=1)
     restart: bool = True
 
-    def settings_fields(self) -> dict[str, Any]:
-        """The fields that make up ``ExploreSettings``."""
-        return self.model_dump(exclude={"method", "split", "num_tasks", "reflector_model"})
+
+class ExploreConfig(ExploreSettings):
+    """LEAFE stage 1 (``leafe explore``): which method, on which tasks, with which knobs (the
+    knobs are :class:`ExploreSettings`; the paper gives none of their values)."""
+
+    method: Literal["leafe", "independent", "refinement"] = "leafe"
+    split: Literal["train", "test"] = "train"
+    num_tasks: int = Field(8, ge=1, le=100000)
+    reflector_model: str | None = None
 
 
 class DataConfig(_Section):

@@ -86,14 +86,8 @@ def test_cli_rejects_bad_field_in_under_a_second(tmp_path):
     assert elapsed < 1.0, f"config error took {elapsed:.2f}s"
 
 
-def test_explore_section_matches_explore_settings():
-    import dataclasses
-
-    from leafe.config import ExploreConfig
-    from leafe.method.explore import ExploreSettings
-
-    section = ExploreConfig()
-    settings = ExploreSettings(**section.settings_fields())
-    assert dataclasses.asdict(settings) == section.settings_fields()  # same fields, same defaults
+def test_explore_section_is_validated():
+    with pytest.raises(ConfigError, match="explore.max_env_steps: Input should be greater than or equal to 1"):
+        config_from_dict({"explore": {"max_env_steps": 0}})
     with pytest.raises(ConfigError, match="explore.reflector_model"):
         config_from_dict({"explore": {"reflector": "model"}})

@@ -44,14 +44,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from leafe.method.reflect import REFLECTORS, Reflection, Reflector, build_reflector
 from leafe.agent import Agent
+from leafe.config import ExploreSettings
+from leafe.method.reflect import Reflection, Reflector, build_reflector
 from leafe.method.task_search import PlannedBranch, TaskSearch, play_wave, reflect_on
 from leafe.method.tree import ExperienceTree, TreeNode, load_trees
-from leafe.method.trigger import TRIGGERS, reflection_points
+from leafe.method.trigger import reflection_points
 from leafe.policy.base import Policy
 from leafe.rollout import Budget
 from leafe.runs import append_jsonl
@@ -72,79 +73,6 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("leafe", "independent", "refinement")
 _FAILED = ("fail", "truncated")
-
-
-@dataclass(frozen=True)
-class ExploreSettings:
-    """Every knob of exploration. The paper gives none of these values; defaults are ours.
-
-    ``trigger``, ``reflect_every``, ``max_reflections_per_node``, ``max_depth`` and
-    ``max_branches_per_node`` shape the LEAFE tree only; the budget, reflector and experience
-    fields apply to the baselines too (independent sampling uses no reflector).
-
-    Attributes:
-        reflector: ``"self"`` (the acting policy, the paper's choice), ``"model"`` (another
-            policy) or ``"env"`` (the environment's diagnosis).
-        trigger: ``"interval"`` (every ``reflect_every`` steps and at a failed end, the paper's
-            schedule) or ``"feedback"`` (at steps whose feedback signals trouble, and at a
-            failed end).
-        reflect_every: K of the interval schedule (paper: unspecified).
-        max_reflections_per_node: reflections per node at most; the last trigger points are
-            kept (they see the most).
-        max_depth: deepest node; nodes at this depth are not reflected on (paper: unspecified).
-        max_branches_per_node: branches sampled from each distinct rollback step of a node
-            (paper: unspecified).
-        max_env_steps: turn budget per task, shared by all its episodes (paper: "attempt/step
-            budget", value unspecified).
-        max_model_tokens: prompt + completion token budget per task, reflections included
-            (``None``: unlimited). Checked before each model call, so a batched round can pass
-            it by a few calls; the exact spend is reported.
-        max_reflection_attempts: answers tried per policy reflection before it is recorded
-            as failed.
-        reflection_max_new_tokens: generation cap of one reflection answer.
-        experience_window: experience summaries shown in a prompt at most (the latest); 0 shows
-            none (the "no experience summary" ablation: branches get only the rollback).
-        max_tasks_in_flight: tasks explored together (their waves share policy batches).
-        restart: when a task has nothing left to expand (LEAFE) or an attempt succeeded
-            (refinement) and budget remains, start again from a fresh root. Keeps the spend of
-            all methods equal; the paper does not say what happens to leftover budget.
-    """
-
-    reflector: str = "self"
-    trigger: str = "interval"
-    reflect_every: int = 4
-    max_reflections_per_node: int = 2
-    max_depth: int = 3
-    max_branches_per_node: int = 2
-    max_env_steps: int = 100
-    max_model_tokens: int | None = None
-    max_reflection_attempts: int = 3
-    reflection_max_new_tokens: int = 64
-    experience_window: int = 3
-    max_tasks_in_flight: int = 16
-    restart: bool = True
-
-    def __post_init__(self) -> None:
-        if self.reflector not in REFLECTORS:
-            raise ValueError(f"reflector must be one of {', '.join(REFLECTORS)}, got {self.reflector!r}")
-        if self.trigger not in TRIGGERS:
-            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}")
-        at_least = {
-            "reflect_every": 1,
-            "max_reflections_per_node": 1,
-            "max_depth": 0,
-            "max_branches_per_node": 1,
-            "max_env_steps": 1,
-            "max_reflection_attempts": 1,
-            "reflection_max_new_tokens": 1,
-            "experience_window": 0,
-            "max_tasks_in_flight": 1,
-        }
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if self.max_model_tokens is not None and self.max_model_tokens < 1:
-            raise ValueError(f"max_model_tokens must be >= 1 or None, got {self.max_model_tokens}")
 
 
 def make_reflector(settings: ExploreSettings, agent: Agent, reflector_policy: Policy | None = None) -> Reflector:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from leafe.agent import Agent
 from leafe.config import ExperimentConfig
-from leafe.method.explore import ExploreSettings, make_reflector, run_method
+from leafe.method.explore import make_reflector, run_method
 from leafe.method.tree import ExplorationSummary, ExperienceTree, load_trees, summarize
 from leafe.policy.base import Policy
 from leafe.runs import RunDir, write_atomic
@@ -37,7 +37,7 @@ def run_exploration(
 ) -> ExplorationSummary:
     """Explore the missing ones of ``tasks`` with ``cfg.explore``, then write the summary files."""
     section = cfg.explore
-    settings = ExploreSettings(**section.settings_fields())
+    settings = section  # an ExploreConfig is the ExploreSettings plus which tasks and method
     trees_file = run.path / TREES_FILE
     done = len(set(load_trees(trees_file)) & {task.task_id for task in tasks})
     reflector = None if section.method == "independent" else make_reflector(settings, agent, reflector_policy)

@@ -240,11 +240,11 @@ def test_self_reflection_with_a_random_model_never_crashes(tiny_policy):
 
 
 def test_settings_are_validated():
-    with pytest.raises(ValueError, match="reflector must be one of"):
+    with pytest.raises(ValueError, match="reflector\n  Input should be 'self', 'model' or 'env'"):
         ExploreSettings(reflector="oracle")
-    with pytest.raises(ValueError, match="trigger must be one of"):
+    with pytest.raises(ValueError, match="trigger\n  Input should be 'interval' or 'feedback'"):
         ExploreSettings(trigger="random")
-    with pytest.raises(ValueError, match="max_env_steps must be >= 1"):
+    with pytest.raises(ValueError, match="max_env_steps\n  Input should be greater than or equal to 1"):
         ExploreSettings(max_env_steps=0)
     with pytest.raises(ValueError, match="max_model_tokens"):
         ExploreSettings(max_model_tokens=0)
