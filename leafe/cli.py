@@ -2,6 +2,7 @@
 
     leafe run CONFIG [dotted.key=value ...] [--fresh]
     leafe eval CONFIG [dotted.key=value ...] [--fresh]
+    leafe sft CONFIG [dotted.key=value ...] --data SFT_JSONL --out DIR [--model MODEL]
     leafe explore CONFIG [dotted.key=value ...] [--fresh]
     leafe check-env CONFIG [dotted.key=value ...] [--tasks N]
     leafe view RUN_DIR
@@ -36,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="experiment YAML")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.objective=reh_only run.rounds=2")
     run.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+
+    sft = commands.add_parser("sft", help="LEAFE stage 2 training alone, on an sft.jsonl (accelerate launch -m leafe.cli sft ... for GPUs)")
+    sft.add_argument("config", help="experiment YAML (its sft section)")
+    sft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.finetune=full")
+    sft.add_argument("--data", required=True, help="an sft.jsonl written by leafe run (RUN/round-1/data/sft.jsonl)")
+    sft.add_argument("--out", required=True, help="output directory (checkpoints/ and model/); a rerun resumes")
+    sft.add_argument("--model", default=None, help="model to fine-tune (default: policy.model)")
 
     evaluate = commands.add_parser("eval", help="Pass@k of a policy on an environment's test tasks")
     evaluate.add_argument("config", help="experiment YAML")
@@ -128,6 +136,28 @@ def _check_env(cfg: ExperimentConfig, count: int) -> None:
         print(f"{cfg.env.name} {split}: OK {report}")
 
 
+def _sft(cfg: ExperimentConfig, data: str, out: str, model: str | None) -> None:
+    from pathlib import Path
+
+    from leafe.runs import read_jsonl
+    from leafe.types import SFTExample
+
+    path = Path(data)
+    if not path.is_file():
+        raise ConfigError(f"--data: {path} does not exist")
+    try:
+        examples = [SFTExample.from_dict(record) for record in read_jsonl(path)]
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"--data: {path} is not an sft.jsonl written by leafe (missing field {error})") from None
+    from leafe.trainers.sft import train_sft
+
+    try:
+        result = train_sft(cfg.sft, model or cfg.policy.model, examples, Path(out), seed=cfg.seed, device=cfg.policy.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(f"model: {result.model_dir}  ({result.steps} steps, {result.tokens_per_s} tokens/s)")
+
+
 def _prepare_model(model: str | None) -> None:
     from leafe.policy.embedded import DEFAULT_MODEL, resolve_model
 
@@ -173,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_pipeline(cfg, fresh=args.fresh)
             print(f"report: {cfg.run_dir / 'report.md'}  plot: {cfg.run_dir / 'passk.png'}")
+        elif args.command == "sft":
+            _sft(cfg, args.data, args.out, args.model)
         elif args.command == "eval":
             _eval(cfg, args.fresh)
         elif args.command == "explore":

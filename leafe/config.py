@@ -127,6 +127,7 @@ class ExploreSettings(_Section):
             (refinement) and budget remains, start again from a fresh root. Keeps the spend of
             all methods equal; the paper does not say what happens to leftover budget.
     """
+
     reflector: Literal["self", "model", "env"] = "self"
     trigger: Literal["interval", "feedback"] = "interval"
     reflect_every: int = Field(4, ge=1)

@@ -231,8 +231,10 @@ def train_sft(
         ValueError: no example of a kind the objective trains on, or none fits ``max_seq_length``.
     """
     model_dir = out_dir / "model"
-    if (model_dir / DONE_FILE).is_file():
-        return SFTResult(**json.loads((model_dir / DONE_FILE).read_text()))
+    if (model_dir / DONE_FILE).is_file():  # finished (perhaps elsewhere, then copied here)
+        recorded = json.loads((model_dir / DONE_FILE).read_text())
+        recorded["model_dir"] = str(model_dir / "merged" if Path(recorded["model_dir"]).name == "merged" else model_dir)
+        return SFTResult(**recorded)
     cf_weight, beta = objective_weights(cfg)
     wanted = {kind for kind, weight in (("counterfactual", cf_weight), ("rehearsal", beta)) if weight > 0}
     chosen = [example for example in examples if example.kind in wanted]

@@ -150,3 +150,23 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
     b = AutoModelForCausalLM.from_pretrained(straight.model_dir).state_dict()
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
     assert resumed.tokens < straight.tokens  # the rerun trained only the steps after the checkpoint
+
+
+def test_leafe_sft_command_trains_on_an_exported_file(tiny_model_dir, tmp_path, capsys):
+    from leafe.cli import main
+    from leafe.method.distill import export_record
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(export_record(e, 1.0)) + "\n" for e in _examples(4)))
+    config = Path(__file__).resolve().parents[2] / "configs" / "sokoban_quickstart.yaml"
+    args = [str(config), f"policy.model={tiny_model_dir}", "sft.batch_size=2", "sft.epochs=1", "sft.finetune=full"]
+    assert main(["sft", *args, "--data", str(data), "--out", str(tmp_path / "out")]) == 0
+    assert "2 steps" in capsys.readouterr().out and (tmp_path / "out" / "model" / DONE_FILE).is_file()
+    # Copied elsewhere, the finished checkpoint reports where it now is.
+    import shutil
+
+    shutil.copytree(tmp_path / "out" / "model", tmp_path / "moved" / "model")
+    moved = train_sft(SFTConfig(), str(tiny_model_dir), [], tmp_path / "moved")
+    assert moved.model_dir == str(tmp_path / "moved" / "model")
+    assert main(["sft", *args, "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")]) == 2
+    assert "--data:" in capsys.readouterr().err
