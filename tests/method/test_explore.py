@@ -200,6 +200,17 @@ def test_iterative_refinement_retries_from_scratch_with_the_reflections():
     assert [len(n.reflections) for n in chain.nodes] == [1, 1, 1, 0]  # no budget left to reflect
 
 
+def test_experience_window_zero_branches_without_the_summary():
+    # The "no experience summary" ablation: the rollback still happens, the lesson is not shown.
+    agent = Agent(LineWorld, line_policy(["left"], good="right"), PROMPTER, SamplingParams(), max_steps=3)
+    settings = ExploreSettings(max_depth=1, max_branches_per_node=1, max_reflections_per_node=1, experience_window=0, restart=False)
+    (tree,) = explore([Task("line/1", "train", {"goal": 1})], agent, FixedReflector(step=lambda at_step: 1), settings, seed=0)
+    root, branch = tree.nodes
+    assert branch.spawned_by is not None and branch.prefix_length == 0 and branch.experience == ()
+    assert all(LESSONS not in step.prompt for step in branch.steps)
+    assert branch.outcome == "truncated"  # without the lesson the scripted policy repeats its mistake
+
+
 def test_methods_share_the_first_attempt_and_the_budget():
     agent = Agent(TrapLineWorld, line_policy(["right", "left", "left"]), PROMPTER, SamplingParams(), max_steps=6)
     settings = ExploreSettings(reflector="env", max_env_steps=12)
