@@ -11,6 +11,7 @@ shows the model's reply, the parsed action and the environment's answer. Prompts
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Iterable
 from importlib import resources
@@ -120,12 +121,18 @@ def render_page(title: str, payload: dict[str, Any]) -> str:
 def write_view(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/view.html`` from the run's ``episodes.jsonl``/``trees.jsonl``; return its path.
 
+    For a ``leafe run`` directory (stages in subdirectories) it writes one page per stage and an
+    index page linking them (:func:`write_index`), and returns the index.
+
     Raises:
         FileNotFoundError: ``run_dir`` has neither file (names the directory).
     """
     run_dir = Path(run_dir)
     episodes_file, trees_file = run_dir / "episodes.jsonl", run_dir / "trees.jsonl"
     if not episodes_file.exists() and not trees_file.exists():
+        stages = sub_runs(run_dir)
+        if stages:
+            return write_index(run_dir, stages)
         raise FileNotFoundError(f"{run_dir} has no episodes.jsonl or trees.jsonl: is it a leafe run directory?")
     payload = {
         "run": run_dir.name,
@@ -133,6 +140,32 @@ def write_view(run_dir: str | Path) -> Path:
         "trees": trees_payload(read_jsonl(trees_file)),
     }
     page = render_page(f"leafe run {run_dir.name}", payload)
+    out = run_dir / PAGE_FILE
+    write_atomic(out, page)
+    return out
+
+
+def sub_runs(run_dir: Path) -> list[Path]:
+    """Subdirectories of ``run_dir`` (any depth) holding episodes or trees, in path order."""
+    found = {path.parent for name in ("episodes.jsonl", "trees.jsonl") for path in run_dir.rglob(name)}
+    return sorted(found)
+
+
+def write_index(run_dir: Path, stages: Iterable[Path]) -> Path:
+    """A page per stage of a ``leafe run`` directory, and ``RUN_DIR/view.html`` linking them."""
+    items = []
+    for stage in stages:
+        page = write_view(stage)
+        label = html.escape(str(stage.relative_to(run_dir)))
+        kind = "experience trees" if (stage / "trees.jsonl").exists() else "evaluation episodes"
+        items.append(f'<li><a href="{html.escape(page.relative_to(run_dir).as_posix())}">{label}</a>: {kind}</li>')
+    report = '<p><a href="report.md">report.md</a> &middot; <img alt="Pass@k" src="passk.png" style="max-width:100%"></p>' if (run_dir / "passk.png").exists() else ""
+    title = html.escape(f"leafe run {run_dir.name}")
+    page = (
+        f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
+        f"<body style=\"font-family:sans-serif;max-width:60em;margin:2em auto\"><main><h1>{title}</h1>"
+        f"<ul id=\"stages\">{''.join(items)}</ul>{report}</main></body></html>\n"
+    )
     out = run_dir / PAGE_FILE
     write_atomic(out, page)
     return out

@@ -39,6 +39,18 @@ def test_payload_groups_by_task(tmp_path):
     assert "prompt" not in payload[0]["episodes"][0]["steps"][0]
 
 
+def test_a_pipeline_directory_gets_an_index_of_its_stages(tmp_path):
+    for stage in ("eval-base", "round-1/eval", "round-1/data"):
+        (tmp_path / stage).mkdir(parents=True)
+    _run_dir(tmp_path / "eval-base")
+    _run_dir(tmp_path / "round-1" / "eval")
+    index = write_view(tmp_path)
+    assert index == tmp_path / "view.html"
+    text = index.read_text()
+    assert 'href="eval-base/view.html"' in text and 'href="round-1/eval/view.html"' in text and "round-1/data" not in text
+    assert (tmp_path / "round-1" / "eval" / "view.html").is_file()
+
+
 def test_missing_episodes_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no episodes.jsonl or trees.jsonl"):
         write_view(tmp_path)
