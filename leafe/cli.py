@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             from leafe.pipeline import run_pipeline
 
             run_pipeline(cfg, fresh=args.fresh)
-            print(f"report: {cfg.run_dir / 'report.md'}  plot: {cfg.run_dir / 'passk.png'}")
+            print(f"report: {cfg.run_dir / 'report.md'}  plot: {cfg.run_dir / 'passk.png'}  episodes: {cfg.run_dir / 'view.html'}")
         elif args.command == "sft":
             _sft(cfg, args.data, args.out, args.model)
         elif args.command == "eval":

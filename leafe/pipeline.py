@@ -12,7 +12,7 @@ paper runs one round). Every evaluation uses the same test tasks and seed (paire
       round-1/data/              sft.jsonl (TRL / LLaMA-Factory / axolotl readable), README.md
       round-1/sft/               checkpoints/, model/ (the trained Hugging Face checkpoint)
       round-1/eval/              leafe eval of the trained model
-      report.md, passk.png, report.json
+      report.md, passk.png, report.json, view.html (links every stage's page)
 
 Each stage writes ``stage.json`` when it finishes. A rerun skips finished stages (without loading
 a model for them) and resumes the interrupted one where it stopped: exploration at the next
@@ -167,6 +167,9 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
     policies.release()
     report["pass_at_k"] = {name: result.to_dict() for name, result in curves.items()}
     _write_report(cfg, run.path, report, curves)
+    from leafe.viewer import write_view
+
+    write_view(run.path)  # view.html: an index of every stage's episodes and trees
     print_table(curves)
     return report
 

@@ -60,6 +60,7 @@ def test_leafe_run_survives_a_kill_during_sft_and_reports(tmp_path):
     markdown = (run_dir / "report.md").read_text()
     assert "base Pass@k" in markdown and "LEAFE round 1 Pass@k" in markdown
     assert (run_dir / "passk.png").stat().st_size > 0
+    assert 'href="round-1/explore/view.html"' in (run_dir / "view.html").read_text()
     records = [json.loads(line) for line in (run_dir / "round-1" / "data" / "sft.jsonl").read_text().splitlines()]
     assert records and all("Lessons from your earlier attempts" not in r["prompt"] for r in records)
     # The trained checkpoint was evaluated: its episodes exist.
