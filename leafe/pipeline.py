@@ -103,6 +103,17 @@ class _Policies:
         gc.collect()
 
 
+def variant_name(cfg: ExperimentConfig) -> str:
+    """The trained model's label in reports: the method, or which ablation it is."""
+    name = {"leafe": "LEAFE", "cf_only": "L_cf only", "reh_only": "L_reh only"}[cfg.sft.objective]
+    extras = []
+    if cfg.explore.method != "leafe":
+        extras.append(f"{cfg.explore.method} exploration")
+    if cfg.explore.experience_window == 0:
+        extras.append("no summary")
+    return f"{name} ({', '.join(extras)})" if extras else name
+
+
 def _with_model(cfg: ExperimentConfig, model: str) -> ExperimentConfig:
     return cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"model": model})})
 
@@ -162,7 +173,7 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         sft = _train(cfg, model, folder, policies)
         model = sft["model_dir"]
         stage(f"round {round_index}: eval")
-        curves[f"LEAFE round {round_index}"] = evaluate_model(model, folder / "eval", f"round {round_index} eval")
+        curves[f"{variant_name(cfg)} round {round_index}"] = evaluate_model(model, folder / "eval", f"round {round_index} eval")
         report["rounds"].append({"round": round_index, "explore": exploration, "data": data, "sft": sft, "model": model})
     policies.release()
     report["pass_at_k"] = {name: result.to_dict() for name, result in curves.items()}
