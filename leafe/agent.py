@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from leafe.config import ConfigError, ExperimentConfig
-from leafe.envs.base import TaskSource, TextEnv
+from leafe.envs.base import TaskSource, TextEnv, action_format
 from leafe.policy.base import Policy, SamplingParams
 from leafe.prompting import Prompter, example_from_expert
 from leafe.types import Task
@@ -42,11 +42,17 @@ def _example_task(task_source: TaskSource) -> Task:
 
 def build_agent(cfg: ExperimentConfig, make_env: Callable[[], TextEnv], task_source: TaskSource, policy: Policy) -> Agent:
     """The agent of ``cfg.rollout`` and ``cfg.policy`` (sampling) around ``policy``."""
-    example = example_from_expert(make_env(), _example_task(task_source)) if cfg.rollout.few_shot else None
+    env = make_env()
+    actions = action_format(env)
+    example = example_from_expert(env, _example_task(task_source), actions) if cfg.rollout.few_shot else None
+    prompter = Prompter(
+        prompt_format=cfg.rollout.prompt_format, history_window=cfg.rollout.history_window, example=example,
+        action_format=actions,
+    )
     return Agent(
         make_env=make_env,
         policy=policy,
-        prompter=Prompter(prompt_format=cfg.rollout.prompt_format, history_window=cfg.rollout.history_window, example=example),
+        prompter=prompter,
         sampling=SamplingParams(
             temperature=cfg.policy.temperature, top_p=cfg.policy.top_p, max_new_tokens=cfg.policy.max_new_tokens
         ),
