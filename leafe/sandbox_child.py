@@ -5,9 +5,9 @@ CONFIG`` with that directory as its working directory. Two stages, both trusted 
 
 * ``setup`` (outer process): drops root to an unprivileged uid, then (isolation
   ``namespaces``) enters new user, mount, network and PID namespaces, makes every mount
-  read-only except the sandbox directory, and forks the runner, which becomes PID 1 of the new
-  PID namespace: when it exits, the kernel kills every process left in the namespace. With
-  isolation ``hooks`` it becomes the runner itself.
+  read-only except the sandbox directory, and forks the runner, which drops every capability
+  and becomes PID 1 of the new PID namespace: when it exits, the kernel kills every process
+  left in the namespace. With isolation ``hooks`` the setup process becomes the runner itself.
 * ``run`` (the runner): reads ``spec.json``, compiles the program once, and runs it once per job
   in a forked child (fresh namespace dict, the job's stdin, per-job CPU/memory/file-size limits,
   a wall-clock deadline enforced by killing the child's process group). After each job it
@@ -115,16 +115,40 @@ def setup(config: dict) -> None:
         sys.stderr.write(f"leafe-sandbox-setup: {error}\n")
         sys.stderr.flush()
         os._exit(SETUP_FAILED)
-    argv = [config["python"], "-S", "-s", os.path.abspath(sys.argv[0]), "run", json.dumps(config)]
     if config["isolation"] != "namespaces":
-        os.execv(argv[0], argv)
+        run(config)
+        return
     sys.stdout.flush()
     child = os.fork()
-    if child == 0:
-        os.execv(argv[0], argv)  # PID 1 of the new PID namespace
+    if child == 0:  # PID 1 of the new PID namespace
+        code = 0
+        try:
+            _drop_capabilities()
+            run(config)
+        except BaseException:  # the runner's own failure: report it, never hang the parent
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> None:
+    """Give up the capabilities the namespace creator holds inside its namespaces, so the
+    program cannot remount the file system writable or reconfigure the network namespace."""
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    _check(_libc().capset(ctypes.byref(header), data), "drop capabilities")
 
 
 def _inside(path: object, root: str) -> bool:
@@ -363,5 +387,4 @@ def run(config: dict) -> None:
 
 
 if __name__ == "__main__":
-    stage, stage_config = sys.argv[1], json.loads(sys.argv[2])
-    setup(stage_config) if stage == "setup" else run(stage_config)
+    setup(json.loads(sys.argv[2]))

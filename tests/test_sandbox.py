@@ -186,6 +186,19 @@ def test_shell_commands_cannot_write_outside_either():
         outside.rmdir()
 
 
+def test_program_holds_no_capability_to_undo_the_read_only_mounts():
+    _isolation("namespaces")
+    program = (
+        "import ctypes, os\n"
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "MS_REMOUNT, MS_BIND = 32, 4096\n"
+        "print(libc.mount(None, b'/', None, MS_REMOUNT | MS_BIND, None), os.strerror(ctypes.get_errno()))\n"
+    )
+    (job,) = run_python(program, [Job()], FAST, isolation="namespaces").jobs
+    assert job.stdout.splitlines() == ["0000000000000000", "-1 Operation not permitted"], job
+
+
 def test_hooks_mode_refuses_subprocesses():
     (job,) = run_python("import os\nos.system('true')\n", [Job()], FAST, isolation="hooks").jobs
     assert job.error is not None and job.error.type == "PermissionError"
