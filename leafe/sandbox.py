@@ -253,7 +253,9 @@ def _interpreters() -> list[str]:
     if ``nobody`` can run it (not e.g. pyenv under a private /root), then system ones."""
     if os.geteuid() != 0:
         return [sys.executable]
-    ours = [sys.executable] if _world_readable(sys.executable) and _world_readable(os.__file__) else []
+    # The resolved binary: a venv's bin/ may sit in a directory nobody cannot enter (site is off anyway).
+    real = os.path.realpath(sys.executable)
+    ours = [real] if _world_readable(real) and _world_readable(os.__file__) else []
     seen, found = set(), []
     for name in ours + ["/usr/bin/python3", "/usr/local/bin/python3"]:
         real = os.path.realpath(name)
