@@ -277,13 +277,14 @@ class CodingEnv:
         passed = sum(failure is None for failure in failures)
         if passed == total:
             return Verdict(f"All {total} tests passed: the problem is solved.", "passed", passed, total)
-        index = next(i for i, failure in enumerate(failures) if failure is not None) if passed < len(failures) else len(failures)
-        if index == len(failures):  # cannot happen: the sandbox stops only after a failed run
+        index = next((i for i, failure in enumerate(failures) if failure is not None), None)
+        if index is None:  # not every test ran, yet none failed: the sandbox stops only after a failure
             return Verdict("Your program could not be run on every test.", "sandbox_error", passed, total)
         outcome, detail = failures[index]
         summary = f"{passed} of {total} tests passed"
         if result.skipped:
-            summary += f"; the {result.skipped} tests after the failed one were not run"
+            tests_word = "test" if result.skipped == 1 else "tests"
+            summary += f"; the {result.skipped} {tests_word} after the failed one {'was' if result.skipped == 1 else 'were'} not run"
         return Verdict(f"Test {index + 1} of {total} failed: {detail}\n({summary}.)", outcome, passed, total)
 
     def _failure(self, problem: Problem, test: TestCase, job: JobResult) -> tuple[str, str] | None:
