@@ -340,7 +340,7 @@ def _launch(
         if drop_to is not None:
             for name in (directory, os.path.join(directory, "spec.json")):
                 os.chown(name, *drop_to)
-        config = {"isolation": isolation, "python": python, "drop_to": drop_to, "sandbox_dir": directory}
+        config = {"isolation": isolation, "drop_to": drop_to, "sandbox_dir": directory}
         process = subprocess.Popen(
             [python, "-S", "-s", os.path.join(directory, _SCRIPT_NAME), "setup", json.dumps(config)],
             cwd=directory,
