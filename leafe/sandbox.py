@@ -24,7 +24,8 @@ Isolation, reported by :func:`sandbox_status` and on every :class:`SandboxResult
   this project's machines): new user, mount, network and PID namespaces. The network namespace
   has only a loopback device that is down, so no address is reachable (host loopback included).
   Every mount is read-only except the sandbox directory (``/run`` is hidden by an empty tmpfs):
-  writing anywhere else fails with ``EROFS``, whatever the program does (ctypes, subprocesses).
+  writing anywhere else fails with ``EROFS``, whatever the program does (ctypes, subprocesses);
+  device files the sandbox user may open (``/dev/null``) stay writable.
   The runner is PID 1 of the PID namespace, so when it ends, every process the program left
   behind (fork bombs, daemons that called ``setsid``) is killed by the kernel. Not covered:
   reading files the sandbox user can read; connecting to filesystem Unix sockets outside
