@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from leafe.config import ConfigError, ExperimentConfig
-from leafe.envs.base import TaskSource, TextEnv
+from leafe.envs.base import TaskSource, TextEnv, action_format
 from leafe.policy.base import Policy, SamplingParams
 from leafe.prompting import Prompter, example_from_expert
 from leafe.types import Task
@@ -42,8 +42,13 @@ def _example_task(task_source: TaskSource) -> Task:
 
 def build_prompter(cfg: ExperimentConfig, make_env: Callable[[], TextEnv], task_source: TaskSource) -> Prompter:
     """The prompt format of ``cfg.rollout`` (with its worked example when ``few_shot``)."""
-    example = example_from_expert(make_env(), _example_task(task_source)) if cfg.rollout.few_shot else None
-    return Prompter(prompt_format=cfg.rollout.prompt_format, history_window=cfg.rollout.history_window, example=example)
+    env = make_env()
+    actions = action_format(env)
+    example = example_from_expert(env, _example_task(task_source), actions) if cfg.rollout.few_shot else None
+    return Prompter(
+        prompt_format=cfg.rollout.prompt_format, history_window=cfg.rollout.history_window, example=example,
+        action_format=actions,
+    )
 
 
 def build_agent(cfg: ExperimentConfig, make_env: Callable[[], TextEnv], task_source: TaskSource, policy: Policy) -> Agent:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -44,6 +44,49 @@ class SokobanConfig(_Section):
         if not all(5 <= side <= 12 for side in value):
             raise ValueError("each side must be between 5 and 12 (walls included)")
         return value
+
+
+class CodingConfig(_Section):
+    """Coding with execution feedback: programs judged by hidden tests in a sandbox."""
+
+    name: Literal["coding"] = "coding"
+    source: Literal["generated", "humaneval", "codecontests", "apps", "mbpp"] = "generated"
+    data_path: str | None = None
+    test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    timeout_s: float = Field(4.0, gt=0.0, le=600.0)
+    cpu_time_s: float = Field(2.0, gt=0.0, le=600.0)
+    memory_mb: int = Field(512, ge=64, le=65536)
+    file_size_mb: int = Field(16, ge=1, le=65536)
+    max_processes: int = Field(16, ge=1, le=4096)
+    max_tests: int | None = Field(None, ge=1)
+    feedback_chars: int = Field(300, ge=20, le=100000)
+    isolation: Literal["auto", "namespaces", "hooks"] = "auto"
+
+    @model_validator(mode="after")
+    def _data_path_matches_source(self) -> CodingConfig:
+        from_files = self.source in ("codecontests", "apps", "mbpp")
+        if from_files and not self.data_path:
+            raise ValueError(f"data_path: required when source is {self.source!r} (a file or directory of its data)")
+        if not from_files and self.data_path:
+            raise ValueError(f"data_path: only used with source codecontests, apps or mbpp, not {self.source!r}")
+        return self
+
+
+def _env_name(value: Any) -> str:
+    """The ``env`` section's environment name; a section without ``name`` is Sokoban."""
+    name = value.get("name", "sokoban") if isinstance(value, dict) else getattr(value, "name", None)
+    return name if isinstance(name, str) else repr(name)
+
+
+ENV_CONFIGS: dict[str, type[BaseModel]] = {"sokoban": SokobanConfig, "coding": CodingConfig}
+EnvConfig = Annotated[
+    Union[Annotated[SokobanConfig, Tag("sokoban")], Annotated[CodingConfig, Tag("coding")]],
+    Discriminator(
+        _env_name,
+        custom_error_type="unknown_env",
+        custom_error_message=f"unknown environment; expected one of: {', '.join(ENV_CONFIGS)}",
+    ),
+]
 
 
 class PolicyConfig(_Section):
@@ -200,7 +243,7 @@ class ExperimentConfig(_Section):
     name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = Field(0, ge=0)
     output_dir: str = "runs"
-    env: SokobanConfig = SokobanConfig()
+    env: EnvConfig = SokobanConfig()
     policy: PolicyConfig = PolicyConfig()
     rollout: RolloutConfig = RolloutConfig()
     eval: EvalConfig = EvalConfig()
@@ -225,7 +268,7 @@ class ExperimentConfig(_Section):
             )
         if (self.explore.reflector == "model") != bool(self.explore.reflector_model):
             raise ConfigError("explore.reflector_model: set it exactly when explore.reflector is 'model'")
-        if self.env.min_solution_length > self.env.max_solution_length:
+        if isinstance(self.env, SokobanConfig) and self.env.min_solution_length > self.env.max_solution_length:
             raise ConfigError("env.min_solution_length: must not exceed env.max_solution_length")
 
     @property
@@ -234,11 +277,15 @@ class ExperimentConfig(_Section):
 
 
 def _suggest(section: type[BaseModel], loc: Sequence[str | int]) -> str:
-    """' (did you mean ...?)' for an unknown field name, or ''."""
+    """' (did you mean ...?)' for an unknown field name, or ''. ``loc`` keeps union tags."""
     model: Any = section
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = field.annotation if field is not None else None
+        if part == "env" and model is ExperimentConfig and parts and parts[0] in ENV_CONFIGS:
+            annotation = ENV_CONFIGS[parts.pop(0)]  # the union member named by the tag
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return ""
         model = annotation
@@ -246,16 +293,37 @@ def _suggest(section: type[BaseModel], loc: Sequence[str | int]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _readable_loc(loc: Sequence[str | int]) -> list[str | int]:
+    """``loc`` without pydantic's validator and union-tag parts: ``env.coding.timeout_s`` ->
+    ``env.timeout_s``."""
+    parts = [part for part in loc if not (isinstance(part, str) and part.startswith("function-"))]
+    if len(parts) >= 2 and parts[0] == "env" and parts[1] in ENV_CONFIGS:
+        del parts[1]
+    return parts
+
+
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        loc = [part for part in item["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+        loc = _readable_loc(item["loc"])
         where = ".".join(str(part) for part in loc) or "<top level>"
+        message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown field{_suggest(ExperimentConfig, loc)}")
+            lines.append(f"{where}: unknown field{_suggest(ExperimentConfig, _tagged_loc(item['loc']))}")
+        elif item["type"] == "unknown_env" and not isinstance(item.get("input"), dict):
+            lines.append(f"{where}: must be a section with a name ({', '.join(ENV_CONFIGS)}), got {item.get('input')!r}")
+        elif item["type"] == "unknown_env":
+            lines.append(f"{where}.name: {message} (got {item['input'].get('name')!r})")
+        elif message.partition(":")[0].isidentifier() and ": " in message and item["type"] == "value_error":
+            field, _, detail = message.partition(": ")  # a model validator naming its field
+            lines.append(f"{where + '.' if loc else ''}{field}: {detail}")
         else:
-            lines.append(f"{where}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"{where}: {message} (got {item.get('input')!r})")
     return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def _tagged_loc(loc: Sequence[str | int]) -> list[str | int]:
+    return [part for part in loc if not (isinstance(part, str) and part.startswith("function-"))]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

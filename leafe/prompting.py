@@ -17,6 +17,10 @@ Two prompt formats:
 The prompt holds the task statement, an optional one-step worked example, optional experience
 summaries (lessons from earlier attempts, LEAFE stage 1), the last ``history_window`` turns and
 the current observation.
+
+Environments whose actions are whole programs (``action_format = "code"``, e.g. the coding
+environment) get ``Action:`` followed by a fenced ```python block instead of one line; the
+program is the content of that block, and blank lines inside it do not end the reply.
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from leafe.envs.base import TextEnv, expert_actions
+from leafe.envs.base import ACTION_FORMATS, TextEnv, code_block, expert_actions
 from leafe.policy.base import ChatMessages, Prompt
 from leafe.types import Task
 
 FORMAT_RULE = 'Answer with one line "Thought: <brief reasoning>" and then one line "Action: <action>".'
+CODE_FORMAT_RULE = (
+    'Answer with one line "Thought: <brief reasoning>", then a line "Action:" followed by your whole '
+    "program in a ```python code block."
+)
 EXPERIENCE_HEADER = "Lessons from your earlier attempts at this task:"
 
 _ACTION_PATTERN = re.compile(r"^\W*action\W*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+_ACTION_MARK = re.compile(r"^\W*action\W*:[ \t]*", re.IGNORECASE | re.MULTILINE)
 
 
 def parse_action(completion: str) -> str | None:
@@ -48,9 +57,37 @@ def parse_action(completion: str) -> str | None:
     return action or None
 
 
-def missing_action_feedback(observation: str) -> str:
+def parse_code_action(completion: str) -> str | None:
+    """The program of a ReAct reply in the ``code`` format, or ``None``.
+
+    The program is the first fenced code block after the ``Action:`` line (its closing fence
+    may be missing when the reply was cut off); without a fence, the text after ``Action:``;
+    without an ``Action:`` line, the first fenced block anywhere.
+    """
+    mark = _ACTION_MARK.search(completion)
+    rest = completion[mark.end() :] if mark else completion
+    program = code_block(rest)
+    if program is None and mark is not None:
+        program = rest
+    if program is None or not program.strip():
+        return None
+    return program.strip("\n")
+
+
+def missing_action_feedback(observation: str, action_format: str = "line") -> str:
     """The observation shown after a reply without a parseable action (state unchanged)."""
+    if action_format == "code":
+        return f"Your reply had no program after 'Action:', so nothing happened. {CODE_FORMAT_RULE}\n{observation}"
     return f"Your reply had no 'Action:' line, so nothing happened. {FORMAT_RULE}\n{observation}"
+
+
+def format_reply(thought: str, action: str, action_format: str = "line") -> str:
+    """A well-formed reply: ``Thought: ...`` then the action (a fenced block in ``code`` format)."""
+    if action_format == "code":
+        program = code_block(action)
+        program = (action if program is None else program).strip("\n")
+        return f"Thought: {thought}\nAction:\n```python\n{program}\n```"
+    return f"Thought: {thought}\nAction: {action}"
 
 
 @dataclass(frozen=True)
@@ -69,22 +106,50 @@ class Prompter:
         prompt_format: ``"completion"`` or ``"chat"``.
         history_window: how many past turns the prompt shows (0 = only the current observation).
         example: an optional worked example (observation, reply) shown before the episode.
+        action_format: ``"line"`` (one-line actions) or ``"code"`` (a program in a code block),
+            as the environment declares (:func:`leafe.envs.base.action_format`).
     """
 
     prompt_format: str = "completion"
     history_window: int = 2
     example: Turn | None = None
+    action_format: str = "line"
+
+    def __post_init__(self) -> None:
+        if self.action_format not in ACTION_FORMATS:
+            raise ValueError(f"action_format must be one of {ACTION_FORMATS}, got {self.action_format!r}")
 
     @property
     def stop(self) -> tuple[str, ...]:
-        """Stop strings: the model must not write the next observation itself."""
-        return ("\nObservation", "\nThought:", "\n\n") if self.prompt_format == "completion" else ()
+        """Stop strings: the model must not write the next observation itself. A program may
+        contain blank lines, so in ``code`` format the reply ends at the closing fence instead
+        (an opening fence carries a language tag, ```` ```python ````, so it does not match)."""
+        if self.prompt_format != "completion":
+            return ()
+        return ("\nObservation", "\nThought:", "\n```\n") if self.action_format == "code" else ("\nObservation", "\nThought:", "\n\n")
+
+    def parse_action(self, completion: str) -> str | None:
+        """The action of a reply in this prompter's action format (``None``: no action)."""
+        return parse_code_action(completion) if self.action_format == "code" else parse_action(completion)
+
+    def missing_action_feedback(self, observation: str) -> str:
+        """What the agent sees after a reply without an action."""
+        return missing_action_feedback(observation, self.action_format)
 
     def reply(self, completion: str) -> str:
-        """The reply as later prompts show it: ``Thought: ...`` up to the ``Action:`` line."""
+        """The reply as later prompts show it: ``Thought: ...`` up to the ``Action:`` line (in
+        ``code`` format: the thought and the program in a closed code block)."""
         text = completion.strip()
         if self.prompt_format == "completion":
             text = "Thought: " + text
+        if self.action_format == "code":
+            program = parse_code_action(text)
+            if program is None:
+                return text
+            mark = _ACTION_MARK.search(text)
+            before = text[: mark.start()] if mark else text[: text.find("```")]
+            thought = before.strip().removeprefix("Thought:").strip()
+            return format_reply(thought, program, "code")
         lines = text.splitlines()
         for index, line in enumerate(lines):
             if parse_action(line) is not None:
@@ -107,12 +172,13 @@ class Prompter:
         return self._completion(instruction, shown, omitted, observation, lessons)
 
     def _header(self, instruction: str) -> str:
-        return f"{instruction.strip()}\n{FORMAT_RULE}"
+        return f"{instruction.strip()}\n{CODE_FORMAT_RULE if self.action_format == 'code' else FORMAT_RULE}"
 
     def _completion(self, instruction: str, shown: list[Turn], omitted: int, observation: str, lessons: str) -> str:
         parts = [self._header(instruction)]
         if self.example is not None:
-            parts.append(f"Example:\nObservation:\n{self.example.observation}\n{self.example.reply}\n\nNow your game.")
+            now = "Now your problem." if self.action_format == "code" else "Now your game."
+            parts.append(f"Example:\nObservation:\n{self.example.observation}\n{self.example.reply}\n\n{now}")
         if lessons:
             parts.append(lessons)
         if omitted:
@@ -138,7 +204,7 @@ class Prompter:
         return messages
 
 
-def example_from_expert(env: TextEnv, task: Task) -> Turn | None:
+def example_from_expert(env: TextEnv, task: Task, action_format: str = "line") -> Turn | None:
     """A one-step worked example from the environment's expert demonstration of ``task``.
 
     Returns ``None`` when the environment has no demonstrations.
@@ -148,5 +214,8 @@ def example_from_expert(env: TextEnv, task: Task) -> Turn | None:
         return None
     observation, _info = env.reset(task)
     action = actions[0]
-    reply = f"Thought: Looking at the positions, '{action}' brings me closer to the goal.\nAction: {action}"
+    if action_format == "code":
+        reply = format_reply("I write a complete program that solves the problem.", action, "code")
+    else:
+        reply = format_reply(f"Looking at the positions, '{action}' brings me closer to the goal.", action)
     return Turn(observation=observation, reply=reply)

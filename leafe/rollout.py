@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 from leafe.envs.base import TextEnv
 from leafe.policy.base import Generation, GenerationRequest, Policy, SamplingParams, open_stream
-from leafe.prompting import Prompter, Turn, missing_action_feedback, parse_action
+from leafe.prompting import Prompter, Turn
 from leafe.types import Step, Task, Trajectory
 
 
@@ -284,10 +284,10 @@ def _mark_cut(episode: _Episode) -> None:
 def _advance(episode: _Episode, generation: Generation, prompter: Prompter, max_steps: int) -> None:
     """Apply one model reply to one episode: parse, step the environment, record the step."""
     completion = generation.text
-    action = parse_action(completion)
+    action = prompter.parse_action(completion)
     reward, terminated, env_truncated, info = 0.0, False, False, {}
     if action is None:
-        observation = missing_action_feedback(episode.env_observation)
+        observation = prompter.missing_action_feedback(episode.env_observation)
         info = {"parse_error": True}
     else:
         observation, reward, terminated, env_truncated, info = episode.env.step(action)

@@ -140,3 +140,11 @@ def test_explore_writes_trees_summary_and_viewer_then_resumes(tiny_model_dir, tm
 def test_check_env_rejects_a_non_positive_task_count():
     result = _leafe("check-env", str(QUICKSTART), "--tasks", "0")
     assert result.returncode == 2 and "must be >= 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_env_command_on_the_coding_quickstart():
+    result = _leafe("check-env", str(QUICKSTART.with_name("coding_quickstart.yaml")), "--tasks", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("coding") == 2 and result.stdout.count("OK") == 2
+    bad = _leafe("check-env", str(QUICKSTART.with_name("coding_quickstart.yaml")), "env.source=mbpp", "env.data_path=/no/such.jsonl")
+    assert bad.returncode == 2 and "env.data_path: /no/such.jsonl does not exist" in bad.stderr and "Traceback" not in bad.stderr

@@ -91,3 +91,23 @@ def test_explore_section_is_validated():
         config_from_dict({"explore": {"max_env_steps": 0}})
     with pytest.raises(ConfigError, match="explore.reflector_model"):
         config_from_dict({"explore": {"reflector": "model"}})
+
+
+def test_env_section_is_chosen_by_name_and_defaults_to_sokoban():
+    from leafe.config import CodingConfig, SokobanConfig
+
+    assert isinstance(ExperimentConfig().env, SokobanConfig)
+    assert isinstance(config_from_dict({"env": {"dim": [7, 7]}}).env, SokobanConfig)  # no name: Sokoban
+    coding = config_from_dict({"env": {"name": "coding", "source": "humaneval", "timeout_s": 2}}).env
+    assert isinstance(coding, CodingConfig) and coding.timeout_s == 2.0
+    with pytest.raises(ConfigError, match=r"env.num_boxes: unknown field"):
+        config_from_dict({"env": {"name": "coding", "num_boxes": 2}})  # Sokoban's field on the coding env
+
+
+def test_union_tag_is_not_in_error_locations():
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"env": {"name": "coding", "timeout_s": "slow", "memory_mb": 1}})
+    message = str(error.value)
+    assert "env.timeout_s:" in message and "env.memory_mb:" in message and "env.coding" not in message
+    with pytest.raises(ConfigError, match=r"env: must be a section with a name"):
+        config_from_dict({"env": "coding"})

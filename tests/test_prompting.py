@@ -2,7 +2,7 @@
 
 import pytest
 
-from leafe.prompting import Prompter, Turn, missing_action_feedback, parse_action
+from leafe.prompting import Prompter, Turn, format_reply, missing_action_feedback, parse_action, parse_code_action
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,42 @@ def test_window_larger_than_history_shows_everything():
     assert all(f"OBS-{i}" in prompt for i in range(7)) and "not shown" not in prompt
     prompt = Prompter(history_window=3).build("Goal.", history, "NOW")
     assert "OBS-3" not in prompt and all(f"OBS-{i}" in prompt for i in (4, 5, 6)) and "(4 earlier steps not shown)" in prompt
+
+
+@pytest.mark.parametrize(
+    "completion, program",
+    [
+        (" add two\nAction:\n```python\ndef f(x):\n\n    return x + 2\n```\nmore", "def f(x):\n\n    return x + 2"),
+        (" cut off\nAction:\n```python\nprint(1)\nprint(", "print(1)\nprint("),
+        (" no fence\nAction: print(input())", "print(input())"),
+        (" fence only\n```py\nx = 1\n```", "x = 1"),
+        ("Thought: t\n**Action:**\n```\nprint(2)\n```", "print(2)"),
+        (" nothing here", None),
+        (" empty\nAction:\n```python\n\n```", None),
+    ],
+)
+def test_parse_code_action(completion, program):
+    assert parse_code_action(completion) == program
+    assert Prompter(action_format="code").parse_action(completion) == program
+
+
+def test_code_format_prompt_stops_and_replies():
+    prompter = Prompter(action_format="code", history_window=2)
+    # A program has blank lines: only the closing fence ends a reply, never a blank line.
+    assert "\n\n" not in prompter.stop and "\n```\n" in prompter.stop
+    completion = " add one\nAction:\n```python\ndef f(x):\n\n    return x + 1"  # stop string removed
+    assert prompter.reply(completion) == "Thought: add one\nAction:\n```python\ndef f(x):\n\n    return x + 1\n```"
+    assert prompter.reply(" just talk") == "Thought: just talk"
+    prompt = prompter.build("Write code.", [], "Problem: P")
+    assert "```python code block" in prompt and 'one line "Action: <action>"' not in prompt
+    feedback = prompter.missing_action_feedback("Problem: P")
+    assert "no program after 'Action:'" in feedback and feedback.endswith("Problem: P")
+    with pytest.raises(ValueError, match="action_format"):
+        Prompter(action_format="xml")
+
+
+def test_line_format_is_unchanged_by_the_code_format():
+    assert Prompter().stop == ("\nObservation", "\nThought:", "\n\n")
+    assert format_reply("go", "left") == "Thought: go\nAction: left"
+    assert format_reply("write", "```python\nx = 1\n```", "code") == "Thought: write\nAction:\n```python\nx = 1\n```"
+    assert format_reply("write", "x = 1", "code") == "Thought: write\nAction:\n```python\nx = 1\n```"

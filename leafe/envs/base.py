@@ -7,7 +7,9 @@ is optional and discovered with :func:`supports_snapshot` / :func:`expert_action
 * ``snapshot()`` / ``restore(snapshot)``: copy and restore the full state (fast rollback);
 * ``expert_actions(task) -> list[str]``: a demonstration that solves ``task``;
 * ``diagnose(task, actions) -> Diagnosis | None``: the environment's own verdict on an episode
-  (which turn was the mistake and what to do instead), used by the ``env`` reflector.
+  (which turn was the mistake and what to do instead), used by the ``env`` reflector;
+* ``action_format``: ``"line"`` (default: an action is one line, e.g. ``left``) or ``"code"``
+  (an action is a whole program, written in a fenced code block; see :func:`code_block`).
 
     obs, info = env.reset(task)            # info["instruction"]: the task statement
     obs, reward, terminated, truncated, info = env.step("left")
@@ -21,6 +23,7 @@ deterministic environments (``check_env`` verifies that).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -91,15 +94,37 @@ class Diagnosis:
     summary: str
 
 
+ACTION_FORMATS = ("line", "code")
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def action_format(env: object) -> str:
+    """``"line"`` or ``"code"``: how the environment's actions are written."""
+    value = getattr(env, "action_format", "line")
+    if value not in ACTION_FORMATS:
+        raise ValueError(f"{type(env).__name__}.action_format must be one of {ACTION_FORMATS}, got {value!r}")
+    return value
+
+
+def code_block(text: str) -> str | None:
+    """The content of the first fenced code block in ``text`` (```` ```python ````, ```` ``` ````),
+    or ``None``. A block cut off before its closing fence runs to the end of ``text``."""
+    match = _FENCE.search(text)
+    return match.group(1) if match else None
+
+
 def supports_snapshot(env: object) -> bool:
     """True when ``env`` implements ``snapshot``/``restore``."""
     return callable(getattr(env, "snapshot", None)) and callable(getattr(env, "restore", None))
 
 
 def expert_actions(env: object, task: Task) -> list[str] | None:
-    """An expert demonstration for ``task`` if the environment provides one, else ``None``."""
+    """An expert demonstration for ``task`` if the environment provides one, else ``None``.
+
+    An empty demonstration counts as none (e.g. a coding problem without a reference solution).
+    """
     provider = getattr(env, "expert_actions", None)
-    return list(provider(task)) if callable(provider) else None
+    return (list(provider(task)) or None) if callable(provider) else None
 
 
 def replay(env: TextEnv, task: Task, actions: Sequence[str]) -> ReplayResult:

@@ -52,14 +52,16 @@ def target_text(prompter: Prompter, step: Step) -> str:
     """The reply a turn is trained to produce.
 
     Completion format: what follows the prompt's trailing ``"Thought:"``, up to the ``Action:``
-    line, then a blank line (one of the stop strings, so the model learns where to stop). Chat
+    line, then a blank line (one of the stop strings, so the model learns where to stop); for
+    code actions, up to the closing fence and its newline (the code format's stop string). Chat
     format: the assistant message (the trainer appends the template's end-of-turn token).
     """
     reply = prompter.reply(step.completion)
     if prompter.prompt_format == "chat":
         return reply
     body = reply[len("Thought:") :].strip() if reply.startswith("Thought:") else reply
-    return f" {body}\n\n"
+    # End with the text that completes a stop string: a blank line, or a closed code block's newline.
+    return f" {body}\n" if getattr(prompter, "action_format", "line") == "code" else f" {body}\n\n"
 
 
 def is_target(step: Step) -> bool:
