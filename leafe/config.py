@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -44,6 +44,51 @@ class SokobanConfig(_Section):
         if not all(5 <= side <= 12 for side in value):
             raise ValueError("each side must be between 5 and 12 (walls included)")
         return value
+
+
+HouseholdTaskType = Literal[
+    "pick_and_place_simple",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
+    "pick_clean_then_place_in_recep",
+    "look_at_obj_in_light",
+]
+
+
+class HouseholdConfig(_Section):
+    """Household games in the style of ALFWorld, generated offline with TextWorld and cached."""
+
+    name: Literal["household"] = "household"
+    task_types: tuple[HouseholdTaskType, ...] = get_args(HouseholdTaskType)
+    num_receptacles: int = Field(4, ge=2, le=8)
+    num_distractors: int = Field(2, ge=0, le=6)
+    closed_containers: bool = True
+    show_valid_actions: bool = True
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @field_validator("task_types")
+    @classmethod
+    def _some_task_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one task type")
+        return tuple(dict.fromkeys(value))
+
+
+class AlfworldConfig(_Section):
+    """ALFWorld's own games: needs the ``alfworld`` package and its game files."""
+
+    name: Literal["alfworld"] = "alfworld"
+    data_dir: str | None = None
+    test_split: Literal["valid_unseen", "valid_seen"] = "valid_unseen"
+    task_types: tuple[HouseholdTaskType | Literal["pick_two_obj_and_place"], ...] = (
+        *get_args(HouseholdTaskType),
+        "pick_two_obj_and_place",
+    )
+    show_valid_actions: bool = True
+
+
+# ``env.name`` picks the section's class; a section without a name is Sokoban (the default env).
+EnvConfig = Annotated[Union[SokobanConfig, HouseholdConfig, AlfworldConfig], Field(discriminator="name")]
 
 
 class PolicyConfig(_Section):
@@ -130,11 +175,18 @@ class ExperimentConfig(_Section):
     name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = Field(0, ge=0)
     output_dir: str = "runs"
-    env: SokobanConfig = SokobanConfig()
+    env: EnvConfig = SokobanConfig()
     policy: PolicyConfig = PolicyConfig()
     rollout: RolloutConfig = RolloutConfig()
     eval: EvalConfig = EvalConfig()
     explore: ExploreConfig = ExploreConfig()
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _default_env_name(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": "sokoban", **value}
+        return value
 
     @field_validator("name")
     @classmethod
@@ -152,7 +204,7 @@ class ExperimentConfig(_Section):
             )
         if (self.explore.reflector == "model") != bool(self.explore.reflector_model):
             raise ConfigError("explore.reflector_model: set it exactly when explore.reflector is 'model'")
-        if self.env.min_solution_length > self.env.max_solution_length:
+        if isinstance(self.env, SokobanConfig) and self.env.min_solution_length > self.env.max_solution_length:
             raise ConfigError("env.min_solution_length: must not exceed env.max_solution_length")
 
     @property
@@ -160,15 +212,47 @@ class ExperimentConfig(_Section):
         return Path(self.output_dir) / self.name
 
 
+def _union_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """{tag: section class} of a discriminated union on ``name`` (``{}`` for anything else)."""
+    members = get_args(annotation)
+    return {
+        member.model_fields["name"].default: member
+        for member in members
+        if isinstance(member, type) and issubclass(member, BaseModel) and "name" in member.model_fields
+    }
+
+
+def _readable_loc(section: type[BaseModel], loc: Sequence[str | int]) -> tuple[list[str | int], type[BaseModel] | None]:
+    """(``loc`` without pydantic's validator and union-tag parts, the innermost section class).
+
+    ``("env", "household", "num_rooms")`` becomes ``["env", "num_rooms"]`` with ``HouseholdConfig``.
+    """
+    parts = [part for part in loc if not (isinstance(part, str) and part.startswith("function-"))]
+    readable: list[str | int] = []
+    model: type[BaseModel] | None = section
+    index = 0
+    while index < len(parts):
+        part = parts[index]
+        readable.append(part)
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        annotation = field.annotation if field is not None else None
+        members = _union_members(annotation)
+        if members and index + 1 < len(parts) and parts[index + 1] in members:
+            model = members[str(parts[index + 1])]
+            index += 1
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            model = None
+        index += 1
+    return readable, model
+
+
 def _suggest(section: type[BaseModel], loc: Sequence[str | int]) -> str:
     """' (did you mean ...?)' for an unknown field name, or ''."""
-    model: Any = section
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return ""
-        model = annotation
+    _, model = _readable_loc(section, loc[:-1])
+    if model is None:
+        return ""
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -176,10 +260,13 @@ def _suggest(section: type[BaseModel], loc: Sequence[str | int]) -> str:
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        loc = [part for part in item["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+        loc, _ = _readable_loc(ExperimentConfig, item["loc"])
         where = ".".join(str(part) for part in loc) or "<top level>"
         if item["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown field{_suggest(ExperimentConfig, loc)}")
+            lines.append(f"{where}: unknown field{_suggest(ExperimentConfig, item['loc'])}")
+        elif item["type"] == "union_tag_invalid":
+            expected = item.get("ctx", {}).get("expected_tags", "")
+            lines.append(f"{where}.name: unknown environment {item['input'].get('name')!r}; expected one of {expected}")
         else:
             lines.append(f"{where}: {item['msg']} (got {item.get('input')!r})")
     return f"invalid config {source}:\n  " + "\n  ".join(lines)

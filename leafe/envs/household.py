@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 from leafe.envs.base import StepResult
 from leafe.envs.household_games import ensure_game, require_textworld
 from leafe.envs.household_scenes import HouseholdSpec, spec_for
+from leafe.envs.text_commands import resolve_command
 from leafe.types import Task
 
 RULES = (
@@ -56,8 +56,6 @@ _PROMPT_LINE = re.compile(r"\n>[^\n]*\Z")  # the interpreter's prompt and status
 _SCORE_LINE = re.compile(r"Your score has just gone up by one point\.")
 _ROOM_HEADER = re.compile(r"^-= .* =-$", re.MULTILINE)
 _MAX_COMMAND_CHARS = 120  # jericho truncates commands beyond 198 bytes (with a warning)
-_ARTICLES = frozenset({"the", "a", "an", "some"})
-_STRIP = string.whitespace + string.punctuation + "\u201c\u201d\u2018\u2019"
 
 
 @functools.lru_cache(maxsize=256)
@@ -72,42 +70,6 @@ def _load_game(story_file: str) -> tuple[Any, Any]:
 
     game = Game.load(str(Path(story_file).with_suffix(".json")))
     return game, Inform7Game(game)
-
-
-def normalize_command(text: str) -> str:
-    """Lower case, outer punctuation stripped, articles dropped, whitespace collapsed."""
-    words = text.lower().strip(_STRIP).replace(",", " ").split()
-    return " ".join(word for word in words if word not in _ARTICLES)
-
-
-def resolve_command(text: str, valid: Sequence[str]) -> str | None:
-    """The valid command ``text`` means, or ``None``.
-
-    Exact matches (after :func:`normalize_command`) first, then shorthands that name exactly one
-    valid command: ``put/place/insert X in/into/on/onto Y``, ``take/get/pick up X`` (the one
-    ``take X from ...``) and ``heat/cool/clean X`` (the one ``... X with ...``).
-    """
-    by_form = {normalize_command(command): command for command in valid}
-    wanted = normalize_command(text)
-    if wanted in by_form:
-        return by_form[wanted]
-    placing = re.fullmatch(r"(?:put|place|insert|move) (.+?) (?:in|into|inside|on|onto|in to|on to) (.+)", wanted)
-    if placing:
-        item, where = placing.groups()
-        for form in (f"insert {item} into {where}", f"put {item} on {where}"):
-            if form in by_form:
-                return by_form[form]
-        return None
-    prefixes = []
-    taking = re.fullmatch(r"(?:take|get|grab|pick up) (.+)", wanted)
-    if taking and " from " not in wanted:
-        prefixes.append(f"take {taking.group(1)} from ")
-    treating = re.fullmatch(r"(heat|cool|clean|wash) (.+)", wanted)
-    if treating and " with " not in wanted:
-        verb = "clean" if treating.group(1) == "wash" else treating.group(1)
-        prefixes.append(f"{verb} {treating.group(2)} with ")
-    matches = [command for form, command in by_form.items() for prefix in prefixes if form.startswith(prefix)]
-    return matches[0] if len(matches) == 1 else None
 
 
 def _clean(raw: str) -> str:
