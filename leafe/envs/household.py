@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,10 +217,14 @@ class HouseholdEnv:
         import jericho
 
         _load_game(story_file)
-        if self._frotz is None:
-            self._frotz = jericho.FrotzEnv(story_file, seed=_FROTZ_SEED)
-        else:
-            self._frotz.load(story_file, seed=_FROTZ_SEED)
+        with warnings.catch_warnings():
+            # Jericho's own score/move detection only knows classic games; TextWorld's tracking
+            # replaces it here, so its "not fully supported" warning is noise.
+            warnings.simplefilter("ignore", jericho.UnsupportedGameWarning)
+            if self._frotz is None:
+                self._frotz = jericho.FrotzEnv(story_file, seed=_FROTZ_SEED)
+            else:
+                self._frotz.load(story_file, seed=_FROTZ_SEED)
         self._story_file = story_file
 
     def _track(self, raw: str) -> bool:
