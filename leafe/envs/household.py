@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leafe.envs.base import StepResult
+from leafe.envs.base import Diagnosis, StepResult
 from leafe.envs.household_games import ensure_game, require_textworld
 from leafe.envs.household_scenes import HouseholdSpec, spec_for
 from leafe.envs.text_commands import resolve_command
@@ -175,13 +175,26 @@ class HouseholdEnv:
         _, inform7 = _load_game(self._story_file)
         return sorted(set(inform7.gen_commands_from_actions(self._progression.valid_actions)))
 
-    def remaining_plan(self) -> list[str] | None:
-        """TextWorld's shortest plan from the current state to the goal (``None`` if none is known)."""
+    def facts(self) -> set[tuple[str, tuple[str, ...]]]:
+        """The tracked state as ``(predicate, entity names)``, e.g. ``("in", ("apple", "fridge"))``.
+
+        The inventory and the player keep TextWorld's ids ``"I"`` and ``"P"``.
+        """
         if self._progression is None:
-            raise RuntimeError("call reset(task) before remaining_plan()")
-        policy = self._progression.winning_policy
-        _, inform7 = _load_game(self._story_file)
-        return None if policy is None else list(inform7.gen_commands_from_actions(policy))
+            raise RuntimeError("call reset(task) before facts()")
+        game, _ = _load_game(self._story_file)
+
+        def name(variable: Any) -> str:
+            info = game.infos.get(variable.name)
+            return info.name if info is not None and info.name else variable.name
+
+        return {(fact.name, tuple(name(v) for v in fact.arguments)) for fact in self._progression.state.facts}
+
+    def diagnose(self, task: Task, actions: Sequence[str | None]) -> Diagnosis | None:
+        """The first turn that did not bring the agent closer (see :mod:`leafe.envs.household_diagnosis`)."""
+        from leafe.envs.household_diagnosis import diagnose
+
+        return diagnose(task, actions)
 
     def snapshot(self) -> HouseholdSnapshot:
         """The current engine state (an independent copy)."""
