@@ -276,12 +276,17 @@ class HouseholdEnv:
         answer = " ".join(_clean(raw).split())
         return answer if len(answer) <= 200 else ""
 
+    def listed_actions(self) -> list[str]:
+        """The valid actions observations list by name: all but ``examine ...`` (summarised as
+        "examine a thing"), with ``look`` and ``inventory`` last."""
+        commands = self.valid_actions()
+        main = [command for command in commands if not command.startswith("examine ") and command not in ("look", "inventory")]
+        return main + ["look", "inventory"]
+
     def _valid_text(self, always: bool = False) -> str:
         if not (self.show_valid_actions or always):
             return ""
-        commands = self.valid_actions()
-        main = [command for command in commands if not command.startswith("examine ") and command not in ("look", "inventory")]
-        return "\nValid actions: " + ", ".join(main) + (", " if main else "") + "look, inventory, examine a thing."
+        return "\nValid actions: " + ", ".join(self.listed_actions()) + ", examine a thing."
 
     def _info(self, *, invalid_action: bool = False, command: str | None = None, tracked: bool = False) -> dict[str, Any]:
         assert self._spec is not None

@@ -56,14 +56,13 @@ def require_textworld() -> Any:
 @functools.cache
 def knowledge_base() -> Any:
     """TextWorld's built-in logic without food, plus the household appliances, and our grammar."""
-    textworld = require_textworld()
+    require_textworld()
     from textworld.generator.data import LOGIC_DATA_PATH, KnowledgeBase
     from textworld.logic import GameLogic
 
     # food.twl adds "eat", which ALFWorld has no counterpart for and which would destroy objects.
     builtin = sorted(path for path in glob.glob(os.path.join(LOGIC_DATA_PATH, "*.twl")) if not path.endswith("food.twl"))
     ours = sorted(glob.glob(str(DATA_DIR / "logic" / "*.twl")))
-    del textworld
     return KnowledgeBase(GameLogic.load(builtin + ours), str(DATA_DIR / "text_grammars"))
 
 

@@ -67,6 +67,7 @@ def test_check_env_passes(source, split):
     assert report.snapshot_checked and report.experts_checked == 4 and report.steps_checked > 0
 
 
+@pytest.mark.slow
 def test_check_env_command_on_the_quickstart_config(capsys):
     from leafe.cli import main
 
@@ -188,6 +189,7 @@ def test_replay_matches_the_played_episode(tasks):
     assert replay(HouseholdEnv(), tasks[2], actions).observation == last[0]
 
 
+@pytest.mark.slow
 def test_compiled_games_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("LEAFE_CACHE", str(tmp_path))
     spec = make_spec(7, SceneSettings(num_receptacles=2, num_distractors=0))
@@ -231,3 +233,27 @@ def test_config_errors_name_the_field(override, message):
 def test_missing_optional_package_names_the_env():
     with pytest.raises(ConfigError, match="env.name: 'household' needs the 'no_such_package_xyz' package"):
         _require("no_such_package_xyz", "household", "pip install 'leafe[household]'")
+
+
+@pytest.mark.slow
+def test_eval_with_the_embedded_model_on_household_games(tmp_path):
+    """The whole path with the real default model: config -> games -> rollout -> Pass@k report."""
+    import json
+
+    from leafe.cli import main
+
+    args = [
+        "eval", str(CONFIG), "name=e2e", f"output_dir={tmp_path}", "eval.num_tasks=1", "eval.samples_per_task=2",
+        "eval.ks=[1,2]", "rollout.max_steps=2", "policy.max_new_tokens=24",
+    ]
+    assert main(args) == 0
+    run = tmp_path / "e2e"
+    assert (run / "summary.md").is_file() and (run / "metrics.json").is_file()
+    episodes = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 2
+    for trajectory in episodes:
+        assert trajectory["task"]["task_id"] == "household/test/0000"
+        assert "Your task is to:" in trajectory["instruction"] and "Valid actions:" in trajectory["initial_observation"]
+        for step in trajectory["steps"]:
+            assert step["prompt"].endswith("Thought:") and step["observation"]
+            assert step["action"] is None or "task_type" in step["info"]

@@ -26,13 +26,14 @@ def test_plan_from_the_start_is_the_walkthrough(tasks):
         assert plan_from(spec_for(task), env.facts()) == spec_for(task).walkthrough()
 
 
+@pytest.mark.slow
 def test_plan_from_a_random_state_completes_the_task(tasks):
     """Wander with random valid actions, then follow the plan: it must win, and be no longer
     than the walkthrough plus the undoing the wandering made necessary (at most 2 extra steps)."""
     rng = random.Random(1)
     env = HouseholdEnv()
-    for task in tasks:
-        for _ in range(3):
+    for task in tasks[:10]:
+        for _ in range(2):
             env.reset(task)
             for _ in range(rng.randint(1, 6)):
                 if env.step(rng.choice(env.valid_actions()))[2]:
