@@ -8,6 +8,9 @@ articles and whitespace, or through a few shorthands that name exactly one valid
   ALFWorld's ``move X to Y``;
 * ``take/get/grab/pick up X`` -> the one ``take X from ...``;
 * ``heat/cool/clean/wash X`` -> the one ``heat X with ...`` (etc.).
+
+A reply listing several commands ("take apple from countertop, look") counts as its first one:
+tiny models often copy a stretch of the valid-action list.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def resolve_command(text: str, valid: Sequence[str]) -> str | None:
     wanted = normalize_command(text)
     if wanted in exact:
         return exact[wanted]
+    if "," in text:  # a reply that copies part of the valid-action list: its first command counts
+        return resolve_command(text.split(",", 1)[0], valid)
     loose: dict[str, list[str]] = {}  # forms without instance numbers -> commands
     for form, command in exact.items():
         loose.setdefault(_NUMBER.sub("", form), []).append(command)

@@ -24,12 +24,13 @@ def test_normalize_drops_case_articles_and_outer_punctuation():
         ("go to fridge", "go to fridge 1"),
         ("take mug from cabinet", "take mug 1 from cabinet 1"),
         ("put mug in countertop", "move mug 1 to countertop 1"),
+        ("take the apple from countertop, look, inventory, examine a thing.", "take apple from countertop"),
     ],
 )
 def test_resolves_exact_forms_and_unambiguous_shorthands(reply, command):
     assert resolve_command(reply, HOUSEHOLD + ALFWORLD) == command
 
 
-@pytest.mark.parametrize("reply", ["go to cabinet", "take banana", "put apple in oven", "open", "", "heat"])
+@pytest.mark.parametrize("reply", ["go to cabinet", "take banana", "put apple in oven", "open", "", "heat", "look around, take apple"])
 def test_refuses_unknown_or_ambiguous_replies(reply):
     assert resolve_command(reply, HOUSEHOLD + ALFWORLD) is None
