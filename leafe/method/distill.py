@@ -61,7 +61,7 @@ def target_text(prompter: Prompter, step: Step) -> str:
         return reply
     body = reply[len("Thought:") :].strip() if reply.startswith("Thought:") else reply
     # End with the text that completes a stop string: a blank line, or a closed code block's newline.
-    return f" {body}\n" if getattr(prompter, "action_format", "line") == "code" else f" {body}\n\n"
+    return f" {body}\n" if prompter.action_format == "code" else f" {body}\n\n"
 
 
 def is_target(step: Step) -> bool:
