@@ -36,7 +36,7 @@ from leafe.config import ConfigError, ExperimentConfig
 from leafe.envs import build_env
 from leafe.eval.passk import PassAtK
 from leafe.eval.report import markdown_table, plot_pass_at_k, print_table
-from leafe.method.distill import build_examples, export_record
+from leafe.method.distill import KINDS, build_examples, export_record
 from leafe.method.tree import load_trees
 from leafe.runs import RunDir, append_jsonl, read_jsonl, write_atomic
 from leafe.prompting import Prompter
@@ -225,7 +225,7 @@ def _build_data(cfg: ExperimentConfig, folder: Path, prompter: Prompter) -> dict
         append_jsonl(data_file, export_record(example, weights[example.kind]))
     write_atomic(out / "README.md", _DATA_README)
     write_atomic(out / "dataset_info.json", json.dumps(_LLAMA_FACTORY_INFO, indent=2) + "\n")
-    counts = {kind: sum(e.kind == kind for e in examples) for kind in ("counterfactual", "rehearsal")}
+    counts = {kind: sum(e.kind == kind for e in examples) for kind in KINDS}
     counts["tasks_with_counterfactuals"] = len({e.task_id for e in examples if e.kind == "counterfactual"})
     counts["trees"] = len(trees)
     logger.info("data: %s", counts)

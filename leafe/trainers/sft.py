@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 from leafe.algos.sft_loss import COUNTERFACTUAL, IGNORE, REHEARSAL, sft_loss, target_positions
 from leafe.config import SFTConfig
+from leafe.method.distill import KINDS
 from leafe.policy.checkpoints import servable_model
 from leafe.policy.embedded import resolve_model
 from leafe.policy.transformers_backend import resolve_device
@@ -302,7 +303,7 @@ def train_sft(
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(str(scratch / "merged"))
         tokenizer.save_pretrained(str(scratch / "merged"))
-    counts = {kind: sum(example.kind == kind for example in chosen) for kind in ("counterfactual", "rehearsal")}
+    counts = {kind: sum(example.kind == kind for example in chosen) for kind in KINDS}
     result = SFTResult(
         model_dir=str(model_dir / "merged" if cfg.finetune == "lora" and cfg.merge_lora else model_dir),
         base_model=base,
