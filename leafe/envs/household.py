@@ -116,8 +116,9 @@ class HouseholdEnv:
     ``truncated`` is always False: budgets belong to the rollout.
 
     Args:
-        show_valid_actions: end every observation with the list of valid actions (examine, look and
-            inventory summarised in one phrase to keep prompts short).
+        show_valid_actions: end every observation with the list of valid actions (see
+            :meth:`listed_actions`; the ``examine ...`` ones are summarised to keep prompts short).
+            Invalid actions are always answered with the list.
     """
 
     def __init__(self, show_valid_actions: bool = True) -> None:
