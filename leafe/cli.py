@@ -4,6 +4,7 @@
     leafe eval CONFIG [dotted.key=value ...] [--fresh]
     leafe sft CONFIG [dotted.key=value ...] --data SFT_JSONL --out DIR [--model MODEL]
     leafe explore CONFIG [dotted.key=value ...] [--fresh]
+    leafe grpo CONFIG [dotted.key=value ...] [--fresh]
     leafe check-env CONFIG [dotted.key=value ...] [--tasks N]
     leafe view RUN_DIR
     leafe prepare-model [MODEL]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from leafe.config import ConfigError, ExperimentConfig, load_config
@@ -54,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     explore.add_argument("config", help="experiment YAML (its explore section)")
     explore.add_argument("overrides", nargs="*", help="dotted overrides, e.g. explore.reflector=env")
     explore.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+
+    grpo = commands.add_parser("grpo", help="multi-turn GRPO training (the outcome-driven baseline); writes OUTPUT_DIR/NAME/model")
+    grpo.add_argument("config", help="experiment YAML (its grpo, policy and rollout sections)")
+    grpo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.steps=50 grpo.group_size=8")
+    grpo.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
     check = commands.add_parser("check-env", help="verify determinism, replay and snapshot/restore of an environment")
     check.add_argument("config", help="experiment YAML (its env section is checked)")
@@ -155,7 +162,8 @@ def _sft(cfg: ExperimentConfig, data: str, out: str, model: str | None) -> None:
         result = train_sft(cfg.sft, model or cfg.policy.model, examples, Path(out), seed=cfg.seed, device=cfg.policy.device)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    print(f"model: {result.model_dir}  ({result.steps} steps, {result.tokens_per_s} tokens/s)")
+    if int(os.environ.get("RANK", "0")) == 0:  # once, also under torchrun / accelerate launch
+        print(f"model: {result.model_dir}  ({result.steps} steps, {result.tokens_per_s} tokens/s)")
 
 
 def _prepare_model(model: str | None) -> None:
@@ -209,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             _eval(cfg, args.fresh)
         elif args.command == "explore":
             _explore(cfg, args.fresh)
+        elif args.command == "grpo":
+            from leafe.trainers.grpo import train_grpo
+
+            result = train_grpo(cfg, fresh=args.fresh)
+            print(f"model: {result.model_dir}  ({result.steps} steps, {result.episodes} episodes)  metrics: "
+                  f"{cfg.run_dir / 'metrics.jsonl'}\nevaluate it: leafe eval CONFIG policy.model={result.model_dir} name={cfg.name}-eval")
         elif args.command == "check-env":
             _check_env(cfg, args.tasks)
     except (ConfigError, FileNotFoundError) as error:

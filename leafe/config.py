@@ -255,30 +255,56 @@ class DataConfig(_Section):
     rehearsal_fraction: float = Field(0.2, ge=0.0, le=1.0)
 
 
-class SFTConfig(_Section):
-    """LEAFE stage 2 training (``leafe.trainers.sft``): L = L_cf + beta * L_reh on reply tokens."""
+class FinetuneSettings(_Section):
+    """What every trainer shares: which weights train (full or LoRA) and the optimiser's knobs."""
 
-    objective: Literal["leafe", "cf_only", "reh_only"] = "leafe"
-    beta: float = Field(1.0, ge=0.0)
     finetune: Literal["lora", "full"] = "lora"
     lora_r: int = Field(16, ge=1, le=4096)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     lora_target_modules: str | list[str] = "all-linear"
-    merge_lora: bool = False
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    gradient_checkpointing: bool = False
+
+
+class SFTConfig(FinetuneSettings):
+    """LEAFE stage 2 training (``leafe.trainers.sft``): L = L_cf + beta * L_reh on reply tokens."""
+
+    objective: Literal["leafe", "cf_only", "reh_only"] = "leafe"
+    beta: float = Field(1.0, ge=0.0)
+    merge_lora: bool = False
     epochs: float = Field(2.0, gt=0.0, le=1000.0)
     batch_size: int = Field(4, ge=1, le=4096)
     gradient_accumulation_steps: int = Field(4, ge=1, le=4096)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     max_seq_length: int = Field(2048, ge=16, le=1 << 20)
-    gradient_checkpointing: bool = False
     save_steps: int = Field(50, ge=1)
     logging_steps: int = Field(5, ge=1)
+
+
+class GRPOConfig(FinetuneSettings):
+    """Multi-turn GRPO (``leafe.trainers.grpo``): groups of episodes per task, group-relative
+    advantages, the clipped token-level surrogate on the model's own tokens, optional KL."""
+
+    split: Literal["train", "test"] = "train"
+    num_tasks: int = Field(64, ge=1)
+    steps: int = Field(20, ge=1, le=1_000_000)
+    tasks_per_step: int = Field(4, ge=1, le=4096)
+    group_size: int = Field(8, ge=2, le=4096)
+    updates_per_batch: int = Field(1, ge=1, le=64)
+    micro_batch_size: int = Field(4, ge=1, le=4096)
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
+    clip_high: float = Field(0.28, ge=0.0)
+    kl_coef: float = Field(0.0, ge=0.0)
+    scale_by_std: bool = True
+    invalid_action_penalty: float = Field(0.0, ge=0.0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    save_steps: int = Field(5, ge=1)
 
 
 class PipelineConfig(_Section):
@@ -286,6 +312,7 @@ class PipelineConfig(_Section):
 
     rounds: int = Field(1, ge=1, le=100)
     eval_base: bool = True
+    init_from: str | None = None
 
 
 class ExperimentConfig(_Section):
@@ -301,6 +328,7 @@ class ExperimentConfig(_Section):
     explore: ExploreConfig = ExploreConfig()
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
     run: PipelineConfig = PipelineConfig()
 
     @field_validator("env", mode="before")

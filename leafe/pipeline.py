@@ -145,8 +145,16 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         return build_agent(_with_model(cfg, model), make_env, task_source, policies.get(model))
 
     eval_key = {"eval": cfg.eval.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json")}
+    evaluated: dict[str, PassAtK] = {}
 
     def evaluate_model(model: str, folder: Path, label: str) -> PassAtK:
+        if model in evaluated:  # SFT was skipped: the same model, the same test tasks and seeds
+            console.print(f"{label}: the model did not change, reusing its evaluation")
+            return evaluated[model]
+        evaluated[model] = _evaluate(model, folder, label)
+        return evaluated[model]
+
+    def _evaluate(model: str, folder: Path, label: str) -> PassAtK:
         done = _finished(folder, {**eval_key, "model": model})
         if done is not None:
             console.print(f"{label}: finished earlier")
@@ -239,8 +247,16 @@ def _train(cfg: ExperimentConfig, model: str, folder: Path, policies: _Policies)
     if done is not None:
         return done
     examples = [SFTExample.from_dict(record) for record in read_jsonl(folder / "data" / DATA_FILE)]
+    from leafe.trainers.sft import objective_weights, train_sft
+
+    weights = dict(zip(KINDS, objective_weights(cfg.sft)))
+    if not any(weights[example.kind] > 0 for example in examples):
+        # Nothing to learn this round (no successful episode of the kinds the objective trains on):
+        # the model carries over unchanged rather than ending a multi-round run.
+        reason = f"no {'/'.join(kind for kind in KINDS if weights[kind] > 0)} examples for sft.objective={cfg.sft.objective}"
+        logger.warning("sft: skipped, %s; the model stays %s", reason, model)
+        return _finish(out, key, {"skipped": reason, "model_dir": model, "steps": 0, "tokens_per_s": 0.0, "train_loss": None})
     policies.release()
-    from leafe.trainers.sft import train_sft
 
     try:
         result = train_sft(cfg.sft, model, examples, out, seed=cfg.seed, device=cfg.policy.device)
@@ -272,7 +288,7 @@ def _write_report(cfg: ExperimentConfig, path: Path, report: dict[str, Any], cur
         lines.append(
             f"| {entry['round']} | {explore['tasks']} | {explore['solved_tasks']} | {explore['successful_corrected_branches']} "
             f"| {explore['env_steps']} | {explore['model_tokens']} | {data['counterfactual']} | {data['rehearsal']} "
-            f"| {sft['steps']} | {sft['tokens_per_s']} | {sft['train_loss']} |"
+            f"| {sft['steps']} | {sft['tokens_per_s']} | {sft['train_loss'] if 'skipped' not in sft else 'skipped: ' + sft['skipped']} |"
         )
     lines += [
         "",

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from leafe.config import ConfigError, ExperimentConfig, config_to_yaml
+from leafe.config import ConfigError, ExperimentConfig, config_from_dict, config_to_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ RESUMABLE_CHANGES = frozenset(
         "rollout.max_concurrent_episodes",
         "explore.num_tasks",
         "explore.max_tasks_in_flight",
+        "grpo.steps",  # train longer: the steps done so far are the same
+        "grpo.save_steps",
     }
 )
 
@@ -180,6 +182,10 @@ class RunDir:
             shutil.rmtree(path)
         elif config_file.exists():
             old = yaml.safe_load(config_file.read_text()) or {}
+            try:  # fields added to the schema since that run get their defaults
+                old = config_from_dict(old).model_dump(mode="json")
+            except ConfigError:
+                pass  # a field since removed or renamed: compare as written
             blocking = [c for c in config_changes(old, new) if c.split(":")[0] not in RESUMABLE_CHANGES]
             if blocking:
                 raise ConfigError(

@@ -1,5 +1,5 @@
-"""`leafe run` end to end with the embedded model: every stage runs, a kill during SFT resumes
-without redoing finished stages, and the report compares base and trained model."""
+"""`leafe run` end to end with the embedded model: every stage of two rounds runs, a kill during
+SFT resumes without redoing finished stages, and the report compares base and trained models."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _args(out: Path) -> list[str]:
         str(QUICKSTART), "name=pipe", f"output_dir={out}", "env.max_solution_length=3",
         "explore.num_tasks=8", "explore.max_env_steps=24", "explore.max_tasks_in_flight=8",
         "eval.num_tasks=2", "eval.samples_per_task=2", "eval.ks=[1,2]", "rollout.max_steps=6",
-        "sft.save_steps=1", "sft.epochs=3", "sft.lora_r=4",
+        "sft.save_steps=1", "sft.epochs=3", "sft.lora_r=4", "run.rounds=2",
     ]
 
 
@@ -52,11 +52,19 @@ def test_leafe_run_survives_a_kill_during_sft_and_reports(tmp_path):
     assert "sft: resuming from" in (run_dir / "leafe.log").read_text()
 
     report = json.loads((run_dir / "report.json").read_text())
-    (round_1,) = report["rounds"]
+    round_1, round_2 = report["rounds"]
     assert round_1["explore"]["solved_tasks"] > 0
     assert round_1["data"]["counterfactual"] + round_1["data"]["rehearsal"] > 0
     assert round_1["sft"]["steps"] >= 2 and Path(round_1["model"]).is_dir()
-    assert set(report["pass_at_k"]) == {"base", "LEAFE round 1"}
+    assert set(report["pass_at_k"]) == {"base", "LEAFE round 1", "LEAFE round 2"}
+    # Round 2 explored with round 1's model and trained it further (or kept it, with no data).
+    explore_2 = json.loads((run_dir / "round-2" / "explore" / "stage.json").read_text())
+    assert explore_2["key"]["model"] == round_1["model"]
+    if "skipped" in round_2["sft"]:
+        assert round_2["model"] == round_1["model"]
+    else:
+        assert round_2["sft"]["base_model"] != round_1["sft"]["base_model"] and Path(round_2["model"]).is_dir()
+        assert len((run_dir / "round-2" / "eval" / "episodes.jsonl").read_text().splitlines()) == 4
     markdown = (run_dir / "report.md").read_text()
     assert "base Pass@k" in markdown and "LEAFE round 1 Pass@k" in markdown
     assert (run_dir / "passk.png").stat().st_size > 0
@@ -65,3 +73,20 @@ def test_leafe_run_survives_a_kill_during_sft_and_reports(tmp_path):
     assert records and all("Lessons from your earlier attempts" not in r["prompt"] for r in records)
     # The trained checkpoint was evaluated: its episodes exist.
     assert len((run_dir / "round-1" / "eval" / "episodes.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_round_without_training_data_keeps_its_model(tmp_path):
+    """No example of the kinds the objective trains on: SFT is skipped, the model carries over."""
+    from leafe.config import config_from_dict
+    from leafe.method.distill import export_record
+    from leafe.pipeline import _Policies, _train
+    from leafe.types import SFTExample
+
+    cfg = config_from_dict({"sft": {"objective": "cf_only"}})
+    rehearsal = SFTExample("rehearsal", "Room. Thought:", " go\nAction: up\n\n", "t0", 0, 0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sft.jsonl").write_text(json.dumps(export_record(rehearsal, 1.0)) + "\n")
+    result = _train(cfg, "some/model", tmp_path, _Policies(cfg))
+    assert result["model_dir"] == "some/model" and result["steps"] == 0
+    assert "counterfactual" in result["skipped"]
+    assert json.loads((tmp_path / "sft" / "stage.json").read_text())["result"] == result

@@ -236,6 +236,9 @@ class TransformersPolicy:
         """The exact text the model is conditioned on (see :meth:`PromptCodec.render`)."""
         return self.codec.render(prompt)
 
+    def weights_changed(self) -> None:
+        """Nothing to forget: every call encodes its prompts with the current weights."""
+
     # ------------------------------------------------------------------ generation
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:

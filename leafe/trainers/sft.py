@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from leafe.algos.sft_loss import COUNTERFACTUAL, IGNORE, REHEARSAL, sft_loss, target_positions
 from leafe.config import SFTConfig
 from leafe.method.distill import KINDS
-from leafe.policy.checkpoints import servable_model
-from leafe.policy.embedded import resolve_model
 from leafe.policy.transformers_backend import resolve_device
+from leafe.trainers.common import load_trainable
 from leafe.types import SFTExample
 
 logger = logging.getLogger(__name__)
@@ -177,30 +176,6 @@ def _precision(cfg: SFTConfig, device: torch.device) -> bool:
     return False
 
 
-def _load_trainable(cfg: SFTConfig, base_model: str) -> tuple[Any, Any, str]:
-    """(model, tokenizer, resolved base folder); LoRA layers added when ``cfg.finetune == 'lora'``."""
-    base = servable_model(resolve_model(base_model))
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    if cfg.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        if cfg.gradient_checkpointing:
-            model.enable_input_require_grads()
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
-    return model, tokenizer, base
-
-
 def last_complete_checkpoint(folder: Path) -> str | None:
     """The newest ``checkpoint-N`` in ``folder`` that was fully written, or None.
 
@@ -244,7 +219,7 @@ def train_sft(
             f"sft.objective={cfg.objective!r}: no {' or '.join(sorted(wanted))} examples to train on "
             "(exploration found no successful episode of that kind; explore more tasks or a bigger budget)"
         )
-    model, tokenizer, base = _load_trainable(cfg, base_model)
+    model, tokenizer, base = load_trainable(cfg, base_model)
     encoded = [encode_example(tokenizer, example) for example in chosen]
     fitting = [item for item in encoded if len(item.input_ids) <= cfg.max_seq_length]
     if not fitting:
@@ -276,6 +251,7 @@ def train_sft(
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trained parameter is used (DDP under accelerate/torchrun)
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = LeafeSFTTrainer(
@@ -292,17 +268,9 @@ def train_sft(
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
-    tokens = trainer.sequence_tokens  # this invocation's (a resumed run counts its own steps)
-
-    scratch = out_dir / "model.partial"
-    if scratch.exists():  # left by a run killed while saving
-        shutil.rmtree(scratch)
-    trainer.save_model(str(scratch))
-    tokenizer.save_pretrained(str(scratch))
-    if cfg.finetune == "lora" and cfg.merge_lora:
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(str(scratch / "merged"))
-        tokenizer.save_pretrained(str(scratch / "merged"))
+    # This invocation's tokens (a resumed run counts its own steps), summed over processes.
+    tokens = int(trainer.accelerator.reduce(torch.tensor(trainer.sequence_tokens), reduction="sum"))
+    target_tokens = int(trainer.accelerator.reduce(torch.tensor(trainer.target_tokens), reduction="sum"))
     counts = {kind: sum(example.kind == kind for example in chosen) for kind in KINDS}
     result = SFTResult(
         model_dir=str(model_dir / "merged" if cfg.finetune == "lora" and cfg.merge_lora else model_dir),
@@ -313,14 +281,32 @@ def train_sft(
         dropped_too_long=len(encoded) - len(fitting),
         steps=output.global_step,
         tokens=tokens,
-        target_tokens=trainer.target_tokens,
+        target_tokens=target_tokens,
         seconds=round(seconds, 1),
         tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0,
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         train_loss=round(float(output.training_loss), 4),
     )
+    if trainer.is_world_process_zero():
+        shutil.rmtree(out_dir / "model.partial", ignore_errors=True)  # left by a run killed while saving
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(out_dir / "model.partial"))  # every process takes part; only the main one writes
+    if trainer.is_world_process_zero():
+        _publish(trainer, tokenizer, cfg, out_dir, result)
+    trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def _publish(trainer: LeafeSFTTrainer, tokenizer: Any, cfg: SFTConfig, out_dir: Path, result: SFTResult) -> None:
+    """Complete the saved ``model.partial`` (tokenizer, merged copy, done marker) and rename it
+    to ``model`` in one step, so a kill never leaves a ``model`` directory that looks finished."""
+    model_dir, scratch = out_dir / "model", out_dir / "model.partial"
+    tokenizer.save_pretrained(str(scratch))
+    if cfg.finetune == "lora" and cfg.merge_lora:
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(str(scratch / "merged"))
+        tokenizer.save_pretrained(str(scratch / "merged"))
     (scratch / DONE_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     if model_dir.exists():
         shutil.rmtree(model_dir)
     scratch.rename(model_dir)
-    return result

@@ -4,6 +4,7 @@ moves the weights, the output loads in every in-process backend, and a killed ru
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,3 +171,30 @@ def test_leafe_sft_command_trains_on_an_exported_file(tiny_model_dir, tmp_path, 
     assert moved.model_dir == str(tmp_path / "moved" / "model")
     assert main(["sft", *args, "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")]) == 2
     assert "--data:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_training_splits_the_batches_and_writes_one_model(tiny_model_dir, tmp_path):
+    """`torchrun --nproc_per_node 2` (what `accelerate launch --multi_gpu` runs) on CPU, gloo:
+    each process trains on half of the examples, and only the main process writes the model."""
+    from leafe.method.distill import export_record
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(export_record(e, 1.0)) + "\n" for e in _examples(16)))
+    config = Path(__file__).resolve().parents[2] / "configs" / "sokoban_quickstart.yaml"
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    args = [str(config), f"policy.model={tiny_model_dir}", "sft.batch_size=2", "sft.gradient_accumulation_steps=1", "sft.epochs=1"]
+    result = subprocess.run(
+        [*torchrun, "-m", "leafe.cli", "sft", *args, "--data", str(data), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model:") == 1  # printed by the main process only
+    done = json.loads((tmp_path / "out" / "model" / DONE_FILE).read_text())
+    assert done["steps"] == 4  # 16 examples / (2 per batch x 2 processes); one process would take 8
+    assert done["examples"] == {"counterfactual": 8, "rehearsal": 8}
+    assert not (tmp_path / "out" / "model.partial").exists()
+    assert (tmp_path / "out" / "model" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,192 @@
+"""Multi-turn GRPO: only reply tokens are trained, the update follows the advantage's sign, the
+rollout engine serves the updated weights without a restart, and a killed run resumes to the
+same metrics."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from leafe.algos.sft_loss import IGNORE
+from leafe.config import config_from_dict
+from leafe.envs import build_env
+from leafe.method.distill import target_text
+from leafe.policy.base import GenerationRequest, SamplingParams
+from leafe.prompting import Prompter
+from leafe.runs import RunDir
+from leafe.trainers.grpo import TIMING_KEYS, GRPOTrainer, episode_sequences, resolve_init, step_tasks
+from leafe.types import Step, Task, Trajectory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _trajectory(replies, sample_index=0, success=False):
+    observations = [f"Room view {i}: wall at row {i}." for i in range(1, len(replies) + 1)]
+    steps = tuple(
+        Step(
+            prompt="", completion=reply, action=reply.rsplit("Action: ", 1)[-1], observation=observation,
+            reward=float(success and i == len(replies) - 1), terminated=False, truncated=False,
+            prompt_tokens=0, completion_tokens=0,
+        )
+        for i, (reply, observation) in enumerate(zip(replies, observations))
+    )
+    task = Task("sokoban/train/0001", "train", {})
+    return Trajectory(task, sample_index, 0, "Push the box onto the goal.", "Start view: box at row 2.", steps, success)
+
+
+REPLIES = [" The box is left of me.\nAction: left", " Now push it.\nAction: up", " Done.\nAction: down"]
+
+
+def test_an_episode_is_one_sequence_whose_targets_are_exactly_the_replies(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompter = Prompter(history_window=8)
+    trajectory = _trajectory(REPLIES)
+    (sequence,) = episode_sequences(tokenizer, prompter, trajectory)
+    trained = tokenizer.decode([token for token in sequence.labels if token != IGNORE])
+    assert trained == "".join(target_text(prompter, step) for step in trajectory.steps)
+    assert "Room view" not in trained and "Start view" not in trained and "Observation" not in trained
+    assert len(sequence.labels) == len(sequence.input_ids)
+    # The targets sit where the model wrote them: each reply follows its own "Thought:".
+    text = tokenizer.decode(sequence.input_ids)
+    assert text.count("Thought: The box is left of me.\nAction: left\n\nObservation:\nRoom view 1") == 1
+
+
+def test_a_turn_that_hides_earlier_turns_starts_a_new_sequence(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompter = Prompter(history_window=1)  # turn 3's prompt drops turn 1: it cannot extend the text
+    trajectory = _trajectory(REPLIES)
+    sequences = episode_sequences(tokenizer, prompter, trajectory)
+    assert len(sequences) == 2
+    trained = [tokenizer.decode([t for t in sequence.labels if t != IGNORE]) for sequence in sequences]
+    targets = [target_text(prompter, step) for step in trajectory.steps]
+    assert trained == [targets[0] + targets[1], targets[2]]
+    assert "(1 earlier steps not shown)" in tokenizer.decode(sequences[1].input_ids)
+
+
+def test_step_tasks_cover_the_pool_once_per_pass_in_a_seeded_order():
+    pool = [Task(f"t{i}", "train", {}) for i in range(5)]
+    first_pass = step_tasks(pool, 1, 3, seed=0) + step_tasks(pool, 2, 3, seed=0)[:2]
+    assert sorted(t.task_id for t in first_pass) == [f"t{i}" for i in range(5)]
+    assert step_tasks(pool, 2, 3, seed=0) == step_tasks(pool, 2, 3, seed=0)
+    assert step_tasks(pool, 1, 5, seed=0) != step_tasks(pool, 1, 5, seed=1)
+
+
+def _trainer(tiny_model_dir, tmp_path, **grpo):
+    cfg = config_from_dict({
+        "policy": {"model": str(tiny_model_dir), "max_batch_size": 4},
+        "rollout": {"history_window": 8},
+        "grpo": {"finetune": "full", "learning_rate": 1e-3, "num_tasks": 2, **grpo},
+    })
+    make_env, tasks = build_env(cfg.env)
+    return GRPOTrainer(cfg, RunDir(path=tmp_path, resumed=False), make_env, tasks, Prompter(history_window=8))
+
+
+def _reply_logprob(trainer, trajectory):
+    from leafe.trainers.grpo import reply_logprobs
+
+    (sequence,) = episode_sequences(trainer.tokenizer, trainer.prompter, trajectory)
+    with torch.no_grad():
+        return float(reply_logprobs(trainer.model, trainer.collate([vars(sequence)])).sum())
+
+
+def test_the_update_follows_the_sign_of_the_advantage(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path)
+    good, bad = _trajectory(REPLIES, 0, success=True), _trajectory([" Hmm.\nAction: right"] * 3, 1)
+    before = _reply_logprob(trainer, good), _reply_logprob(trainer, bad)
+    stats, tokens = trainer._update([good, bad], torch.tensor([1.0, -1.0]))
+    after = _reply_logprob(trainer, good), _reply_logprob(trainer, bad)
+    assert after[0] > before[0] and after[1] < before[1]
+    assert tokens > 0 and stats["grad_norm"] > 0 and stats["ratio_mean"] == pytest.approx(1.0)
+
+
+def test_zero_advantages_leave_the_weights_alone(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path)
+    weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    stats, tokens = trainer._update([_trajectory(REPLIES), _trajectory(REPLIES, 1)], torch.zeros(2))
+    assert tokens == 0 and stats["loss"] == 0.0
+    assert all(torch.equal(weights[name], p) for name, p in trainer.model.named_parameters())
+
+
+def test_the_rollout_engine_serves_the_updated_weights_without_a_restart(tiny_model_dir, tmp_path):
+    from leafe.policy.native import NativePolicy
+
+    trainer = _trainer(tiny_model_dir, tmp_path, learning_rate=5e-2)
+    requests = [GenerationRequest(prompt=f"Observation:\nRoom {i}\nThought:", seed=i) for i in range(3)]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+    trainer.policy.generate(requests, greedy)  # warm the engine's prefix cache with the old weights
+    trainer._update([_trajectory(REPLIES, 0, success=True), _trajectory(REPLIES[:1], 1)], torch.tensor([1.0, -1.0]))
+    trainer.policy.weights_changed()
+    trainer.model.save_pretrained(tmp_path / "updated")
+    trainer.tokenizer.save_pretrained(tmp_path / "updated")
+    fresh = NativePolicy(str(tmp_path / "updated"), max_batch_size=4)
+    served = [g.text for g in trainer.policy.generate(requests, greedy)]
+    assert served == [g.text for g in fresh.generate(requests, greedy)]
+
+
+def test_resolve_init_finds_a_finished_run_model(tmp_path):
+    (tmp_path / "grpo-run" / "model").mkdir(parents=True)
+    assert resolve_init(str(tmp_path / "grpo-run")) == str(tmp_path / "grpo-run")  # not finished, no checkpoints
+    (tmp_path / "grpo-run" / "model" / "leafe_grpo.json").write_text("{}")
+    assert resolve_init(str(tmp_path / "grpo-run")) == str(tmp_path / "grpo-run" / "model")
+    assert resolve_init("smollm2-135m-instruct") == "smollm2-135m-instruct"
+
+
+def test_grpo_refuses_a_backend_that_cannot_share_the_trained_weights(tmp_path):
+    from leafe.cli import main
+
+    config = REPO / "configs" / "sokoban_quickstart.yaml"
+    code = main(["grpo", str(config), f"output_dir={tmp_path}", "policy.backend=openai", "policy.base_url=http://127.0.0.1:9"])
+    assert code == 2
+
+
+def _grpo_command(out: Path, name: str) -> list[str]:
+    # Rooms of 1-2 moves, temperature 1 and a penalty for turns without a valid action: the groups'
+    # rewards differ, so every step updates the embedded model.
+    return [
+        sys.executable, "-m", "leafe.cli", "grpo", str(REPO / "configs" / "sokoban_quickstart.yaml"), f"name={name}",
+        f"output_dir={out}", "env.max_solution_length=2", "rollout.max_steps=3", "policy.max_new_tokens=32",
+        "policy.temperature=1.0", "grpo.steps=3", "grpo.tasks_per_step=2", "grpo.group_size=4", "grpo.num_tasks=4",
+        "grpo.save_steps=1", "grpo.learning_rate=1e-4", "grpo.invalid_action_penalty=0.5", "grpo.lora_r=4",
+    ]
+
+
+def _metrics(run: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
+
+
+@pytest.mark.slow
+def test_a_grpo_run_killed_mid_update_resumes_to_the_same_metrics(tmp_path):
+    straight = subprocess.run(_grpo_command(tmp_path, "straight"), capture_output=True, text=True, timeout=1200)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected = _metrics(tmp_path / "straight")
+    assert [m["step"] for m in expected] == [1, 2, 3]
+    assert any(m["groups_with_signal"] > 0 and m["grad_norm"] > 0 for m in expected), expected
+
+    run = tmp_path / "killed"
+    first = subprocess.Popen(_grpo_command(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = run / "checkpoints" / "step-1" / "state.json"
+    deadline = time.time() + 900
+    while not checkpoint.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # into step 2's rollouts
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert checkpoint.exists() and not (run / "model").exists()
+    second = subprocess.run(_grpo_command(tmp_path, "killed"), capture_output=True, text=True, timeout=1200)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in (run / "leafe.log").read_text()
+    assert _metrics(run) == expected
+    assert json.loads((run / "model" / "leafe_grpo.json").read_text())["steps"] == 3
+    assert (run / "model" / "adapter_model.safetensors").is_file()
