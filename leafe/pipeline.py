@@ -7,7 +7,7 @@ same model on its own corrections, so corrections compound over rounds (iterated
 paper runs one round). Every evaluation uses the same test tasks and seed (paired comparison).
 
     runs/<name>/
-      eval-base/                 leafe eval of the base model (episodes.jsonl, summary.md, ...)
+      eval-base/                 leafe eval of the base model, or of run.init_from's (e.g. a GRPO run)
       round-1/explore/           trees.jsonl, explore_summary.*, view.html
       round-1/data/              sft.jsonl (TRL / LLaMA-Factory / axolotl readable), README.md
       round-1/sft/               checkpoints/, model/ (the trained Hugging Face checkpoint)
@@ -165,12 +165,17 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         _finish(folder, {**eval_key, "model": model}, result.to_dict())
         return result
 
-    report: dict[str, Any] = {"name": cfg.name, "base_model": cfg.policy.model, "rounds": []}
+    model = cfg.policy.model
+    if cfg.run.init_from:  # e.g. a GRPO run: LEAFE starts from its checkpoint (as in the paper)
+        from leafe.trainers.grpo import resolve_init
+
+        model = resolve_init(cfg.run.init_from)
+    report: dict[str, Any] = {"name": cfg.name, "base_model": model, "rounds": []}
     curves: dict[str, PassAtK] = {}
     if cfg.run.eval_base:
         stage("eval base")
-        curves["base"] = evaluate_model(cfg.policy.model, run.path / "eval-base", "base")
-    model = cfg.policy.model
+        label = "init" if cfg.run.init_from else "base"
+        curves[label] = evaluate_model(model, run.path / "eval-base", label)
     for round_index in range(1, cfg.run.rounds + 1):
         folder = run.path / f"round-{round_index}"
         stage(f"round {round_index}: explore")
@@ -266,7 +271,7 @@ def _train(cfg: ExperimentConfig, model: str, folder: Path, policies: _Policies)
 
 
 def _write_report(cfg: ExperimentConfig, path: Path, report: dict[str, Any], curves: dict[str, PassAtK]) -> None:
-    title = f"{cfg.name}: LEAFE on {cfg.env.name} ({cfg.policy.model})"
+    title = f"{cfg.name}: LEAFE on {cfg.env.name} ({report['base_model']})"
     plot_pass_at_k(curves, path / "passk.png", title)
     write_atomic(path / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     first = next(iter(curves.values()))

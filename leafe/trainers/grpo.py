@@ -168,6 +168,12 @@ class GRPOTrainer:
         self.make_env, self.prompter = make_env, prompter
         self.pool = select_tasks(task_source, cfg.grpo.split, cfg.grpo.num_tasks)
         self.model, self.tokenizer, self.base = load_trainable(cfg.grpo, cfg.policy.model)
+        from leafe.policy.transformers_backend import resolve_device
+        from leafe.trainers.sft import use_bf16
+
+        self.device = resolve_device(cfg.policy.device)
+        self.model.to(self.device)
+        self.bf16 = use_bf16(cfg.grpo, self.device)  # autocast for the update passes (CUDA)
         self.reference = self._reference_model()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.grpo.learning_rate, weight_decay=cfg.grpo.weight_decay)
@@ -181,7 +187,7 @@ class GRPOTrainer:
         from transformers import AutoModelForCausalLM
 
         reference = AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32).eval()
-        return reference.requires_grad_(False)
+        return reference.requires_grad_(False).to(self.device)
 
     def _policy(self) -> Any:
         """An in-process policy over the modules being trained (weights shared, never copied)."""
@@ -283,8 +289,11 @@ class GRPOTrainer:
             return stats, 0
         size = self.settings.micro_batch_size
         micro = [items[i : i + size] for i in range(0, len(items), size)]
-        batches = [self.collate([asdict(sequence) for sequence, _ in chunk]) for chunk in micro]
-        with torch.no_grad():
+        batches = [
+            {key: value.to(self.device) for key, value in self.collate([asdict(sequence) for sequence, _ in chunk]).items()}
+            for chunk in micro
+        ]
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             old = [reply_logprobs(self.model, batch) for batch in batches] if self.settings.updates_per_batch > 1 else None
             reference = [self._reference_logprobs(batch) for batch in batches] if self.settings.kl_coef > 0 else None
         self.model.train()
@@ -294,8 +303,9 @@ class GRPOTrainer:
             totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
             for index, (chunk, batch) in enumerate(zip(micro, batches)):
                 rows, _positions, _targets = target_positions(batch["labels"])
-                per_token = torch.tensor([advantage for _, advantage in chunk])[rows]
-                logprobs = reply_logprobs(self.model, batch)
+                per_token = torch.tensor([advantage for _, advantage in chunk], device=self.device)[rows]
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    logprobs = reply_logprobs(self.model, batch)
                 loss, chunk_stats = grpo_loss(
                     logprobs[:, None],
                     (old[index] if old is not None else logprobs.detach())[:, None],

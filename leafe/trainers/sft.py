@@ -34,7 +34,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from leafe.algos.sft_loss import COUNTERFACTUAL, IGNORE, REHEARSAL, sft_loss, target_positions
-from leafe.config import SFTConfig
+from leafe.config import FinetuneSettings, SFTConfig
 from leafe.method.distill import KINDS
 from leafe.policy.transformers_backend import resolve_device
 from leafe.trainers.common import load_trainable
@@ -167,7 +167,7 @@ class LeafeSFTTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def _precision(cfg: SFTConfig, device: torch.device) -> bool:
+def use_bf16(cfg: FinetuneSettings, device: torch.device) -> bool:
     """Whether to train in bf16 mixed precision."""
     if cfg.precision == "bfloat16":
         return True
@@ -239,7 +239,7 @@ def train_sft(
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        bf16=_precision(cfg, target_device),
+        bf16=use_bf16(cfg, target_device),
         use_cpu=target_device.type == "cpu",
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
