@@ -55,8 +55,10 @@ class Budget:
             including a turn whose reply had no parseable action (it still cost a model call and
             returned feedback), the same unit as the per-episode ``max_steps``.
         max_model_tokens: prompt + completion tokens allowed (``None``: unlimited). A model call
-            is only started while tokens are left, so the total can pass the cap by the calls of
-            one batched round at most.
+            starts only if the tokens spent, the estimates of the calls in flight and its own
+            estimate fit under the cap, or if no call of this budget is in flight; so the total
+            passes the cap by about one call at most (estimate: the largest call so far, or the
+            episode's last call plus ``max_new_tokens``, whichever is larger).
         env_steps: turns spent so far.
         model_tokens: tokens spent so far (rollout turns, plus whatever callers charge, e.g.
             reflections).
@@ -66,6 +68,7 @@ class Budget:
     max_model_tokens: int | None = None
     env_steps: int = 0
     model_tokens: int = 0
+    largest_call: int = 0  # prompt + completion tokens of the largest turn charged so far
 
     def turns_left(self) -> int | float:
         """How many more turns may start now (0 once either limit is reached)."""
@@ -219,7 +222,7 @@ def run_episodes(
         while pending or active:
             while pending and len(active) < max_concurrent:
                 active.append(_start(pending.popleft(), make_env, prompter))
-            playing, _waiting, cut = _grant_turns(active, max_steps, in_flight)
+            playing, _waiting, cut = _grant_turns(active, max_steps, in_flight, params.max_new_tokens)
             for episode in cut:
                 _mark_cut(episode)
                 finish(episode)
@@ -231,7 +234,9 @@ def run_episodes(
             for key, result in stream.next_finished():
                 episode, generation = in_flight.pop(key), result.generation
                 if episode.job.budget is not None:
-                    episode.job.budget.charge(env_steps=1, model_tokens=generation.prompt_tokens + generation.completion_tokens)
+                    call = generation.prompt_tokens + generation.completion_tokens
+                    episode.job.budget.charge(env_steps=1, model_tokens=call)
+                    episode.job.budget.largest_call = max(episode.job.budget.largest_call, call)
                 _advance(episode, generation, prompter, max_steps)
                 if on_step is not None:
                     on_step(episode.job, episode.env)
@@ -243,7 +248,7 @@ def run_episodes(
 
 
 def _grant_turns(
-    active: list[_Episode], max_steps: int, in_flight: dict[int, _Episode]
+    active: list[_Episode], max_steps: int, in_flight: dict[int, _Episode], max_new_tokens: int = 0
 ) -> tuple[list[_Episode], list[_Episode], list[_Episode]]:
     """Split the active episodes into (playing, waiting, cut by their budget). An episode whose
     turn is being generated keeps playing (its turn was granted when it was submitted).
@@ -252,7 +257,14 @@ def _grant_turns(
     still covers every turn the earlier episodes may yet take (up to ``max_steps`` each) plus
     this one. So when the budget runs low, earlier attempts are played to their end instead of
     every attempt being cut short; later ones wait, and are cut once the budget is spent.
+    Under a token cap, a call also needs its estimated tokens to fit next to the calls in
+    flight (see :class:`Budget`); the first call of a budget runs alone, to measure one.
     """
+    tokens_held: dict[int, int] = {}  # id(budget) -> estimated tokens of its calls in flight
+    for episode in active:
+        budget = episode.job.budget
+        if budget is not None and id(episode) in in_flight:
+            tokens_held[id(budget)] = tokens_held.get(id(budget), 0) + _call_estimate(episode, max_new_tokens)
     reserved: dict[int, int] = {}
     playing, waiting, cut = [], [], []
     for episode in active:
@@ -266,12 +278,31 @@ def _grant_turns(
             playing.append(episode)
         elif left == 0:
             cut.append(episode)
-        elif before + 1 <= left:
+        elif before + 1 <= left and _tokens_fit(budget, tokens_held, _call_estimate(episode, max_new_tokens)):
             playing.append(episode)
+            tokens_held[id(budget)] = tokens_held.get(id(budget), 0) + _call_estimate(episode, max_new_tokens)
         else:
             waiting.append(episode)
         reserved[id(budget)] = before + max(1, max_steps - len(episode.steps))
     return playing, waiting, cut
+
+
+def _call_estimate(episode: _Episode, max_new_tokens: int) -> int:
+    """Tokens the episode's next call may cost: the budget's largest call so far, or its own
+    last call plus a full reply, whichever is larger (0 before any call was measured)."""
+    budget = episode.job.budget
+    own = episode.steps[-1].prompt_tokens + episode.steps[-1].completion_tokens + max_new_tokens if episode.steps else 0
+    return max(budget.largest_call if budget is not None else 0, own)
+
+
+def _tokens_fit(budget: Budget, tokens_held: dict[int, int], estimate: int) -> bool:
+    """Whether a new call fits the token cap next to the calls in flight (always, when none is)."""
+    held = tokens_held.get(id(budget), 0)
+    if budget.max_model_tokens is None or held == 0 and budget.largest_call > 0:
+        return True
+    if budget.largest_call == 0:  # nothing measured yet: the first call of the budget runs alone
+        return id(budget) not in tokens_held
+    return budget.model_tokens + held + estimate <= budget.max_model_tokens
 
 
 def _mark_cut(episode: _Episode) -> None:

@@ -83,3 +83,24 @@ def test_prompter_shows_experience_in_both_formats():
     assert EXPERIENCE_HEADER not in Prompter().build("Goal.", [], "NOW")
     chat = Prompter(prompt_format="chat").build("Goal.", [], "NOW", lessons)
     assert chat[0]["content"].endswith(f"{EXPERIENCE_HEADER}\n- Go right.\n- Avoid -1.") and len(chat) == 2
+
+
+def test_token_budget_keeps_concurrent_episodes_within_about_one_call_of_the_cap():
+    calls = []
+    policy = FunctionPolicy(lambda p: " x\nAction: left")
+    original = policy.generate
+
+    def counted(requests, params):
+        generations = original(requests, params)
+        calls.extend(g.prompt_tokens + g.completion_tokens for g in generations)
+        return generations
+
+    policy.generate = counted
+    budget = Budget(max_env_steps=1000, max_model_tokens=400)
+    jobs = [EpisodeJob(TASK, i, i, budget=budget) for i in range(6)]
+    run_episodes(jobs, SnapshotLineWorld, policy, Prompter(history_window=10), SamplingParams(max_new_tokens=4), max_steps=8)
+    assert budget.model_tokens == sum(calls) and budget.exhausted()
+    # Six episodes could each start a call while tokens are left; reserving tokens for the calls
+    # in flight keeps the total within one call of the cap.
+    assert budget.model_tokens - 400 < max(calls)
+    assert max(len(batch) for batch in policy.batches) > 1  # calls still run concurrently
