@@ -108,7 +108,8 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
     tasks = select_tasks(task_source, split, count)
     agent = build_agent(cfg, make_env, task_source, _load_policy(cfg))
     reflector_policy = None
-    if command == "explore" and cfg.explore.reflector == "model" and cfg.explore.method != "independent":
+    reflects = cfg.explore.method != "independent" if command == "explore" else cfg.eval.method == "reflexion"
+    if reflects and cfg.explore.reflector == "model":
         reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model")
     run = RunDir.open(cfg, command=command, fresh=fresh)
     if run.resumed:
@@ -119,8 +120,13 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
 def _eval(cfg: ExperimentConfig, fresh: bool) -> None:
     from leafe.eval.evaluate import evaluate
 
-    agent, tasks, run, _ = _prepare(cfg, "eval", cfg.eval.split, cfg.eval.num_tasks, fresh)
-    evaluate(cfg, run, agent, tasks)
+    agent, tasks, run, reflector_policy = _prepare(cfg, "eval", cfg.eval.split, cfg.eval.num_tasks, fresh)
+    if cfg.eval.method == "reflexion":
+        from leafe.eval.reflexion import evaluate_reflexion
+
+        evaluate_reflexion(cfg, run, agent, tasks, reflector_policy)
+    else:
+        evaluate(cfg, run, agent, tasks)
     print(f"report: {run.path / 'summary.md'}  plot: {run.path / 'passk.png'}")
 
 

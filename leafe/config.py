@@ -170,8 +170,17 @@ class RolloutConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """Pass@k evaluation: n independent episodes per task."""
+    """Pass@k evaluation: n independent samples per task.
 
+    ``method: sample`` plays one episode per sample. ``method: reflexion`` (inference-time
+    reflection) makes each sample a chain of attempts: after a failed attempt the ``explore``
+    section's reflector writes a lesson and the next attempt starts over with the lessons in its
+    prompt, until one succeeds or ``budget_episodes * rollout.max_steps`` turns are spent (an
+    attempt that ends early leaves its turns to the next ones).
+    """
+
+    method: Literal["sample", "reflexion"] = "sample"
+    budget_episodes: int = Field(3, ge=1, le=1000)
     split: Literal["train", "test"] = "test"
     num_tasks: int = Field(8, ge=1, le=100000)
     samples_per_task: int = Field(8, ge=1, le=100000)

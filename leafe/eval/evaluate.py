@@ -126,6 +126,7 @@ def _details(cfg: ExperimentConfig, trajectories: list[Trajectory], throughput: 
         "episodes": len(trajectories),
         "success_rate": round(sum(t.success for t in trajectories) / len(trajectories), 4),
         "mean_steps": round(sum(steps) / len(steps), 2),
+        "mean_model_tokens": round(sum(t.prompt_tokens + t.completion_tokens for t in trajectories) / len(trajectories), 1),
         "parse_failure_rate": round(sum(s.action is None for s in all_steps) / max(1, len(all_steps)), 4),
         "invalid_action_rate": round(sum(bool(s.info.get("invalid_action")) for s in all_steps) / max(1, len(all_steps)), 4),
         "throughput_this_invocation": throughput.to_dict(),
