@@ -228,10 +228,10 @@ class GRPOTrainer:
     def train_step(self, step: int) -> dict[str, Any]:
         """Roll out one batch of groups, update the weights, return the step's metrics."""
         tasks = step_tasks(self.pool, step, self.settings.tasks_per_step, self.cfg.seed)
+        # sample_index = position in the step, unique even if a task appears twice (a pass boundary)
         jobs = [
-            EpisodeJob(task=task, sample_index=g, seed=derive_seed(self.cfg.seed, "grpo", step, task.task_id, g))
-            for task in tasks
-            for g in range(self.settings.group_size)
+            EpisodeJob(task=task, sample_index=index, seed=derive_seed(self.cfg.seed, "grpo", step, index))
+            for index, task in enumerate(task for task in tasks for _ in range(self.settings.group_size))
         ]
         started = time.perf_counter()
         self.model.eval()
@@ -241,8 +241,8 @@ class GRPOTrainer:
                 max_concurrent=self.cfg.rollout.max_concurrent_episodes,
             )
         rollout_seconds = time.perf_counter() - started
-        by_key = {(t.task.task_id, t.sample_index): t for t in finished}
-        episodes = [by_key[(job.task.task_id, job.sample_index)] for job in jobs]  # job order, not finish order
+        by_index = {t.sample_index: t for t in finished}
+        episodes = [by_index[job.sample_index] for job in jobs]  # job order, not finish order
         rewards = torch.tensor([episode_reward(t, self.settings.invalid_action_penalty) for t in episodes])
         groups = torch.tensor([i // self.settings.group_size for i in range(len(episodes))])
         advantages = group_advantages(rewards, groups, scale_by_std=self.settings.scale_by_std)

@@ -84,8 +84,8 @@ def test_step_tasks_cover_the_pool_once_per_pass_in_a_seeded_order():
 
 def _trainer(tiny_model_dir, tmp_path, **grpo):
     cfg = config_from_dict({
-        "policy": {"model": str(tiny_model_dir), "max_batch_size": 4},
-        "rollout": {"history_window": 8},
+        "policy": {"model": str(tiny_model_dir), "max_batch_size": 4, "max_new_tokens": 8},
+        "rollout": {"history_window": 8, "max_steps": 2},
         "grpo": {"finetune": "full", "learning_rate": 1e-3, "num_tasks": 2, **grpo},
     })
     make_env, tasks = build_env(cfg.env)
@@ -201,3 +201,12 @@ def test_a_grpo_run_killed_mid_update_resumes_to_the_same_metrics(tmp_path):
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in resumed)
     assert json.loads((run / "model" / "leafe_grpo.json").read_text())["steps"] == 3
     assert (run / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_a_task_drawn_twice_in_one_step_keeps_every_episode(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path, tasks_per_step=3, group_size=2)  # a pool of 2 tasks
+    assert len({t.task_id for t in step_tasks(trainer.pool, 1, 3, seed=0)}) == 2
+    metrics = trainer.train_step(1)
+    records = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert metrics["episodes"] == 6 and sorted(r["sample_index"] for r in records) == list(range(6))
+    assert len({r["seed"] for r in records}) == 6
