@@ -196,6 +196,15 @@ class NativePolicy:
         with self._lock:
             self.cache.clear()
 
+    def release_memory(self) -> None:
+        """Give back the key/value slots and the prefix cache while nothing is generating (e.g.
+        before a training update that needs the memory); the next request allocates them again."""
+        with self._lock:
+            if self._active or self._queue:
+                return
+            self.keys, self.values = [], []
+            self.cache.clear()
+
     # ------------------------------------------------------------------ storage
 
     def _reserve(self, slots: int, capacity: int) -> None:

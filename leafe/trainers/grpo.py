@@ -241,6 +241,9 @@ class GRPOTrainer:
                 max_concurrent=self.cfg.rollout.max_concurrent_episodes,
             )
         rollout_seconds = time.perf_counter() - started
+        release = getattr(self.policy, "release_memory", None)
+        if release is not None:  # the update needs the memory of the engine's key/value slots
+            release()
         by_index = {t.sample_index: t for t in finished}
         episodes = [by_index[job.sample_index] for job in jobs]  # job order, not finish order
         rewards = torch.tensor([episode_reward(t, self.settings.invalid_action_penalty) for t in episodes])
