@@ -8,7 +8,7 @@ turns. A sample counts as solved if any attempt of its chain succeeded, so Pass@
 
 This is the iterative-refinement baseline of exploration (:func:`leafe.method.explore.
 iterative_refinement`, without restarts) run on test tasks: chains are explored as tasks named
-``<task_id>#<sample>``, stored in ``reflexion.jsonl`` (so a killed run resumes at the next
+``<task_id>#<sample>``, stored in ``trees.jsonl`` (so a killed run resumes at the next
 unfinished chain and ``leafe view`` shows them), and cost is reported next to Pass@k:
 environment steps and model tokens (reflections included) per sample and per task.
 """
@@ -32,7 +32,7 @@ from leafe.types import Task
 
 logger = logging.getLogger(__name__)
 
-CHAINS_FILE = "reflexion.jsonl"
+CHAINS_FILE = "trees.jsonl"  # the format of exploration trees, so `leafe view` draws the chains
 
 
 def chain_tasks(tasks: Sequence[Task], samples: int) -> list[Task]:

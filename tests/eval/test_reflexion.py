@@ -41,6 +41,9 @@ def test_lessons_turn_failed_first_attempts_into_solved_chains(tmp_path):
     assert details["mean_model_tokens_per_sample"] > 0
     trees = [json.loads(line) for line in (tmp_path / CHAINS_FILE).read_text().splitlines()]
     assert sorted(t["task"]["task_id"] for t in trees) == ["line/2#0", "line/2#1", "line/3#0", "line/3#1"]
+    from leafe.viewer import write_view
+
+    assert "line/2#1" in write_view(tmp_path).read_text()  # `leafe view` draws the chains
 
 
 def test_an_attempt_that_spends_the_whole_budget_leaves_no_retry(tmp_path):
