@@ -53,19 +53,20 @@ def expert_examples(count: int) -> list[SFTExample]:
     return examples
 
 
-def run_one(finetune: str, count: int, steps: int, batch_size: int) -> dict:
+def run_one(finetune: str, count: int, steps: int, batch_size: int, lora_dropout: float = 0.05) -> dict:
     from leafe.config import SFTConfig
     from leafe.trainers.sft import train_sft
 
     examples = expert_examples(count)
     epochs = steps * batch_size / len(examples)
     cfg = SFTConfig(finetune=finetune, batch_size=batch_size, gradient_accumulation_steps=1, epochs=epochs,
-                    save_steps=10**6, logging_steps=10**6, objective="reh_only")
+                    save_steps=10**6, logging_steps=10**6, objective="reh_only", lora_dropout=lora_dropout)
     with tempfile.TemporaryDirectory() as scratch:
         result = train_sft(cfg, "smollm2-135m-instruct", examples, Path(scratch), seed=0)
     mean_length = sum(len(e.prompt) for e in examples) / len(examples)
     return {
         "finetune": finetune,
+        "lora_dropout": lora_dropout if finetune == "lora" else None,
         "examples": len(examples),
         "mean_prompt_chars": round(mean_length),
         "steps": result.steps,
@@ -84,15 +85,16 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps to time")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="sft.lora_dropout (the config default is 0.05)")
     args = parser.parse_args()
     if args.finetune != "both":
-        print(json.dumps(run_one(args.finetune, args.examples, args.steps, args.batch_size)), flush=True)
+        print(json.dumps(run_one(args.finetune, args.examples, args.steps, args.batch_size, args.lora_dropout)), flush=True)
         return
     rows = []
     for mode in ("full", "lora"):
         out = subprocess.run(
             [sys.executable, __file__, "--finetune", mode, "--examples", str(args.examples), "--steps", str(args.steps),
-             "--batch-size", str(args.batch_size)],
+             "--batch-size", str(args.batch_size), "--lora-dropout", str(args.lora_dropout)],
             capture_output=True, text=True, check=True,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
