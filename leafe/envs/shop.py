@@ -26,19 +26,12 @@ from typing import Any
 from leafe.envs.base import Diagnosis, StepResult
 from leafe.envs.shop_catalog import Catalog, Goal, goal_of
 from leafe.envs.shop_pages import (
-    BACK_TO_SEARCH, BUY_NOW, DESCRIPTION, FEATURES, NEXT_PAGE, PREV_PAGE, Page, invalid_feedback, page_count,
-    parse_action, render, resolve_click,
+    BACK_TO_SEARCH, BUY_NOW, DESCRIPTION, FEATURES, NEXT_PAGE, PREV_PAGE, RULES, Page, invalid_feedback,
+    page_count, parse_action, render, resolve_click,
 )
 from leafe.envs.shop_reward import RewardBreakdown, purchase_reward
 from leafe.types import Task
 
-RULES = (
-    "You are shopping online for the product the instruction describes, one action per turn. On the search "
-    "page write search[keywords]; everywhere else write click[button], where a button is a product id "
-    "(click[b0abc12345]), an option value (click[large]) or one of: next >, < prev, back to search, "
-    "description, features, buy now. Choose every option the instruction asks for, then click[buy now]. "
-    "The score is 1 when the product has the asked attributes, options and price."
-)
 
 
 @dataclass(frozen=True)
@@ -144,7 +137,7 @@ class ShopEnv:
             buttons = (BACK_TO_SEARCH, PREV_PAGE, DESCRIPTION, FEATURES, BUY_NOW)
             return Page("item", options=product.options, buttons=buttons, **common)
         if state.kind == "detail":
-            text = (product.description,) if state.detail == DESCRIPTION else tuple(f"- {line}" for line in product.features)
+            text = (product.description,) if state.detail == DESCRIPTION else product.features
             return Page("detail", detail=(state.detail, text), buttons=(BACK_TO_SEARCH, PREV_PAGE), **common)
         assert state.bought is not None
         return Page("done", score=state.bought.reward, score_note=score_note(state.bought), **common)

@@ -22,6 +22,14 @@ from dataclasses import dataclass, field
 
 BACK_TO_SEARCH, NEXT_PAGE, PREV_PAGE, BUY_NOW = "back to search", "next >", "< prev", "buy now"
 DESCRIPTION, FEATURES = "description", "features"
+# The rules every prompt states (both shops).
+RULES = (
+    "You are shopping online for the product the instruction describes, one action per turn. On the search "
+    "page write search[keywords]; everywhere else write click[button], where a button is a product id "
+    "(click[b0abc12345]), an option value (click[large]) or one of: next >, < prev, back to search, "
+    "description, features, buy now. Choose every option the instruction asks for, then click[buy now]. "
+    "The score is 1 when the product has the asked attributes, options and price."
+)
 _ACTION = re.compile(r"^\s*(search|click)\s*\[(.*?)\]?\s*[.!]?\s*$", re.IGNORECASE | re.DOTALL)
 
 
@@ -94,7 +102,9 @@ def render(page: Page, page_size: int = 10) -> str:
         return "\n".join([f"[{which.capitalize()} of {page.asin}]", *text, buttons])
     if page.kind == "done":
         options = ", ".join(f"{name} {value}" for name, value in page.chosen.items()) or "no options chosen"
-        bought = f"[Done] You bought {page.asin} ({page.title}) with {options} for {page.price}."
+        named = f" ({page.title})" if page.title else ""
+        priced = f" for {page.price}" if page.price else ""
+        bought = f"[Done] You bought {page.asin}{named} with {options}{priced}."
         return f"{bought}\nYour score (min 0.0, max 1.0): {page.score:.2f}{page.score_note}"
     raise ValueError(f"unknown page kind {page.kind!r}")
 
