@@ -153,7 +153,7 @@ PRODUCT_TYPES: tuple[ProductType, ...] = (
     ),
     ProductType(
         "usb chargers", "electronics", "Electronics › Power › Chargers", "usb charger", ("usb", "charger"),
-        ("fast charging", "dual port", "foldable plug", "overheat protection", "usb c", "compact"),
+        ("fast charging", "dual port", "foldable plug", "overheat protection", "type c port", "compact"),
         (("color", ("black", "white")), ("power", ("20w", "35w", "65w"))), (9.0, 45.0),
     ),
     ProductType(
@@ -169,12 +169,12 @@ PRODUCT_TYPES: tuple[ProductType, ...] = (
     ProductType(
         "green tea", "grocery", "Grocery › Beverages › Tea", "green tea", ("tea",),
         ("organic", "decaf", "loose leaf", "non gmo", "caffeine free"),
-        (("flavor", ("original", "jasmine", "lemon", "mint", "ginger")), ("size", ("20 bags", "50 bags", "100 bags"))), (4.0, 30.0),
+        (("flavor", ("original", "jasmine", "lemon", "mint", "ginger")), ("size", ("20 bags", "48 bags", "100 bags"))), (4.0, 30.0),
     ),
     ProductType(
         "protein bars", "grocery", "Grocery › Snacks › Protein Bars", "protein bars", ("protein", "bars"),
         ("gluten free", "low sugar", "high protein", "keto friendly", "plant based", "soy free"),
-        (("flavor", ("chocolate", "peanut butter", "vanilla", "cookie dough", "berry")), ("pack", ("6 bars", "12 bars", "24 bars"))), (8.0, 45.0),
+        (("flavor", ("chocolate", "peanut butter", "vanilla", "cookie dough", "berry")), ("pack", ("6 bars", "12 bars", "30 bars"))), (8.0, 45.0),
     ),
     ProductType(
         "trail mix", "grocery", "Grocery › Snacks › Nuts & Trail Mix", "trail mix", ("trail", "mix"),
