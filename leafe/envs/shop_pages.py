@@ -30,7 +30,8 @@ RULES = (
     "description, features, buy now. Choose every option the instruction asks for, then click[buy now]. "
     "The score is 1 when the product has the asked attributes, options and price."
 )
-_ACTION = re.compile(r"^\s*(search|click)\s*\[(.*?)\]?\s*[.!]?\s*$", re.IGNORECASE | re.DOTALL)
+_ACTION = re.compile(r"^\s*(search|click)\s*\[(.*?)\]", re.IGNORECASE)
+_UNCLOSED = re.compile(r"^\s*(search|click)\s*\[([^\]]*?)[\s.!]*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def render(page: Page, page_size: int = 10) -> str:
     if page.kind == "results":
         head = f'[Results for "{page.query}"] page {page.page_number} of {page_count(page.total, page_size)} ({page.total} results)'
         if not page.results:
-            head += "\nNo products match. Go back to search and try other keywords."
+            head += "\nNo products match: click[back to search], then search with fewer or other words."
         lines = [f"[{asin}] {title} {price}" for asin, title, price in page.results]
         return "\n".join([head, *lines, buttons])
     if page.kind == "item":
@@ -112,10 +113,13 @@ def render(page: Page, page_size: int = 10) -> str:
 def parse_action(text: str) -> tuple[str, str] | None:
     """``("search", keywords)`` or ``("click", target)`` from WebShop's syntax, else ``None``.
 
-    ``target`` is lower-cased with spaces collapsed; a missing ``]`` or a final full stop is
-    tolerated (``click[buy now`` -> ``("click", "buy now")``).
+    The argument runs to the first ``]`` of the line; text after it is ignored (WebShop's parser
+    ignores it too, but reads to the last ``]``): ``click[a] click[b]`` -> ``("click", "a")``,
+    ``search[red mug] now`` -> ``("search", "red mug")``. A missing ``]`` is tolerated
+    (``click[buy now`` -> ``("click", "buy now")``). ``target`` is lower-cased, spaces collapsed.
     """
-    match = _ACTION.match(text.strip().splitlines()[0] if text.strip() else "")
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    match = _ACTION.match(line) or _UNCLOSED.match(line)
     if match is None:
         return None
     verb, argument = match.group(1).lower(), " ".join(match.group(2).split())

@@ -193,3 +193,23 @@ def test_registry_imports_only_the_environment_in_use(env, loaded):
     result = subprocess.run([sys.executable, "-c", PROBE % env], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == loaded
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("search[Red Mug]", ("search", "Red Mug")),
+        ("click[Buy Now].", ("click", "buy now")),
+        ("click [ Next > ]", ("click", "next >")),
+        ("search[red mug] to search the shop.", ("search", "red mug")),
+        ("click[buy now", ("click", "buy now")),
+        ("click[b0abc] and click[red]", ("click", "b0abc")),
+        ("search[]", None),
+        ("buy it", None),
+        ("", None),
+    ],
+)
+def test_action_syntax(text, parsed):
+    from leafe.envs.shop_pages import parse_action
+
+    assert parse_action(text) == parsed
