@@ -166,3 +166,13 @@ def test_parser_reads_a_page_shaped_like_webshops():
     assert parsed.products == (("B0TEST0001", "Acme Ceramic Coffee Mug & Saucer", "$12.50"),)
     assert parsed.radios == (("color", "red"), ("color", "blue"))
     assert parsed.total == 50 and parsed.reward == pytest.approx(2 / 3)
+
+
+def test_webshop_quickstart_config_reaches_the_server(base_url):
+    from leafe.config import load_config
+
+    cfg = load_config("configs/webshop_quickstart.yaml", [f"env.base_url={base_url}", f"env.num_goals={NUM_PRODUCTS}", "env.train_start=100"])
+    make_env, source = build_env(cfg.env)
+    obs, info = make_env().reset(source.tasks("train", 1)[0])
+    assert source.tasks("train", 1)[0].params == {"goal_index": 100}
+    assert obs.startswith("[Search page] Instruction: ") and goal_for(0, build_catalog(0, NUM_PRODUCTS).products[100]).instruction in obs
