@@ -171,7 +171,7 @@ def test_parser_reads_a_page_shaped_like_webshops():
 def test_webshop_quickstart_config_reaches_the_server(base_url):
     from leafe.config import load_config
 
-    cfg = load_config("configs/webshop_quickstart.yaml", [f"env.base_url={base_url}", f"env.num_goals={NUM_PRODUCTS}", "env.train_start=100"])
+    cfg = load_config("configs/webshop_quickstart.yaml", [f"env.base_url={base_url}", f"env.num_goals={NUM_PRODUCTS}", "env.test_goals=50", "env.train_start=100"])
     make_env, source = build_env(cfg.env)
     obs, info = make_env().reset(source.tasks("train", 1)[0])
     assert source.tasks("train", 1)[0].params == {"goal_index": 100}
