@@ -113,6 +113,35 @@ class AlfworldConfig(_Section):
     show_valid_actions: bool = True
 
 
+class ShopConfig(_Section):
+    """The embedded shop (a WebShop stand-in): a generated catalogue, WebShop's page flow and reward."""
+
+    name: Literal["shop"] = "shop"
+    catalog_seed: int = Field(0, ge=0)
+    num_products: int = Field(3000, ge=25, le=200_000)
+    page_size: int = Field(10, ge=1, le=50)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class WebshopConfig(_Section):
+    """A user-run WebShop server (its Flask app), reached over HTTP; goals are its fixed sessions."""
+
+    name: Literal["webshop"] = "webshop"
+    base_url: str = Field("http://127.0.0.1:3000", pattern=r"^https?://")
+    timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    num_goals: int = Field(6910, ge=2)
+    test_goals: int = Field(500, ge=1)
+    train_start: int = Field(1500, ge=1)
+
+    @model_validator(mode="after")
+    def _splits_fit(self) -> WebshopConfig:
+        if self.train_start < self.test_goals:
+            raise ValueError(f"train_start: must be at least test_goals ({self.test_goals}) so the splits do not overlap")
+        if self.train_start >= self.num_goals:
+            raise ValueError(f"train_start: must be below num_goals ({self.num_goals}) so the train split is not empty")
+        return self
+
+
 def _env_name(value: Any) -> str:
     """The ``env`` section's environment name; a section without ``name`` is Sokoban."""
     name = value.get("name", "sokoban") if isinstance(value, dict) else getattr(value, "name", None)
@@ -124,6 +153,8 @@ ENV_CONFIGS: dict[str, type[BaseModel]] = {
     "coding": CodingConfig,
     "household": HouseholdConfig,
     "alfworld": AlfworldConfig,
+    "shop": ShopConfig,
+    "webshop": WebshopConfig,
 }
 EnvConfig = Annotated[
     Union[
@@ -131,6 +162,8 @@ EnvConfig = Annotated[
         Annotated[CodingConfig, Tag("coding")],
         Annotated[HouseholdConfig, Tag("household")],
         Annotated[AlfworldConfig, Tag("alfworld")],
+        Annotated[ShopConfig, Tag("shop")],
+        Annotated[WebshopConfig, Tag("webshop")],
     ],
     Discriminator(
         _env_name,

