@@ -5,6 +5,7 @@
     leafe sft CONFIG [dotted.key=value ...] --data SFT_JSONL --out DIR [--model MODEL]
     leafe explore CONFIG [dotted.key=value ...] [--fresh]
     leafe grpo CONFIG [dotted.key=value ...] [--fresh]
+    leafe early-experience CONFIG [dotted.key=value ...] [--fresh]
     leafe check-env CONFIG [dotted.key=value ...] [--tasks N]
     leafe view RUN_DIR
     leafe prepare-model [MODEL]
@@ -15,6 +16,7 @@ Configs are validated before torch or transformers are imported, so a bad field 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -61,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     grpo.add_argument("config", help="experiment YAML (its grpo, policy and rollout sections)")
     grpo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.steps=50 grpo.group_size=8")
     grpo.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+
+    early = commands.add_parser(
+        "early-experience", help="Early Experience baseline (world modelling or self-reflection at expert states); writes OUTPUT_DIR/NAME/model"
+    )
+    early.add_argument("config", help="experiment YAML (its early_experience, sft, policy and rollout sections)")
+    early.add_argument("overrides", nargs="*", help="dotted overrides, e.g. early_experience.variant=sr")
+    early.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
     check = commands.add_parser("check-env", help="verify determinism, replay and snapshot/restore of an environment")
     check.add_argument("config", help="experiment YAML (its env section is checked)")
@@ -137,6 +146,26 @@ def _explore(cfg: ExperimentConfig, fresh: bool) -> None:
     agent, tasks, run, reflector_policy = _prepare(cfg, "explore", cfg.explore.split, cfg.explore.num_tasks, fresh)
     run_exploration(cfg, run, agent, tasks, reflector_policy)
     print(f"summary: {run.path / 'explore_summary.md'}  trees: {write_view(run.path)}")
+
+
+def _early_experience(cfg: ExperimentConfig, fresh: bool) -> None:
+    from leafe.method.early_experience_run import collect_all, train_early_experience
+
+    section = cfg.early_experience
+    agent, tasks, run, _ = _prepare(cfg, "early-experience", section.split, section.num_tasks, fresh)
+    try:
+        states, cost, seconds = collect_all(cfg, run, agent, tasks)
+        prompter = agent.prompter
+        release = getattr(agent.policy, "release_memory", None)
+        if release is not None:
+            release()
+        del agent  # the collecting policy's memory goes back before training loads the model again
+        gc.collect()
+        summary = train_early_experience(cfg, run, states, prompter, cost, seconds, len(tasks))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(f"model: {summary['model_dir']}  summary: {run.path / 'summary.json'}\n"
+          f"evaluate it: leafe eval CONFIG policy.model={summary['model_dir']} name={cfg.name}-eval")
 
 
 def _check_env(cfg: ExperimentConfig, count: int) -> None:
@@ -229,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             result = train_grpo(cfg, fresh=args.fresh)
             print(f"model: {result.model_dir}  ({result.steps} steps, {result.episodes} episodes)  metrics: "
                   f"{cfg.run_dir / 'metrics.jsonl'}\nevaluate it: leafe eval CONFIG policy.model={result.model_dir} name={cfg.name}-eval")
+        elif args.command == "early-experience":
+            _early_experience(cfg, args.fresh)
         elif args.command == "check-env":
             _check_env(cfg, args.tasks)
     except (ConfigError, FileNotFoundError) as error:

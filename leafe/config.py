@@ -349,6 +349,21 @@ class GRPOConfig(FinetuneSettings):
     save_steps: int = Field(5, ge=1)
 
 
+class EarlyExperienceConfig(_Section):
+    """Early Experience (``leafe.method.early_experience``, arXiv 2510.08558): at the states of
+    expert demonstrations the policy proposes alternative actions, which are executed; the next
+    observations they led to become training data without any reward."""
+
+    variant: Literal["iwm", "sr"] = "iwm"
+    split: Literal["train", "test"] = "train"
+    num_tasks: int = Field(64, ge=1)
+    max_states_per_task: int = Field(32, ge=1)
+    alternatives: int = Field(3, ge=1, le=64)
+    observation_chars: int = Field(400, ge=16)
+    rationale_max_new_tokens: int = Field(64, ge=1)
+    world_model_epochs: float = Field(1.0, gt=0.0, le=1000.0)
+
+
 class PipelineConfig(_Section):
     """``leafe run``: explore -> build data -> SFT -> evaluate, ``rounds`` times."""
 
@@ -371,6 +386,7 @@ class ExperimentConfig(_Section):
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
+    early_experience: EarlyExperienceConfig = EarlyExperienceConfig()
     run: PipelineConfig = PipelineConfig()
 
     @field_validator("env", mode="before")

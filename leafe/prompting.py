@@ -213,9 +213,11 @@ def example_from_expert(env: TextEnv, task: Task, action_format: str = "line") -
     if not actions:
         return None
     observation, _info = env.reset(task)
-    action = actions[0]
+    return Turn(observation=observation, reply=expert_reply(actions[0], action_format))
+
+
+def expert_reply(action: str, action_format: str = "line") -> str:
+    """The reply shown for an expert action (demonstrations have no thoughts: a fixed one)."""
     if action_format == "code":
-        reply = format_reply("I write a complete program that solves the problem.", action, "code")
-    else:
-        reply = format_reply(f"Looking at the positions, '{action}' brings me closer to the goal.", action)
-    return Turn(observation=observation, reply=reply)
+        return format_reply("I write a complete program that solves the problem.", action, "code")
+    return format_reply(f"Looking at the positions, '{action}' brings me closer to the goal.", action)

@@ -141,7 +141,9 @@ class SFTExample:
 
     Attributes:
         kind: ``"counterfactual"`` (a corrected action at a rollback point, trained by L_cf) or
-            ``"rehearsal"`` (a turn of a successful rollout, trained by L_reh).
+            ``"rehearsal"`` (a turn of a successful rollout, trained by L_reh); the Early
+            Experience baseline adds ``"world_model"``, ``"imitation"`` and ``"reflection"``
+            (trained like rehearsal; :mod:`leafe.method.early_experience`).
         prompt: exactly what the policy sees at that turn at test time: the prompt rebuilt from
             the history WITHOUT experience summaries (a string for the completion format, a list
             of chat messages for the chat format).

@@ -56,7 +56,12 @@ def target_text(prompter: Prompter, step: Step) -> str:
     code actions, up to the closing fence and its newline (the code format's stop string). Chat
     format: the assistant message (the trainer appends the template's end-of-turn token).
     """
-    reply = prompter.reply(step.completion)
+    return reply_target(prompter, prompter.reply(step.completion))
+
+
+def reply_target(prompter: Prompter, reply: str) -> str:
+    """The training target of a normalised reply (``Thought: ...`` then the action; see
+    :func:`target_text`)."""
     if prompter.prompt_format == "chat":
         return reply
     body = reply[len("Thought:") :].strip() if reply.startswith("Thought:") else reply

@@ -43,7 +43,15 @@ from leafe.types import SFTExample
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "leafe_sft.json"
-_KIND_IDS = {"counterfactual": COUNTERFACTUAL, "rehearsal": REHEARSAL}
+# Loss term of each example kind: LEAFE's corrections are L_cf; every plain imitation target
+# (LEAFE's rehearsal, Early Experience's world-model / imitation / rationale targets) is L_reh.
+_KIND_IDS = {
+    "counterfactual": COUNTERFACTUAL,
+    "rehearsal": REHEARSAL,
+    "world_model": REHEARSAL,
+    "imitation": REHEARSAL,
+    "reflection": REHEARSAL,
+}
 
 
 @dataclass(frozen=True)
@@ -212,11 +220,12 @@ def train_sft(
         recorded["model_dir"] = str(model_dir / "merged" if Path(recorded["model_dir"]).name == "merged" else model_dir)
         return SFTResult(**recorded)
     cf_weight, beta = objective_weights(cfg)
-    wanted = {kind for kind, weight in (("counterfactual", cf_weight), ("rehearsal", beta)) if weight > 0}
-    chosen = [example for example in examples if example.kind in wanted]
+    term_weight = {COUNTERFACTUAL: cf_weight, REHEARSAL: beta}
+    chosen = [example for example in examples if term_weight[_KIND_IDS[example.kind]] > 0]
     if not chosen:
+        wanted = sorted(kind for kind, term in _KIND_IDS.items() if term_weight[term] > 0)
         raise ValueError(
-            f"sft.objective={cfg.objective!r}: no {' or '.join(sorted(wanted))} examples to train on "
+            f"sft.objective={cfg.objective!r}: no {' or '.join(wanted)} examples to train on "
             "(exploration found no successful episode of that kind; explore more tasks or a bigger budget)"
         )
     model, tokenizer, base = load_trainable(cfg, base_model)
@@ -271,7 +280,7 @@ def train_sft(
     # This invocation's tokens (a resumed run counts its own steps), summed over processes.
     tokens = int(trainer.accelerator.reduce(torch.tensor(trainer.sequence_tokens), reduction="sum"))
     target_tokens = int(trainer.accelerator.reduce(torch.tensor(trainer.target_tokens), reduction="sum"))
-    counts = {kind: sum(example.kind == kind for example in chosen) for kind in KINDS}
+    counts = {kind: sum(example.kind == kind for example in chosen) for kind in dict.fromkeys([*KINDS, *(e.kind for e in chosen)])}
     result = SFTResult(
         model_dir=str(model_dir / "merged" if cfg.finetune == "lora" and cfg.merge_lora else model_dir),
         base_model=base,
