@@ -187,11 +187,21 @@ def numbered_history(initial_observation: str, steps: Sequence[Step], feedback_l
     for number, step in enumerate(steps, start=1):
         lines = step.observation.strip().splitlines()
         result = "\n".join(lines if feedback_lines is None else lines[:feedback_lines])
-        action = f"Action: {step.action}" if step.action is not None else "(no valid 'Action:' line)"
+        action = _shown_action(step.action)
         parts.append(f"Step {number}: {action}\nResult: {result}")
     if steps and feedback_lines is not None and len(steps[-1].observation.strip().splitlines()) > feedback_lines:
         parts.append(f"Now:\n{steps[-1].observation.strip()}")
     return "\n".join(parts)
+
+
+def _shown_action(action: str | None) -> str:
+    """One step's action in the reflection history; a multi-line action (a program) is shown as
+    a fenced block, as the acting prompt writes it."""
+    if action is None:
+        return "(no valid 'Action:' line)"
+    if "\n" in action.strip():
+        return f"Action:\n```python\n{action.strip(chr(10))}\n```"
+    return f"Action: {action}"
 
 
 def reflection_prompt(prompt_format: str, instruction: str, history: str) -> Prompt:

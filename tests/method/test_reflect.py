@@ -73,6 +73,12 @@ def test_history_and_prompt_formats():
     assert [m["role"] for m in chat] == ["system", "user"] and history in chat[1]["content"]
 
 
+def test_a_program_is_shown_as_a_code_block_in_the_history():
+    program = "def add(a, b):\n    return a - b"
+    history = numbered_history("Write add.", _steps([(program, "wrong answer: add(1, 2) returned -1, expected 3")]))
+    assert f"Step 1: Action:\n```python\n{program}\n```\nResult: wrong answer" in history
+
+
 def test_policy_reflector_retries_malformed_answers_with_new_seeds():
     answers = {}
 
