@@ -123,6 +123,46 @@ class ShopConfig(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
 
+SCIWORLD_TASKS = (
+    "boil", "change-the-state-of-matter-of", "chemistry-mix", "chemistry-mix-paint-secondary-color",
+    "chemistry-mix-paint-tertiary-color", "find-animal", "find-living-thing", "find-non-living-thing", "find-plant",
+    "freeze", "grow-fruit", "grow-plant", "identify-life-stages-1", "identify-life-stages-2",
+    "inclined-plane-determine-angle", "inclined-plane-friction-named-surfaces", "inclined-plane-friction-unnamed-surfaces",
+    "lifespan-longest-lived", "lifespan-longest-lived-then-shortest-lived", "lifespan-shortest-lived",
+    "measure-melting-point-known-substance", "measure-melting-point-unknown-substance", "melt",
+    "mendelian-genetics-known-plant", "mendelian-genetics-unknown-plant", "power-component",
+    "power-component-renewable-vs-nonrenewable-energy", "test-conductivity", "test-conductivity-of-unknown-substances",
+    "use-thermometer",
+)
+
+SCIWORLD_SIMPLIFICATIONS = ("easy", "teleportAction", "selfWateringFlowerPots", "openContainers", "openDoors", "noElectricalAction")
+
+
+class SciWorldConfig(_Section):
+    """ScienceWorld (the ``scienceworld`` package's simulator, on Java 17): task variations as tasks."""
+
+    name: Literal["scienceworld"] = "scienceworld"
+    task_names: tuple[str, ...] = ("find-non-living-thing", "lifespan-longest-lived", "lifespan-shortest-lived", "find-living-thing")
+    simplification: str = "easy"
+    test_split: Literal["test", "dev"] = "test"
+
+    @field_validator("task_names")
+    @classmethod
+    def _known_tasks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in SCIWORLD_TASKS]
+        if unknown or not value:
+            raise ValueError(f"unknown ScienceWorld task(s) {unknown}; choose from {', '.join(SCIWORLD_TASKS)}" if unknown else "must name at least one task")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("simplification")
+    @classmethod
+    def _known_simplifications(cls, value: str) -> str:
+        unknown = [part for part in value.split(",") if part and part not in SCIWORLD_SIMPLIFICATIONS]
+        if unknown:
+            raise ValueError(f"unknown simplification(s) {unknown}; comma-separate from {', '.join(SCIWORLD_SIMPLIFICATIONS)}")
+        return value
+
+
 class WebshopConfig(_Section):
     """A user-run WebShop server (its Flask app), reached over HTTP; goals are its fixed sessions."""
 
@@ -155,6 +195,7 @@ ENV_CONFIGS: dict[str, type[BaseModel]] = {
     "alfworld": AlfworldConfig,
     "shop": ShopConfig,
     "webshop": WebshopConfig,
+    "scienceworld": SciWorldConfig,
 }
 EnvConfig = Annotated[
     Union[
@@ -164,6 +205,7 @@ EnvConfig = Annotated[
         Annotated[AlfworldConfig, Tag("alfworld")],
         Annotated[ShopConfig, Tag("shop")],
         Annotated[WebshopConfig, Tag("webshop")],
+        Annotated[SciWorldConfig, Tag("scienceworld")],
     ],
     Discriminator(
         _env_name,

