@@ -4,8 +4,9 @@
 
 Columns: environment, task counts per split (``generated`` for sources without an end), the
 evaluation's tasks x samples, Pass@1 and Pass@k (95% bootstrap CI over tasks) for k = 8 and the
-largest k, average episode length in model turns, and environment steps per second during that
-evaluation (model time included: the rate the loop achieved, not the environment alone).
+largest k, the mean episode return (sum of rewards: partial credit for the shop and ScienceWorld),
+average episode length in model turns, and environment steps per second during that evaluation
+(model time included: the rate the loop achieved, not the environment alone).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def split_sizes(run_dir: Path) -> str:
     return " / ".join(sizes)
 
 
+def mean_return(run_dir: Path) -> float:
+    """Mean over the run's episodes of the sum of their step rewards."""
+    returns = []
+    for line in (run_dir / "episodes.jsonl").read_text().splitlines():
+        if line.strip():
+            returns.append(sum(step["reward"] for step in json.loads(line)["steps"]))
+    return sum(returns) / len(returns)
+
+
 def row(run_dir: Path) -> str:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     details = metrics["details"]
@@ -44,7 +54,7 @@ def row(run_dir: Path) -> str:
     throughput = details["throughput_this_invocation"]
     return (
         f"| {details['env']} | {split_sizes(run_dir)} | {metrics['num_tasks']} x {metrics['samples_per_task']} | "
-        f"{details['max_steps']} | {cell(0)} | {at8} | {cell(len(ks) - 1)} (k={ks[-1]}) | {details['mean_steps']} | "
+        f"{details['max_steps']} | {cell(0)} | {at8} | {cell(len(ks) - 1)} (k={ks[-1]}) | {mean_return(run_dir):.3f} | {details['mean_steps']} | "
         f"{throughput['env_steps_per_s']} |"
     )
 
@@ -53,8 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", type=Path, nargs="+")
     args = parser.parse_args()
-    print("| environment | tasks train / test | eval tasks x n | turn budget | Pass@1 % | Pass@8 % | Pass@k % | mean turns | env steps/s (eval) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| environment | tasks train / test | eval tasks x n | turn budget | Pass@1 % | Pass@8 % | Pass@k % | mean return | mean turns | env steps/s (eval) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for run_dir in args.run_dirs:
         print(row(run_dir))
 
