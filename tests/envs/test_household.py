@@ -221,7 +221,7 @@ def test_build_env_from_config(tasks):
         ("env.num_receptacles=1", "env.num_receptacles: Input should be greater than or equal to 2"),
         ("env.task_types=[pick_and_place]", "env.task_types.0: Input should be"),
         ("env.task_types=[]", "env.task_types: must name at least one task type"),
-        ("env.name=houshold", "env.name: unknown environment; expected one of: sokoban, coding, household, alfworld (got 'houshold')"),
+        ("env.name=houshold", "env.name: unknown environment; expected one of: sokoban, coding, household, alfworld, shop, webshop, scienceworld (got 'houshold')"),
     ],
 )
 def test_config_errors_name_the_field(override, message):
