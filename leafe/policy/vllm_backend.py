@@ -6,14 +6,20 @@ passed to vLLM as token ids; every request carries its own ``seed``; stop string
 text. A LoRA adapter folder is served without merging: the base model is loaded with
 ``enable_lora=True`` and every request carries a ``LoRARequest`` for the adapter.
 
+Training on the GPU (GRPO) syncs the trained weights into the running engine after every update,
+without restarting it (:meth:`VLLMPolicy.sync_from`): a LoRA adapter is saved and served under a
+fresh adapter id; full weights are copied into every worker's model with ``collective_rpc``.
+
 vLLM is not installable on the CPU development machine; ``tests/policy/test_vllm_backend.py`` runs
 only where vLLM and a CUDA device are present.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from leafe.policy.base import Generation, GenerationRequest, SamplingParams
@@ -30,18 +36,31 @@ class VLLMPolicy:
         dtype: ``"auto"`` or a dtype name vLLM accepts.
         engine_args: extra keyword arguments for ``vllm.LLM`` (``gpu_memory_utilization``,
             ``tensor_parallel_size``, ``max_model_len``, ``max_lora_rank``, ...).
+        enable_lora: load a full model ready to serve adapters that come later (GRPO with LoRA).
     """
 
     name = "vllm"
 
-    def __init__(self, model: str, dtype: str = "auto", engine_args: dict[str, Any] | None = None) -> None:
-        from vllm import LLM
-        from vllm.lora.request import LoRARequest
+    def __init__(self, model: str, dtype: str = "auto", engine_args: dict[str, Any] | None = None, enable_lora: bool = False) -> None:
+        try:
+            from vllm import LLM
+            from vllm.lora.request import LoRARequest
+        except ImportError as error:
+            from leafe.config import ConfigError
+
+            raise ConfigError(
+                f"policy.backend: vllm is not importable here ({error}); install it on a CUDA machine with "
+                "pip install -e '.[gpu]', or use backend auto|native|transformers"
+            ) from None
 
         args = dict(engine_args or {})
         path = resolve_model(model)
         base = adapter_base(path)
         self.lora_request = None
+        self._adapter_dir: Path | None = None
+        if enable_lora:
+            args.setdefault("enable_lora", True)
+            args.setdefault("max_lora_rank", 64)
         if base is not None:
             args.setdefault("enable_lora", True)
             args.setdefault("max_lora_rank", 64)
@@ -52,6 +71,42 @@ class VLLMPolicy:
         self.model_name = model
         self.codec = PromptCodec(self.tokenizer, model)
         self._lock = threading.Lock()  # vllm.LLM is not safe to call from several threads (leafe serve)
+
+    def load_adapter(self, adapter_dir: str | Path) -> None:
+        """Serve the LoRA adapter in ``adapter_dir`` from the next request on. It gets a fresh
+        adapter id, so vLLM loads it instead of reusing the adapter it cached under the old id."""
+        from vllm.lora.request import LoRARequest
+
+        previous = self.lora_request
+        next_id = previous.lora_int_id + 1 if previous is not None else 1
+        with self._lock:
+            self.lora_request = LoRARequest("leafe-adapter", next_id, str(adapter_dir))
+            if previous is not None:
+                self.llm.llm_engine.remove_lora(previous.lora_int_id)
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Copy full weights (Hugging Face parameter names -> tensors) into the model of every
+        worker, then drop the prefix cache (its keys/values came from the old weights)."""
+        tensors = [(name, tensor.detach().to("cpu")) for name, tensor in weights]
+        with self._lock:
+            self.llm.collective_rpc(_load_worker_weights, args=(tensors,))
+            self.llm.reset_prefix_cache()
+
+    def sync_from(self, model: Any, scratch_dir: str | Path) -> None:
+        """Make the engine serve ``model``'s current weights (call after every optimiser update).
+
+        A peft model is saved as an adapter into ``scratch_dir`` (replacing the previous sync's
+        folder) and served from there; any other model's parameters are copied in place."""
+        if not hasattr(model, "peft_config"):
+            self.load_weights(model.state_dict().items())
+            return
+        scratch = Path(scratch_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
+        model.save_pretrained(str(scratch))
+        previous, self._adapter_dir = self._adapter_dir, scratch
+        self.load_adapter(scratch)
+        if previous is not None and previous != scratch:
+            shutil.rmtree(previous, ignore_errors=True)
 
     def render_prompt(self, prompt: Any) -> str:
         return self.codec.render(prompt)
@@ -96,3 +151,8 @@ class VLLMPolicy:
                 )
             )
         return results
+
+
+def _load_worker_weights(worker: Any, weights: list[tuple[str, Any]]) -> None:
+    """Runs inside each vLLM worker (``LLM.collective_rpc`` passes the worker first)."""
+    worker.model_runner.model.load_weights(weights=weights)

@@ -13,9 +13,12 @@ One training step:
     -> updates_per_batch optimiser steps on grpo_loss (micro-batches, gradients accumulated so
        the mean runs over all reply tokens of the batch), then policy.weights_changed()
 
-Weights are synced without restarting anything: the rollout engine runs the very modules being
-trained (peft's LoRA layers included) and only forgets its cached keys/values after an update.
-Rollouts finish before each update, so no sequence is in flight while weights change.
+Weights are synced without restarting anything: the native and transformers engines run the very
+modules being trained (peft's LoRA layers included) and only forget their cached keys/values after
+an update. With ``policy.backend: vllm`` (GPU) the engine lives beside the trained model and gets
+the new weights after every update (a LoRA adapter saved and served under a new id, or full weights
+copied in; see :meth:`VLLMPolicy.sync_from`). Rollouts finish before each update, so no sequence is
+in flight while weights change.
 
 Run directory (``output_dir/name``):
 
@@ -159,10 +162,10 @@ class GRPOTrainer:
     def __init__(self, cfg: ExperimentConfig, run: RunDir, make_env: Any, task_source: Any, prompter: Prompter) -> None:
         from leafe.agent import select_tasks
 
-        if cfg.policy.backend in ("vllm", "openai") or cfg.policy.base_url:
+        if cfg.policy.backend == "openai" or cfg.policy.base_url:
             raise ConfigError(
-                "policy.backend: GRPO rolls out with the weights it trains, in process; use native or "
-                f"transformers (or auto without base_url), not {cfg.policy.backend!r}"
+                "policy.backend: GRPO rolls out with the weights it trains and syncs them after every "
+                "update; use native, transformers or vllm (or auto without base_url), not an HTTP server"
             )
         self.cfg, self.settings, self.run_dir = cfg, cfg.grpo, run.path
         self.make_env, self.prompter = make_env, prompter
@@ -191,8 +194,13 @@ class GRPOTrainer:
         return reference.requires_grad_(False).to(self.device)
 
     def _policy(self) -> Any:
-        """An in-process policy over the modules being trained (weights shared, never copied)."""
+        """The rollout engine: an in-process policy over the modules being trained (weights
+        shared, never copied), or vLLM beside them (``policy.backend: vllm``, synced per update)."""
         policy_cfg = self.cfg.policy
+        if policy_cfg.backend == "vllm":
+            from leafe.policy.vllm_backend import VLLMPolicy
+
+            return VLLMPolicy(self.base, dtype=policy_cfg.dtype, engine_args=policy_cfg.engine_args, enable_lora=self.settings.finetune == "lora")
         network = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         from leafe.policy.native import SUPPORTED_MODEL_TYPES, NativePolicy
 
@@ -255,7 +263,7 @@ class GRPOTrainer:
         started = time.perf_counter()
         stats, tokens = self._update(episodes, advantages)
         train_seconds = time.perf_counter() - started
-        self.policy.weights_changed()
+        self._weights_changed()
         return {
             "step": step,
             "episodes": len(episodes),
@@ -385,7 +393,7 @@ class GRPOTrainer:
             self.optimizer.load_state_dict(saved["optimizer"])
             torch.set_rng_state(saved["torch_rng"])
             random.setstate(saved["python_rng"])
-            self.policy.weights_changed()
+            self._weights_changed()
             logger.info("grpo: resuming from %s", latest)
         for name in ("metrics.jsonl", "rollouts.jsonl"):
             path = self.run_dir / name
@@ -393,6 +401,13 @@ class GRPOTrainer:
                 kept = [record for record in read_jsonl(path) if record["step"] <= step]
                 write_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
         return step
+
+    def _weights_changed(self) -> None:
+        """Tell the rollout engine the trained weights changed (cache reset, or a vLLM sync)."""
+        if getattr(self.policy, "name", "") == "vllm":
+            self.policy.sync_from(self.model, self.run_dir / "vllm-sync" / f"{time.time_ns()}")
+        else:
+            self.policy.weights_changed()
 
     def _totals(self, step: int) -> dict[str, float]:
         totals = dict.fromkeys(("episodes", "env_steps", "model_tokens", "rollout_seconds", "train_seconds", "train_tokens"), 0.0)

@@ -152,6 +152,18 @@ def test_grpo_refuses_a_backend_that_cannot_share_the_trained_weights(tmp_path):
     assert code == 2
 
 
+def test_grpo_on_vllm_without_vllm_says_how_to_install_it(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed; tests/policy/test_vllm_backend.py covers GRPO on it")
+    from leafe.cli import main
+
+    config = REPO / "configs" / "sokoban_quickstart.yaml"
+    assert main(["grpo", str(config), f"output_dir={tmp_path}", "policy.backend=vllm", "grpo.num_tasks=2"]) == 2
+    assert "policy.backend: vllm is not importable here" in capsys.readouterr().err
+
+
 def _grpo_command(out: Path, name: str) -> list[str]:
     # Rooms of 1-2 moves, temperature 1 and a penalty for turns without a valid action: the groups'
     # rewards differ, so every step updates the embedded model.
