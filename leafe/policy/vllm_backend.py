@@ -81,8 +81,9 @@ class VLLMPolicy:
         next_id = previous.lora_int_id + 1 if previous is not None else 1
         with self._lock:
             self.lora_request = LoRARequest("leafe-adapter", next_id, str(adapter_dir))
-            if previous is not None:
-                self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            remove = getattr(self.llm.llm_engine, "remove_lora", None)
+            if previous is not None and remove is not None:  # free the old adapter's GPU slot
+                remove(previous.lora_int_id)
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Copy full weights (Hugging Face parameter names -> tensors) into the model of every

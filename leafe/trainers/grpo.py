@@ -30,7 +30,8 @@ Run directory (``output_dir/name``):
 
 A killed run resumes from its last checkpoint; steps after it are redone, and since rollout seeds
 derive from (seed, step, task, sample) and the engine's cache is empty after every update, the
-redone steps give the same metrics as an uninterrupted run.
+redone steps give the same metrics as an uninterrupted run (on the CPU engines; GPU kernels in
+vLLM are not bitwise deterministic, so there the redone steps are statistically equal only).
 """
 
 from __future__ import annotations
