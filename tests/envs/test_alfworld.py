@@ -1,8 +1,8 @@
 """ALFWorld adapter on a tiny fixture in ALFWorld's own file format (tests/fixtures/alfworld).
 
 Discovery, splits and error messages need only the files. Playing needs the ``alfworld`` package
-and TextWorld's PDDL engine (``pip install 'leafe[alfworld]'``); those tests are skipped without
-it (CI does not install it: building fast-downward takes minutes).
+and TextWorld's PDDL engine (``pip install 'leafe[alfworld]'``, part of the ``dev`` extra, so CI
+plays the fixture); those tests are skipped where it is missing.
 """
 
 from __future__ import annotations
