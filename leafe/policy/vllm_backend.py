@@ -7,7 +7,7 @@ text. A LoRA adapter folder is served without merging: the base model is loaded 
 ``enable_lora=True`` and every request carries a ``LoRARequest`` for the adapter.
 
 Training on the GPU (GRPO) syncs the trained weights into the running engine after every update,
-without restarting it (:meth:`VLLMPolicy.sync_from`): a LoRA adapter is saved and served under a
+without restarting it (:meth:`VLLMPolicy.follow`): a LoRA adapter is saved and served under a
 fresh adapter id; full weights are copied into every worker's model with ``collective_rpc``.
 
 vLLM is not installable on the CPU development machine; ``tests/policy/test_vllm_backend.py`` runs
@@ -57,7 +57,7 @@ class VLLMPolicy:
         path = resolve_model(model)
         base = adapter_base(path)
         self.lora_request = None
-        self._adapter_dir: Path | None = None
+        self._followed: tuple[Any, Path] | None = None  # (model being trained, adapter folder)
         if enable_lora:
             args.setdefault("enable_lora", True)
             args.setdefault("max_lora_rank", 64)
@@ -93,21 +93,25 @@ class VLLMPolicy:
             self.llm.collective_rpc(_load_worker_weights, args=(tensors,))
             self.llm.reset_prefix_cache()
 
-    def sync_from(self, model: Any, scratch_dir: str | Path) -> None:
-        """Make the engine serve ``model``'s current weights (call after every optimiser update).
+    def follow(self, model: Any, scratch_dir: str | Path) -> None:
+        """Serve ``model`` (being trained beside the engine) from now on: every
+        :meth:`weights_changed` copies its current weights in. A peft model's adapter is saved to
+        ``scratch_dir`` (overwritten per sync) and served under a new id; any other model's
+        parameters are copied into the workers. (At this call the model still holds the weights
+        the engine loaded, so nothing is synced yet.)"""
+        self._followed = (model, Path(scratch_dir))
 
-        A peft model is saved as an adapter into ``scratch_dir`` (replacing the previous sync's
-        folder) and served from there; any other model's parameters are copied in place."""
+    def weights_changed(self) -> None:
+        """Sync the followed model's weights in (call after every optimiser update)."""
+        if self._followed is None:
+            return
+        model, scratch = self._followed
         if not hasattr(model, "peft_config"):
             self.load_weights(model.state_dict().items())
             return
-        scratch = Path(scratch_dir)
         shutil.rmtree(scratch, ignore_errors=True)
         model.save_pretrained(str(scratch))
-        previous, self._adapter_dir = self._adapter_dir, scratch
         self.load_adapter(scratch)
-        if previous is not None and previous != scratch:
-            shutil.rmtree(previous, ignore_errors=True)
 
     def render_prompt(self, prompt: Any) -> str:
         return self.codec.render(prompt)

@@ -17,7 +17,7 @@ Weights are synced without restarting anything: the native and transformers engi
 modules being trained (peft's LoRA layers included) and only forget their cached keys/values after
 an update. With ``policy.backend: vllm`` (GPU) the engine lives beside the trained model and gets
 the new weights after every update (a LoRA adapter saved and served under a new id, or full weights
-copied in; see :meth:`VLLMPolicy.sync_from`). Rollouts finish before each update, so no sequence is
+copied in; see :meth:`VLLMPolicy.follow`). Rollouts finish before each update, so no sequence is
 in flight while weights change.
 
 Run directory (``output_dir/name``):
@@ -201,7 +201,9 @@ class GRPOTrainer:
         if policy_cfg.backend == "vllm":
             from leafe.policy.vllm_backend import VLLMPolicy
 
-            return VLLMPolicy(self.base, dtype=policy_cfg.dtype, engine_args=policy_cfg.engine_args, enable_lora=self.settings.finetune == "lora")
+            engine = VLLMPolicy(self.base, dtype=policy_cfg.dtype, engine_args=policy_cfg.engine_args, enable_lora=self.settings.finetune == "lora")
+            engine.follow(self.model, self.run_dir / "vllm-adapter")
+            return engine
         network = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         from leafe.policy.native import SUPPORTED_MODEL_TYPES, NativePolicy
 
@@ -264,7 +266,7 @@ class GRPOTrainer:
         started = time.perf_counter()
         stats, tokens = self._update(episodes, advantages)
         train_seconds = time.perf_counter() - started
-        self._weights_changed()
+        self.policy.weights_changed()
         return {
             "step": step,
             "episodes": len(episodes),
@@ -394,7 +396,7 @@ class GRPOTrainer:
             self.optimizer.load_state_dict(saved["optimizer"])
             torch.set_rng_state(saved["torch_rng"])
             random.setstate(saved["python_rng"])
-            self._weights_changed()
+            self.policy.weights_changed()
             logger.info("grpo: resuming from %s", latest)
         for name in ("metrics.jsonl", "rollouts.jsonl"):
             path = self.run_dir / name
@@ -402,13 +404,6 @@ class GRPOTrainer:
                 kept = [record for record in read_jsonl(path) if record["step"] <= step]
                 write_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
         return step
-
-    def _weights_changed(self) -> None:
-        """Tell the rollout engine the trained weights changed (cache reset, or a vLLM sync)."""
-        if getattr(self.policy, "name", "") == "vllm":
-            self.policy.sync_from(self.model, self.run_dir / "vllm-sync" / f"{time.time_ns()}")
-        else:
-            self.policy.weights_changed()
 
     def _totals(self, step: int) -> dict[str, float]:
         totals = dict.fromkeys(("episodes", "env_steps", "model_tokens", "rollout_seconds", "train_seconds", "train_tokens"), 0.0)

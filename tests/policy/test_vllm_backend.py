@@ -56,7 +56,7 @@ def test_grpo_syncs_the_updated_weights_into_vllm_without_a_restart(tmp_path, fi
     greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
     before = [g.text for g in engine.generate(requests, greedy)]
     trainer._update([_trajectory(REPLIES, 0, success=True), _trajectory(REPLIES[:1], 1)], torch.tensor([1.0, -1.0]))
-    trainer._weights_changed()
+    trainer.policy.weights_changed()
     assert trainer.policy is engine  # the same engine, not a restarted one
     reference = TransformersPolicy.from_model(
         trainer.model.merge_and_unload() if finetune == "lora" else trainer.model, trainer.tokenizer
