@@ -23,12 +23,12 @@ from __future__ import annotations
 import ast
 import re
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from leafe.config import CodingConfig, ConfigError
-from leafe.envs.base import StepResult, code_block
+from leafe.envs.base import Diagnosis, StepResult, code_block
 from leafe.envs.coding_tasks import (
     SOURCES,
     CodingTasks,
@@ -225,6 +225,29 @@ class CodingEnv:
         if not isinstance(snapshot, CodingState):
             raise TypeError(f"expected a CodingState from snapshot(), got {type(snapshot).__name__}")
         self._state = snapshot
+
+    def diagnose(self, task: Task, actions: Sequence[str | None]) -> Diagnosis | None:
+        """The first failed submission of an episode of ``task``, and why (the ``env`` reflector).
+
+        Every program is judged again (feedback is deterministic, see the module docstring); the
+        first turn without a program or whose program fails is the one to redo, and the summary
+        is that failure's feedback, cut to ``feedback_chars``. It tells nothing the agent did not
+        see: unlike Sokoban's solver diagnosis, it only points at the turn. ``None`` when every
+        submission passed (or there were none).
+        """
+        problem = self.problem_of(task)
+        for turn, action in enumerate(actions, 1):
+            if action is None or not extract_program(action).strip():
+                return Diagnosis(turn, f"Turn {turn} submitted no program. Submit one complete program in a ```python block.")
+            verdict = self.judge(problem, extract_program(action))
+            if not verdict.solved:
+                feedback = " ".join(verdict.feedback.split())
+                return Diagnosis(
+                    turn,
+                    f"The program of turn {turn} failed: {_clip(feedback, self.feedback_chars)} "
+                    "Change the program so that this case gives the expected result.",
+                )
+        return None
 
     def expert_actions(self, task: Task) -> list[str]:
         """The reference solution as one submission (empty when the source has none)."""

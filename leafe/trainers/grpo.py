@@ -275,7 +275,8 @@ class GRPOTrainer:
             "groups_with_signal": int(sum(float(advantages[groups == g].abs().sum()) > 0 for g in range(len(tasks)))),
             **{key: round(value, 6) for key, value in stats.items()},
             "env_steps": sum(len(t.steps) for t in episodes),
-            "model_tokens": sum(t.completion_tokens for t in episodes),
+            "model_tokens": sum(t.prompt_tokens + t.completion_tokens for t in episodes),  # as budgets count them
+            "generated_tokens": sum(t.completion_tokens for t in episodes),
             "train_tokens": tokens,
             "rollout_seconds": round(rollout_seconds, 2),
             "train_seconds": round(train_seconds, 2),

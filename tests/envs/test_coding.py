@@ -78,6 +78,22 @@ def test_wrong_function_shows_the_test_and_the_returned_value():
     assert "0 of 5 tests passed" in observation
 
 
+def test_diagnosis_points_at_the_first_failed_submission_with_its_feedback():
+    env, task = _generated("add/3")
+    (solution,) = env.expert_actions(task)
+    wrong = "```python\ndef add_3(x):\n    return x + 4\n```"
+    first_feedback = env.step(wrong)[0]
+    assert env.diagnose(task, [solution]) is None and env.diagnose(task, []) is None
+    diagnosis = env.diagnose(task, [wrong, solution])
+    assert diagnosis.rollback_step == 1
+    assert diagnosis.summary.startswith("The program of turn 1 failed: Test 1 of 5 failed: wrong answer.")
+    assert " ".join(first_feedback.split())[:60] in diagnosis.summary
+    missing = env.diagnose(task, [solution.replace("return", "retrun"), None])
+    assert missing.rollback_step == 1 and "syntax error on line 2" in missing.summary
+    assert env.diagnose(task, [None, wrong]).rollback_step == 1
+    assert "no program" in env.diagnose(task, [None]).summary
+
+
 def test_wrong_stdio_output_shows_input_expected_and_got():
     env, _ = _generated("stdin_add/3")
     observation, _, _, _, info = env.step("print(int(input()) + 4)")

@@ -1,0 +1,25 @@
+#!/bin/bash
+# Issue 7, second environment: base vs GRPO vs Early Experience (iwm, sr) vs LEAFE vs
+# LEAFE-from-GRPO on the 16 held-out generated problems of configs/coding_leafe.yaml (n=32, 3
+# submissions per episode), every model evaluated with that config's eval and rollout sections.
+# Training budgets: LEAFE explores 64 train problems x 12 submissions (768 env steps); GRPO 12 steps
+# x 4 problems x 8 episodes (<= 1,152 env steps); Early Experience 64 reference solutions x 4
+# alternatives. Usage: bash bench/baselines_coding.sh OUT_DIR  (about 2.5 hours on 2 cores; run it
+# from a frozen checkout; every stage resumes when rerun). Then:
+#   python bench/compare_passk.py OUT_DIR/passk.png base=OUT_DIR/leafe/eval-base/metrics.json ...
+set -e
+out=${1:?usage: bench/baselines_coding.sh OUT_DIR}
+mkdir -p "$out"
+eval_cfg=configs/coding_leafe.yaml
+step() {  # name, then the leafe command line
+  name=$1; shift
+  /usr/bin/time -v python -m leafe.cli "$@" output_dir="$out" > "$out/$name.out" 2> "$out/$name.err"
+}
+step leafe run $eval_cfg name=leafe
+step grpo grpo configs/coding_grpo.yaml name=grpo grpo.steps=12
+step grpo-eval eval $eval_cfg name=grpo-eval policy.model="$out/grpo/model"
+step ee-iwm early-experience configs/coding_early_experience.yaml name=ee-iwm
+step ee-iwm-eval eval $eval_cfg name=ee-iwm-eval policy.model="$out/ee-iwm/model"
+step ee-sr early-experience configs/coding_early_experience.yaml name=ee-sr early_experience.variant=sr
+step ee-sr-eval eval $eval_cfg name=ee-sr-eval policy.model="$out/ee-sr/model"
+step leafe-from-grpo run $eval_cfg name=leafe-from-grpo run.init_from="$out/grpo" run.eval_base=false
