@@ -15,10 +15,10 @@ step() {  # name, then the leafe command line
   /usr/bin/time -v python -m leafe.cli "$@" output_dir="$out" > "$out/$name.out" 2> "$out/$name.err"
 }
 step leafe run $eval_cfg name=leafe
-step grpo grpo configs/sokoban_grpo.yaml name=grpo grpo.steps=12
-step grpo-eval eval $eval_cfg name=grpo-eval policy.model="$out/grpo/model"
 step ee-iwm early-experience configs/sokoban_early_experience.yaml name=ee-iwm
 step ee-iwm-eval eval $eval_cfg name=ee-iwm-eval policy.model="$out/ee-iwm/model"
 step ee-sr early-experience configs/sokoban_early_experience.yaml name=ee-sr early_experience.variant=sr
 step ee-sr-eval eval $eval_cfg name=ee-sr-eval policy.model="$out/ee-sr/model"
+step grpo grpo configs/sokoban_grpo.yaml name=grpo grpo.steps=12
+step grpo-eval eval $eval_cfg name=grpo-eval policy.model="$out/grpo/model"
 step leafe-from-grpo run $eval_cfg name=leafe-from-grpo run.init_from="$out/grpo" run.eval_base=false
