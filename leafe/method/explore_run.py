@@ -39,13 +39,18 @@ def run_exploration(
     section = cfg.explore
     settings = section  # an ExploreConfig is the ExploreSettings plus which tasks and method
     trees_file = run.path / TREES_FILE
-    done = len(set(load_trees(trees_file)) & {task.task_id for task in tasks})
+    wanted = {task.task_id for task in tasks}
+    earlier = [tree for task_id, tree in load_trees(trees_file).items() if task_id in wanted]
+    solved = sum(tree.summary().solved for tree in earlier)  # tasks solved so far, shown on the bar
     reflector = None if section.method == "independent" else make_reflector(settings, agent, reflector_policy)
-    with tqdm(total=len(tasks), initial=done, desc=f"explore ({section.method})", unit="task") as bar:
+    with tqdm(total=len(tasks), initial=len(earlier), desc=f"explore ({section.method})", unit="task") as bar:
+        bar.set_postfix(solved=solved)
 
         def finished(tree: ExperienceTree) -> None:
+            nonlocal solved
+            solved += tree.summary().solved
             bar.update(1)
-            bar.set_postfix(solved=tree.summary().solved)
+            bar.set_postfix(solved=solved)
 
         trees = run_method(section.method, tasks, agent, settings, cfg.seed, trees_file, reflector=reflector, on_tree=finished)
     summary = summarize(trees)
