@@ -1,7 +1,8 @@
 #!/bin/bash
 # Issue 7, second environment: base vs GRPO vs Early Experience (iwm, sr) vs LEAFE vs
-# LEAFE-from-GRPO on the 16 held-out generated problems of configs/coding_leafe.yaml (n=32, 3
-# submissions per episode), every model evaluated with that config's eval and rollout sections.
+# LEAFE-from-GRPO, and Reflexion at test time, on the 16 held-out generated problems of
+# configs/coding_leafe.yaml (n=32, 3 submissions per episode), every model evaluated with that
+# config's eval and rollout sections.
 # Training budgets: LEAFE explores 64 train problems x 12 submissions (768 env steps); GRPO 12 steps
 # x 4 problems x 8 episodes (<= 1,152 env steps); Early Experience 64 reference solutions x 4
 # alternatives. Usage: bash bench/baselines_coding.sh OUT_DIR  (about 2.5 hours on 2 cores; run it
@@ -23,3 +24,5 @@ step ee-iwm-eval eval $eval_cfg name=ee-iwm-eval policy.model="$out/ee-iwm/model
 step ee-sr early-experience configs/coding_early_experience.yaml name=ee-sr early_experience.variant=sr
 step ee-sr-eval eval $eval_cfg name=ee-sr-eval policy.model="$out/ee-sr/model"
 step leafe-from-grpo run $eval_cfg name=leafe-from-grpo run.init_from="$out/grpo" run.eval_base=false
+# Inference-time reflection (Reflexion-style) with the reflector LEAFE explored with: up to 3 attempts per sample
+step reflexion eval $eval_cfg name=reflexion eval.method=reflexion eval.budget_episodes=3 explore.reflector=env

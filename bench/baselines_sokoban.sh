@@ -1,7 +1,7 @@
 #!/bin/bash
-# Issue 7: base vs GRPO vs Early Experience (iwm, sr) vs LEAFE vs LEAFE-from-GRPO on the 16
-# held-out rooms of configs/sokoban_leafe.yaml (n=32, 8 turns), every model evaluated with that
-# config's eval and rollout sections. Training budgets: GRPO 12 steps x 4 rooms x 8 episodes
+# Issue 7: base vs GRPO vs Early Experience (iwm, sr) vs LEAFE vs LEAFE-from-GRPO, and Reflexion
+# at test time, on the 16 held-out rooms of configs/sokoban_leafe.yaml (n=32, 8 turns), every
+# model evaluated with that config's eval and rollout sections. Training budgets: GRPO 12 steps x 4 rooms x 8 episodes
 # (<= 3,072 env steps, as LEAFE's 64 rooms x 48 turns); Early Experience 32 rooms x 4 expert
 # states x (1 + 2 alternatives). Usage: bash bench/baselines_sokoban.sh OUT_DIR  (hours on 2 cores;
 # run it from a frozen checkout; every stage resumes when rerun). Then:
@@ -22,3 +22,5 @@ step ee-sr-eval eval $eval_cfg name=ee-sr-eval policy.model="$out/ee-sr/model"
 step grpo grpo configs/sokoban_grpo.yaml name=grpo grpo.steps=12
 step grpo-eval eval $eval_cfg name=grpo-eval policy.model="$out/grpo/model"
 step leafe-from-grpo run $eval_cfg name=leafe-from-grpo run.init_from="$out/grpo" run.eval_base=false
+# Inference-time reflection (Reflexion-style) with the reflector LEAFE explored with: up to 3 attempts per sample
+step reflexion eval $eval_cfg name=reflexion eval.method=reflexion eval.budget_episodes=3 explore.reflector=env
