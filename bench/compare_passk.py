@@ -3,7 +3,8 @@
     .venv/bin/python bench/compare_passk.py OUT.png base=/tmp/b/eval-base/metrics.json grpo=/tmp/b/grpo-eval/metrics.json
 
 Each ``LABEL=PATH`` is a ``metrics.json`` written by ``leafe eval`` or ``leafe run``. The runs
-must share their test tasks (checked) for the comparison to mean anything.
+must share their test tasks (checked) for the comparison to mean anything. A second table gives
+what one sample cost at test time (a Reflexion sample is a chain of attempts).
 """
 
 from __future__ import annotations
@@ -41,7 +42,23 @@ def main() -> None:
     for label, curve in curves.items():
         cells = [f"{100 * curve.mean[i]:.1f} [{100 * curve.ci_low[i]:.1f}, {100 * curve.ci_high[i]:.1f}]" for i, k in enumerate(curve.ks) if k in ks]
         print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    print("| model | success rate per sample % | env steps per sample | model tokens per sample |")
+    print("|---|---:|---:|---:|")
+    for label, item in zip(curves, args.runs):
+        details = json.loads(Path(item.partition("=")[2]).read_text()).get("details", {})
+        steps, tokens = test_time_cost(details)
+        rate = details.get("success_rate")
+        print(f"| {label} | {'?' if rate is None else f'{100 * rate:.1f}'} | {steps} | {tokens} |")
     print(f"plot: {plot_pass_at_k(curves, args.plot, args.title)}")
+
+
+def test_time_cost(details: dict) -> tuple[str, str]:
+    """Mean env steps and model tokens one sample cost at test time: an episode of ``leafe eval``,
+    a whole chain of attempts (reflections included) of ``eval.method: reflexion``."""
+    steps = details.get("mean_env_steps_per_sample", details.get("mean_steps"))
+    tokens = details.get("mean_model_tokens_per_sample", details.get("mean_model_tokens"))
+    return ("?" if steps is None else f"{steps:.2f}", "?" if tokens is None else f"{tokens:,.0f}")
 
 
 if __name__ == "__main__":
