@@ -4,7 +4,9 @@
 
 Each ``LABEL=PATH`` is a ``metrics.json`` written by ``leafe eval`` or ``leafe run``. The runs
 must share their test tasks (checked) for the comparison to mean anything. A second table gives
-what one sample cost at test time (a Reflexion sample is a chain of attempts).
+each run's difference from the first one with a paired bootstrap interval (the same resampled
+tasks for both runs), a third what one sample cost at test time (a Reflexion sample is a chain of
+attempts).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leafe.eval.passk import PassAtK  # noqa: E402
+from leafe.eval.passk import PassAtK, paired_difference  # noqa: E402
 from leafe.eval.report import plot_pass_at_k  # noqa: E402
 
 
@@ -41,6 +43,16 @@ def main() -> None:
     print("|---|" + "---:|" * len(ks))
     for label, curve in curves.items():
         cells = [f"{100 * curve.mean[i]:.1f} [{100 * curve.ci_low[i]:.1f}, {100 * curve.ci_high[i]:.1f}]" for i, k in enumerate(curve.ks) if k in ks]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    reference = next(iter(curves))
+    print()
+    print(f"Difference from {reference}, percentage points [95% paired bootstrap interval over tasks]:")
+    print()
+    print("| model | " + " | ".join(f"Pass@{k}" for k in ks) + " |")
+    print("|---|" + "---:|" * len(ks))
+    for label, curve in list(curves.items())[1:]:
+        d = paired_difference(curves[reference], curve)
+        cells = [f"{100 * d.difference[i]:+.1f} [{100 * d.ci_low[i]:+.1f}, {100 * d.ci_high[i]:+.1f}]" for i, k in enumerate(d.ks) if k in ks]
         print(f"| {label} | " + " | ".join(cells) + " |")
     print()
     print("| model | success rate per sample % | env steps per sample | model tokens per sample |")

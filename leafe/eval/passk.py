@@ -183,26 +183,11 @@ def compute_pass_at_k(
     for k in sorted_ks:
         _check_k(k, n)
 
-    # (T, K) per-task estimates; the estimator only depends on c, so evaluate each distinct c once.
-    successes = np.array([c for _, c in per_task.values()], dtype=np.int64)
-    distinct_c, task_to_c = np.unique(successes, return_inverse=True)
-    by_c = np.array([[pass_at_k(n, c, k) for k in sorted_ks] for c in distinct_c])
-    estimates = by_c[task_to_c.reshape(-1)]
+    estimates = _estimates(list(per_task.values()), sorted_ks)
     num_tasks = len(per_task)
     mean = estimates.mean(axis=0)
 
-    # Resample task indices (B, T); count how often each task is drawn in each resample (B, T),
-    # so the (B, K) resampled means are one matrix product instead of a (B, T, K) gather.
-    rng = np.random.default_rng(seed)
-    indices = rng.integers(0, num_tasks, size=(num_bootstrap, num_tasks))
-    rows = np.arange(num_bootstrap)[:, None] * num_tasks
-    draws = np.bincount((rows + indices).ravel(), minlength=num_bootstrap * num_tasks)
-    boot_means = draws.reshape(num_bootstrap, num_tasks).astype(np.float64) @ estimates / num_tasks
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(boot_means, [tail, 1.0 - tail], axis=0)
-    # Summation order differs between the mean and the resampled means; keep round-off from
-    # pushing a degenerate interval (e.g. a single task) off the point estimate.
-    low, high = np.minimum(low, mean), np.maximum(high, mean)
+    low, high = _bootstrap_interval(estimates, num_bootstrap, confidence, seed)
 
     return PassAtK(
         ks=sorted_ks,
@@ -215,3 +200,81 @@ def compute_pass_at_k(
         num_bootstrap=int(num_bootstrap),
         per_task=per_task,
     )
+
+
+def _estimates(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> np.ndarray:
+    """(T, K) per-task Pass@k estimates of T (n, c) pairs; each distinct (n, c) is evaluated once."""
+    distinct = {pair: [pass_at_k(pair[0], pair[1], k) for k in ks] for pair in set(counts)}
+    return np.array([distinct[pair] for pair in counts], dtype=np.float64).reshape(len(counts), len(ks))
+
+
+def _bootstrap_interval(
+    estimates: np.ndarray, num_bootstrap: int, confidence: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval (two (K,) arrays) of the column means of ``estimates`` (T, K),
+    resampling its rows (tasks) with replacement; the same resampled rows serve every column."""
+    num_tasks = estimates.shape[0]
+    mean = estimates.mean(axis=0)
+    # Resample task indices (B, T); count how often each task is drawn in each resample (B, T),
+    # so the (B, K) resampled means are one matrix product instead of a (B, T, K) gather.
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, num_tasks, size=(num_bootstrap, num_tasks))
+    rows = np.arange(num_bootstrap)[:, None] * num_tasks
+    draws = np.bincount((rows + indices).ravel(), minlength=num_bootstrap * num_tasks)
+    boot_means = draws.reshape(num_bootstrap, num_tasks).astype(np.float64) @ estimates / num_tasks
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(boot_means, [tail, 1.0 - tail], axis=0)
+    # Summation order differs between the mean and the resampled means; keep round-off from
+    # pushing a degenerate interval (e.g. a single task) off the point estimate.
+    return np.minimum(low, mean), np.maximum(high, mean)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Pass@k of run B minus Pass@k of run A on the same tasks, with a paired bootstrap interval.
+
+    Attributes:
+        ks: the k values both runs report (increasing); the sequences below have one entry per k.
+        difference: mean over tasks of (B's estimate - A's estimate), a fraction in [-1, 1].
+        ci_low: lower end of the paired bootstrap interval of ``difference``.
+        ci_high: upper end.
+        num_tasks: tasks compared (both runs must have evaluated exactly these).
+        confidence: coverage of the interval.
+    """
+
+    ks: tuple[int, ...]
+    difference: tuple[float, ...]
+    ci_low: tuple[float, ...]
+    ci_high: tuple[float, ...]
+    num_tasks: int
+    confidence: float
+
+
+def paired_difference(
+    a: PassAtK, b: PassAtK, num_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> PairedDifference:
+    """B minus A, task by task: the interval resamples tasks and takes both runs' estimates of each
+    drawn task, so the variation *between* tasks (large here: some tasks are always solved, some
+    never) cancels, and it is much tighter than comparing two unpaired intervals.
+
+    Raises:
+        ValueError: the runs evaluated different task sets, or share no k.
+    """
+    if set(a.per_task) != set(b.per_task):
+        only_a, only_b = sorted(set(a.per_task) - set(b.per_task)), sorted(set(b.per_task) - set(a.per_task))
+        raise ValueError(f"the runs evaluated different tasks (only in A: {only_a[:3]}, only in B: {only_b[:3]})")
+    ks = tuple(sorted(set(a.ks) & set(b.ks)))
+    if not ks:
+        raise ValueError(f"the runs share no k (A: {a.ks}, B: {b.ks})")
+    tasks = sorted(a.per_task)
+    diffs = _estimates([b.per_task[t] for t in tasks], ks) - _estimates([a.per_task[t] for t in tasks], ks)  # (T, K)
+    low, high = _bootstrap_interval(diffs, num_bootstrap, confidence, seed)
+    return PairedDifference(
+        ks=ks,
+        difference=tuple(float(x) for x in diffs.mean(axis=0)),
+        ci_low=tuple(float(x) for x in low),
+        ci_high=tuple(float(x) for x in high),
+        num_tasks=len(tasks),
+        confidence=float(confidence),
+    )
+

@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from leafe.eval.passk import PassAtK, compute_pass_at_k, pass_at_k
+from leafe.eval.passk import PassAtK, compute_pass_at_k, paired_difference, pass_at_k
 
 
 def _enumerated_pass_at_k(n: int, c: int, k: int) -> Fraction:
@@ -202,3 +202,34 @@ def test_mismatched_lengths_are_rejected() -> None:
             num_bootstrap=10,
             per_task={"a": (2, 1)},
         )
+
+
+def test_paired_difference_by_hand():
+    a = compute_pass_at_k({"t1": (4, 0), "t2": (4, 4)}, ks=[1, 2])
+    b = compute_pass_at_k({"t1": (4, 2), "t2": (4, 4)}, ks=[1, 2, 4])
+    d = paired_difference(a, b, num_bootstrap=2000)
+    assert d.ks == (1, 2) and d.num_tasks == 2  # the ks both runs report
+    # t1 gains 2/4 = 0.5 at k=1 and 1 - C(2,2)/C(4,2) = 5/6 at k=2; t2 gains nothing
+    assert d.difference == pytest.approx((0.25, 5 / 12))
+    # resampled means of {0.5, 0} are 0, 0.25 or 0.5: the 95% interval spans them
+    assert d.ci_low == pytest.approx((0.0, 0.0)) and d.ci_high == pytest.approx((0.5, 5 / 6))
+    same = paired_difference(a, a)
+    assert same.difference == (0.0, 0.0) and same.ci_low == (0.0, 0.0) and same.ci_high == (0.0, 0.0)
+
+
+def test_paired_interval_is_tighter_than_unpaired_ones_for_a_uniform_gain():
+    counts = {f"t{i}": (8, c) for i, c in enumerate([0, 1, 2, 3, 4, 5, 6, 7] * 2)}
+    better = {task: (n, c + 1) for task, (n, c) in counts.items()}
+    a, b = compute_pass_at_k(counts, ks=[1]), compute_pass_at_k(better, ks=[1])
+    d = paired_difference(a, b)
+    assert d.difference[0] == pytest.approx(1 / 8)
+    assert (d.ci_low[0], d.ci_high[0]) == pytest.approx((1 / 8, 1 / 8))  # every task gains exactly 1/8
+    assert a.ci_high[0] > b.ci_low[0]  # the unpaired intervals overlap
+
+
+def test_paired_difference_needs_the_same_tasks_and_a_shared_k():
+    a = compute_pass_at_k({"t1": (4, 1)}, ks=[1])
+    with pytest.raises(ValueError, match="different tasks.*only in B: \\['t2'\\]"):
+        paired_difference(a, compute_pass_at_k({"t1": (4, 1), "t2": (4, 0)}, ks=[1]))
+    with pytest.raises(ValueError, match="share no k"):
+        paired_difference(a, compute_pass_at_k({"t1": (4, 1)}, ks=[2]))
