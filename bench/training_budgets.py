@@ -4,12 +4,13 @@
 
 Each ``LABEL=RUN_DIR`` is a run directory of ``leafe run`` (round 1's exploration and SFT are
 counted, not its evaluations; steps spent replaying to rollback points are shown apart),
-``leafe grpo`` or ``leafe early-experience``. Model tokens are prompt + completion tokens of every model call made to collect the training data (rollouts,
-reflections, rationales), as the exploration budgets count them. Wall time is what the run's own
-records say: GRPO's rollout + update seconds, Early Experience's collection (its last invocation)
-plus SFT seconds, and LEAFE's time from the start of exploration to the end of SFT (from
-``leafe.log``). A run that was killed and resumed has the gap between its invocations in the
-log-based figures.
+``leafe grpo`` or ``leafe early-experience``. Model tokens are prompt + completion tokens of every
+model call made to collect the training data (rollouts, reflections, rationales), as the
+exploration budgets count them. Wall time is what the run's own records say: GRPO's rollout +
+update seconds; Early Experience's collection plus SFT seconds (a run made before collection
+seconds were kept per chunk counts only its last invocation's collection); LEAFE's time from the
+start of exploration to the end of SFT, from ``leafe.log`` (a run that was killed and resumed has
+the gap between its invocations in it).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def early_experience_budget(run: Path) -> dict[str, float | None]:
     """Collection + SFT phases of a ``leafe early-experience`` run (``summary.json``)."""
     summary = json.loads((run / "summary.json").read_text())
     phases = summary["sft"].values()
-    collection = summary.get("collection_seconds_this_invocation", 0.0)
+    collection = summary.get("collection_seconds", summary.get("collection_seconds_this_invocation", 0.0))
     return {
         "env_steps": summary["collection_cost"]["env_steps"],
         "model_tokens": summary["collection_cost"]["model_tokens"],

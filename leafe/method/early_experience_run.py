@@ -2,7 +2,7 @@
 
 Run directory layout (``output_dir/name``)::
 
-    states.jsonl        one line per chunk of tasks: {"tasks", "states", "cost"} (resume unit)
+    states.jsonl        one line per chunk of tasks: {"tasks", "states", "cost", "seconds"} (resume unit)
     data.jsonl          the training examples (all phases, exported like LEAFE's data.jsonl)
     world_model/        iwm only: the first SFT phase (next-observation prediction)
     model/              the trained policy (evaluate it with leafe eval ... policy.model=...)
@@ -38,24 +38,25 @@ TASKS_PER_CHUNK = 8
 def collect_all(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: list[Task]) -> tuple[list[ExpertState], Cost, float]:
     """All expert states of ``tasks`` with alternatives; finished chunks are read from disk.
 
-    Returns (states in task order, total cost over every invocation, seconds of this invocation).
+    Returns (states in task order, total cost over every invocation, collection seconds over every
+    invocation: each chunk's record keeps its own).
     """
     section = cfg.early_experience
     states_file = run.path / "states.jsonl"
     done: dict[str, list[ExpertState]] = {}
-    total = Cost()
+    total, seconds = Cost(), 0.0
     for record in read_jsonl(states_file):
+        seconds += record.get("seconds", 0.0)
         for task_id, states in zip(record["tasks"], record["states"]):
             done[task_id] = [ExpertState.from_dict(state) for state in states]
         for key, value in record["cost"].items():
             setattr(total, key, getattr(total, key) + value)
     chunks = [tasks[i : i + TASKS_PER_CHUNK] for i in range(0, len(tasks), TASKS_PER_CHUNK)]
-    started = time.perf_counter()
     with tqdm(total=len(tasks), initial=sum(task.task_id in done for task in tasks), desc="early experience", unit="task") as bar:
         for chunk in chunks:
             if all(task.task_id in done for task in chunk):
                 continue
-            cost = Cost()
+            cost, started = Cost(), time.perf_counter()
             per_task = collect(
                 agent.make_env, agent.policy, agent.prompter, agent.sampling, chunk,
                 variant=section.variant, alternatives=section.alternatives,
@@ -66,13 +67,15 @@ def collect_all(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: list[Ta
                 "tasks": [task.task_id for task in chunk],
                 "states": [[state.to_dict() for state in states] for states in per_task],
                 "cost": cost.__dict__,
+                "seconds": (elapsed := round(time.perf_counter() - started, 2)),
             })
+            seconds += elapsed  # as recorded, so a rerun adds up the same total
             for task, states in zip(chunk, per_task):
                 done[task.task_id] = states
             for key, value in cost.__dict__.items():
                 setattr(total, key, getattr(total, key) + value)
             bar.update(len(chunk))
-    return [state for task in tasks for state in done[task.task_id]], total, time.perf_counter() - started
+    return [state for task in tasks for state in done[task.task_id]], total, seconds
 
 
 def train_early_experience(
@@ -116,7 +119,7 @@ def train_early_experience(
         "rationales": sum(bool(s.rationale) for s in states),
         "examples": {phase: _kinds(examples) for phase, examples in phases.items()},
         "collection_cost": {**cost.__dict__, "model_tokens": cost.prompt_tokens + cost.completion_tokens},
-        "collection_seconds_this_invocation": round(collect_seconds, 1),
+        "collection_seconds": round(collect_seconds, 1),
         "sft": trained,
         "model_dir": policy.model_dir,
     }
