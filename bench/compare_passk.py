@@ -28,12 +28,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="LABEL=path/to/metrics.json")
     parser.add_argument("--title", default="Pass@k on the same test tasks")
     args = parser.parse_args()
-    curves: dict[str, PassAtK] = {}
+    records: dict[str, dict] = {}  # label -> the metrics.json contents
     for item in args.runs:
         label, _, path = item.partition("=")
         if not path:
             parser.error(f"{item!r}: expected LABEL=path/to/metrics.json")
-        curves[label] = PassAtK.from_dict(json.loads(Path(path).read_text()))
+        records[label] = json.loads(Path(path).read_text())
+    curves = {label: PassAtK.from_dict(record) for label, record in records.items()}
     task_sets = {label: set(curve.per_task) for label, curve in curves.items()}
     first = next(iter(task_sets.values()))
     if any(tasks != first for tasks in task_sets.values()):
@@ -57,8 +58,8 @@ def main() -> None:
     print()
     print("| model | success rate per sample % | env steps per sample | model tokens per sample |")
     print("|---|---:|---:|---:|")
-    for label, item in zip(curves, args.runs):
-        details = json.loads(Path(item.partition("=")[2]).read_text()).get("details", {})
+    for label, record in records.items():
+        details = record.get("details", {})
         steps, tokens = test_time_cost(details)
         rate = details.get("success_rate")
         print(f"| {label} | {'?' if rate is None else f'{100 * rate:.1f}'} | {steps} | {tokens} |")

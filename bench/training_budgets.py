@@ -48,7 +48,7 @@ def leafe_budget(run: Path) -> dict[str, float | None]:
         "env_steps": explore["env_steps"],
         "rollback_env_steps": explore.get("rollback_env_steps", 0),
         "model_tokens": explore["model_tokens"],
-        "trained_tokens": sft["tokens"] * 1.0,
+        "trained_tokens": sft["tokens"],
         "optimizer_steps": sft["steps"],
         "seconds": _log_times(run, "leafe.method.explore: explore", "Merged LoRA adapter")
         or _log_times(run, "leafe.method.explore: explore", "leafe.pipeline: data"),
@@ -110,7 +110,7 @@ def main() -> None:
         wall = f"{b['seconds'] / 60:.1f} min" if b["seconds"] else "?"
         rss = f"{b['peak_rss_mib'] / 1024:.1f} GiB" if b["peak_rss_mib"] else "?"
         print(
-            f"| {label} | {steps} | {b['model_tokens']:,} | {int(b['trained_tokens']):,} | "
+            f"| {label} | {steps} | {b['model_tokens']:,} | {b['trained_tokens']:,} | "
             f"{b['optimizer_steps']} | {wall} | {rss} |"
         )
 

@@ -237,9 +237,10 @@ class CodingEnv:
         """
         problem = self.problem_of(task)
         for turn, action in enumerate(actions, 1):
-            if action is None or not extract_program(action).strip():
+            program = "" if action is None else extract_program(action)
+            if not program.strip():
                 return Diagnosis(turn, f"Turn {turn} submitted no program. Submit one complete program in a ```python block.")
-            verdict = self.judge(problem, extract_program(action))
+            verdict = self.judge(problem, program)
             if not verdict.solved:
                 feedback = " ".join(verdict.feedback.split())
                 return Diagnosis(
