@@ -53,6 +53,7 @@ class CodingConfig(_Section):
     source: Literal["generated", "humaneval", "codecontests", "apps", "mbpp"] = "generated"
     data_path: str | None = None
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    split_by: Literal["problem", "template"] = "problem"
     timeout_s: float = Field(4.0, gt=0.0, le=600.0)
     cpu_time_s: float = Field(2.0, gt=0.0, le=600.0)
     memory_mb: int = Field(512, ge=64, le=65536)
@@ -69,6 +70,8 @@ class CodingConfig(_Section):
             raise ValueError(f"data_path: required when source is {self.source!r} (a file or directory of its data)")
         if not from_files and self.data_path:
             raise ValueError(f"data_path: only used with source codecontests, apps or mbpp, not {self.source!r}")
+        if self.split_by == "template" and self.source != "generated":
+            raise ValueError(f"split_by: 'template' only applies to source 'generated', not {self.source!r}")
         return self
 
 

@@ -417,7 +417,7 @@ def build_coding_env(cfg: CodingConfig) -> tuple[Callable[[], CodingEnv], Coding
         sandbox_status(cfg.isolation)
     except SandboxError as error:
         raise ConfigError(f"env.isolation: {error}") from None
-    tasks = CodingTasks(cfg.source, problems, cfg.test_fraction)
+    tasks = CodingTasks(cfg.source, problems, cfg.test_fraction, cfg.split_by)
     limits = SandboxLimits(
         cpu_seconds=cfg.cpu_time_s,
         wall_seconds=cfg.timeout_s,

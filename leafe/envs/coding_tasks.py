@@ -11,7 +11,9 @@ Two built-in sources and three file formats (see :mod:`leafe.envs.coding_loaders
 * ``codecontests``, ``apps``, ``mbpp``: files in their published formats at a user-given path.
 
 A problem belongs to the test split when a hash of its id, mapped to [0, 1), is below
-``test_fraction``, so the splits never share a problem and do not depend on load order.
+``test_fraction``, so the splits never share a problem and do not depend on load order. With
+``split_by="template"`` (generated source only) the hash is of the template instead, so train and
+test share no template either: a test of generalisation rather than of new parameters.
 """
 
 from __future__ import annotations
@@ -86,21 +88,43 @@ class Problem:
 
 
 def split_of(problem_id: str, test_fraction: float) -> str:
-    """``"test"`` or ``"train"``: the split ``problem_id`` belongs to."""
+    """``"test"`` or ``"train"``: the split ``problem_id`` (or any split key) belongs to."""
     value = int.from_bytes(hashlib.sha256(problem_id.encode()).digest()[:8], "big") / 2**64
     return "test" if value < test_fraction else "train"
 
 
+SPLIT_BY = ("problem", "template")
+
+
+def split_key(source: str, problem_id: str, split_by: str) -> str:
+    """What the split hashes: the problem id, or (``split_by="template"``, generated source) the
+    template of ``"<template>/<parameter>"``.
+
+    Raises:
+        ValueError: ``split_by`` is unknown, or ``"template"`` for a source without templates.
+    """
+    if split_by == "problem":
+        return problem_id
+    if split_by != "template":
+        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    if source != "generated":
+        raise ValueError(f"split_by 'template' only applies to the generated source, not {source!r}")
+    return problem_id.rsplit("/", 1)[0]
+
+
 class CodingTasks:
-    """A finite list of problems split into train and test by :func:`split_of`.
+    """A finite list of problems split into train and test by :func:`split_of` of their
+    :func:`split_key` (the problem id, or its template).
 
     Task ``i`` of a split is the ``i``-th problem of that split in source order; its params
     name the source and the problem, which the environment looks up in :attr:`problems`.
     """
 
-    def __init__(self, source: str, problems: Sequence[Problem], test_fraction: float = 0.5) -> None:
+    def __init__(self, source: str, problems: Sequence[Problem], test_fraction: float = 0.5,
+                 split_by: str = "problem") -> None:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        split_key(source, "", split_by)  # fail on a bad split_by before loading anything
         self.source = source
         self.problems: dict[str, Problem] = {}
         for problem in problems:
@@ -109,7 +133,7 @@ class CodingTasks:
             self.problems[problem.problem_id] = problem
         self._splits: dict[str, list[str]] = {"train": [], "test": []}
         for problem_id in self.problems:
-            self._splits[split_of(problem_id, test_fraction)].append(problem_id)
+            self._splits[split_of(split_key(source, problem_id, split_by), test_fraction)].append(problem_id)
 
     def tasks(self, split: str, count: int | None = None) -> list[Task]:
         """The first ``count`` tasks (all when ``None``) of ``split`` in a fixed order."""

@@ -242,6 +242,7 @@ def test_config_builds_the_env_and_bad_data_is_a_clear_config_error(tmp_path):
         ({"name": "coding", "source": "apps"}, "env.data_path: required when source is 'apps'"),
         ({"name": "coding", "data_path": "x.jsonl"}, "env.data_path: only used with source codecontests"),
         ({"name": "coding", "source": "leetcode"}, "env.source: Input should be"),
+        ({"name": "coding", "source": "humaneval", "split_by": "template"}, "env.split_by: 'template' only applies to source 'generated'"),
         ({"name": "codnig"}, "env.name: unknown environment; expected one of: sokoban, coding, household, alfworld, shop, webshop, scienceworld (got 'codnig')"),
     ],
 )

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from leafe.envs.coding_tasks import CodingTasks, DataError, Problem, TestCase, generated_problems, humaneval_problems, split_of
+from leafe.envs.coding_tasks import (
+    GENERATED_KINDS,
+    CodingTasks,
+    DataError,
+    Problem,
+    TestCase,
+    generated_problems,
+    humaneval_problems,
+    split_key,
+    split_of,
+)
 
 
 def test_humaneval_has_164_problems_with_tests_and_solutions():
@@ -37,6 +47,25 @@ def test_splits_are_disjoint_stable_and_complete(source, problems):
     assert len(train) + len(test) == len(problems()) and min(len(train), len(test)) > len(problems()) // 4
     assert all(split_of(t.params["problem_id"], 0.5) == "test" for t in test)
     assert tasks.tasks("test", 3) == test[:3] and test[0].task_id == f"coding/{source}/{test[0].params['problem_id']}"
+
+
+def test_template_split_shares_no_template_between_train_and_test():
+    by_problem = CodingTasks("generated", generated_problems(), test_fraction=0.5)
+    by_template = CodingTasks("generated", generated_problems(), test_fraction=0.5, split_by="template")
+
+    def templates(tasks, split):
+        return {t.params["problem_id"].split("/")[0] for t in tasks.tasks(split)}
+
+    assert templates(by_problem, "train") & templates(by_problem, "test")  # the default split shares them
+    train, test = templates(by_template, "train"), templates(by_template, "test")
+    assert train and test and not train & test and train | test == set(GENERATED_KINDS)
+    assert len(by_template.tasks("train")) + len(by_template.tasks("test")) == len(generated_problems())
+    assert all(split_of(kind, 0.5) == "test" for kind in test)
+    assert split_key("generated", "add/3", "template") == "add" and split_key("humaneval", "HumanEval/3", "problem") == "HumanEval/3"
+    with pytest.raises(ValueError, match="only applies to the generated source"):
+        CodingTasks("humaneval", humaneval_problems(), split_by="template")
+    with pytest.raises(ValueError, match="split_by must be one of"):
+        CodingTasks("generated", generated_problems(), split_by="parameter")
 
 
 def test_task_count_and_split_errors():
