@@ -3,7 +3,6 @@
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -75,15 +74,21 @@ def test_config_is_frozen():
         cfg.seed = 3  # type: ignore[misc]
 
 
-def test_cli_rejects_bad_field_in_under_a_second(tmp_path):
+def test_cli_rejects_bad_field_before_importing_torch(tmp_path):
+    """A config error is reported before any heavy import (torch, transformers), so it takes well
+    under a second; checked by what the process imported, not by a wall clock."""
     config = tmp_path / "exp.yaml"
     config.write_text("policy:\n  temprature: 0.5\n")
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "leafe.cli", "eval", str(config)], capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    assert result.returncode == 2
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['leafe', 'eval', {str(config)!r}]\n"
+        "try:\n    runpy.run_module('leafe.cli', run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.__stdout__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert "policy.temprature" in result.stderr and "Traceback" not in result.stderr
-    assert elapsed < 1.0, f"config error took {elapsed:.2f}s"
+    assert result.stdout.split() == ["exit", "2", "False", "False"], result.stdout + result.stderr
 
 
 def test_explore_section_is_validated():
