@@ -124,7 +124,7 @@ class CodingTasks:
                  split_by: str = "problem") -> None:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        split_key(source, "", split_by)  # fail on a bad split_by before loading anything
+        split_key(source, "", split_by)  # a bad split_by fails here even with no problems
         self.source = source
         self.problems: dict[str, Problem] = {}
         for problem in problems:
