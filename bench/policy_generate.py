@@ -2,7 +2,7 @@
 
 Measures: the one-time GGUF -> safetensors conversion (into a throwaway cache), reloading the
 converted model, and generation throughput of a batch of long prompts, comparing the policy's
-seeded Gumbel-max sampling with plain ``model.generate(do_sample=True)`` on the same batch.
+seeded sampling with plain ``model.generate(do_sample=True)`` on the same batch.
 
     python bench/policy_generate.py                     # 16 x ~300-token prompts, 32 new tokens
     python bench/policy_generate.py --batch-size 4 --prompt-len 100 --skip-conversion
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from leafe.policy import GenerationRequest, SamplingParams, resolve_model  # noqa: E402
-from leafe.policy.transformers_backend import GumbelMaxSampler, TransformersPolicy  # noqa: E402
+from leafe.policy.transformers_backend import SeededSampler, TransformersPolicy  # noqa: E402
 
 FILLER = (
     "You are in a small warehouse. The walls are made of grey bricks and the floor is covered with dust. "
@@ -138,7 +138,7 @@ def main() -> None:
 
     policy.generate(requests[:2], SamplingParams(max_new_tokens=2))  # warm-up
     variants = [
-        (f"policy.generate, Gumbel sampler T={args.temperature}", lambda: ours(params)),
+        (f"policy.generate, seeded sampler T={args.temperature}", lambda: ours(params)),
         ("policy.generate, greedy T=0", lambda: ours(greedy)),
         (f"model.generate(do_sample=True, T={args.temperature}, top_k=0)", lambda: plain(True)),
         ("model.generate(do_sample=False)", lambda: plain(False)),
@@ -158,7 +158,7 @@ def main() -> None:
         table.append((label, seconds, n, n / seconds, (n + prompt_tokens) / seconds))
 
     vocab = model.config.vocab_size
-    sampler = GumbelMaxSampler(range(args.batch_size), args.temperature)
+    sampler = SeededSampler(range(args.batch_size), args.temperature)
     scores = torch.randn(args.batch_size, vocab)
     noise_s, _ = timed(lambda: [sampler(None, scores) for _ in range(20)], 3)
 
@@ -169,7 +169,7 @@ def main() -> None:
     print(f"\n  {'variant':<58} {'time':>7} {'gen tok':>8} {'gen tok/s':>10} {'all tok/s':>10}")
     for label, seconds, generated, gen_rate, all_rate in table:
         print(f"  {label:<58} {seconds:6.2f}s {generated:8d} {gen_rate:10.1f} {all_rate:10.1f}")
-    print(f"\n  Gumbel processor alone: {noise_s / 20 * 1000:.1f} ms per decode step for {args.batch_size} rows "
+    print(f"\n  Seeded sampler alone: {noise_s / 20 * 1000:.1f} ms per decode step for {args.batch_size} rows "
           f"(vocab {vocab})")  # fmt: skip
     print("  'gen tok' counts tokens up to each row's end (eos) for the policy, batch steps x rows for "
           "model.generate.")

@@ -15,7 +15,7 @@ embedding, LM head); only attention and the cache layout are ours. That covers t
 (Llama 2/3, SmolLM, Mistral without sliding window use, Qwen2, Qwen3); anything else raises
 :class:`UnsupportedModel` (``backend: auto`` then falls back to transformers).
 
-Sampling is the same seeded Gumbel-max as the transformers backend (:mod:`leafe.policy.sampling`),
+Sampling is the same seeded sampler as the transformers backend (:mod:`leafe.policy.sampling`),
 so for the same logits both backends draw the same tokens for the same seed. Logits are not bitwise
 equal (different matmul shapes), so a near-tie can still go the other way.
 
@@ -55,8 +55,21 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "EngineStats", "NativePolicy", "NativeStream
 logger = logging.getLogger(__name__)
 
 _CAPACITY_STEP = 128  # slot capacity grows in multiples of this many positions
+_CAPACITY_GROWTH = 1.5  # ... and by at least this factor
 _MIN_SHARED = 16  # a prefix shared by new prompts is computed once if it is at least this long
 _stream_ids = itertools.count()
+
+
+def _grown(old: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``old`` ``(slots, kv_heads, capacity, head_dim)`` copied into a larger zero-padded tensor of
+    ``shape``; every element is written once (the padding must be finite: attention multiplies
+    masked values by a zero weight, and ``0 * nan`` would poison the row)."""
+    new = old.new_empty(shape)
+    slots, capacity = old.shape[0], old.shape[2]
+    new[:slots, :, :capacity] = old  # sequences in flight
+    new[:slots, :, capacity:] = 0
+    new[slots:] = 0
+    return new
 
 
 def _memory_bytes() -> int:
@@ -218,11 +231,13 @@ class NativePolicy:
         have_capacity = self.keys[0].shape[2] if self.keys else 0
         if have_slots >= slots and have_capacity >= capacity:
             return
-        # Every growth copies the sequences in flight: take all slots at once.
+        # Every growth copies the sequences in flight and faults in fresh memory (most of its
+        # cost): take all slots at once and grow the capacity geometrically, so that prompts
+        # growing turn by turn (an episode's history) cause few growths.
         slots = max(self.max_batch_size, have_slots)
-        if capacity > have_capacity:  # +25%: growing touches (zeroes) all the new memory
-            capacity = max(capacity, min(have_capacity + have_capacity // 4, self.net.max_positions))
-        capacity = max(-(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP, have_capacity)
+        if capacity > have_capacity:
+            capacity = max(capacity, min(int(have_capacity * _CAPACITY_GROWTH), self.net.max_positions))
+        capacity = max(min(-(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP, self.net.max_positions), have_capacity)
         param = self.net.param
         shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
         needed = 2 * len(self.net.layers) * math.prod(shape) * param.element_size()
@@ -237,8 +252,7 @@ class NativePolicy:
         for store in (self.keys, self.values):
             for index, old in enumerate(store):  # one tensor at a time: peak memory grows by one layer
                 if old.shape != shape:
-                    store[index] = param.new_zeros(shape)
-                    store[index][: old.shape[0], :, : old.shape[2]] = old  # sequences in flight
+                    store[index] = _grown(old, shape)
                     del old
         self.net.rope_table(capacity)
 

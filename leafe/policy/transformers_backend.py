@@ -1,15 +1,13 @@
 """Policy backend on Hugging Face transformers (``AutoModelForCausalLM.generate``).
 
-Sampling is done with the Gumbel-max trick so that each request's sample depends only on its own
-seed, never on the global torch RNG or on which other requests share its batch:
-
-    argmax_v(logits_v / T + g_v),  g_v ~ Gumbel(0, 1) i.i.d.   ~   Categorical(softmax(logits / T))
-
-:class:`GumbelMaxSampler` (a ``LogitsProcessor``) applies temperature and top-p, then adds Gumbel
-noise drawn from one ``torch.Generator`` per row, seeded with that row's request seed and advanced
-once per generated token. ``generate`` then runs with ``do_sample=False``, so its greedy argmax
-picks the perturbed maximum, an exact sample of the filtered softmax. Temperature 0 is plain greedy
-decoding (no noise).
+Sampling is seeded per request so that each request's sample depends only on its own seed, never
+on the global torch RNG or on which other requests share its batch. :class:`SeededSampler` (a
+``LogitsProcessor``) applies temperature and top-p, draws each row's token by inverting its
+cumulative distribution with one uniform from that row's ``torch.Generator`` (seeded with the
+request seed, advanced once per generated token; :mod:`leafe.policy.sampling`), and returns scores
+that are -inf everywhere but at the drawn token. ``generate`` then runs with ``do_sample=False``,
+so its greedy argmax takes the drawn token: an exact sample of the filtered softmax. Temperature 0
+is plain greedy decoding.
 
 ``generate`` is also kept from applying anything of the model's own ``generation_config`` (top_k,
 temperature, repetition penalty, suppressed tokens, ...): the policy passes a complete
@@ -36,7 +34,7 @@ from transformers import (
 )
 
 from leafe.policy.base import Generation, GenerationRequest, Prompt, SamplingParams
-from leafe.policy.sampling import filter_top_p, gumbel_noise, seeded_generator
+from leafe.policy.sampling import sample_next, seeded_generator
 from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
 from leafe.policy.embedded import DEFAULT_MODEL, resolve_model
 
@@ -92,14 +90,14 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> tuple[A
     return hf_model, tokenizer
 
 
-class GumbelMaxSampler(LogitsProcessor):
+class SeededSampler(LogitsProcessor):
     """Per-row seeded sampling as a logits processor, for use with ``generate(do_sample=False)``.
 
-    For each row ``i`` it returns ``filter_top_p(scores[i] / T) + g_i`` where ``g_i`` is a fresh
-    vector of standard Gumbel noise from ``generators[i]`` (seeded with ``seeds[i]``). The argmax
-    of the result is distributed exactly as ``softmax`` of the filtered, tempered logits. Row ``i``
-    consumes exactly one noise vector per call, so its t-th token depends only on its seed, its
-    logits and t: not on the batch it is in.
+    For each row ``i`` it draws a token from ``softmax(filter_top_p(scores[i] / T))`` with the next
+    uniform of ``generators[i]`` (seeded with ``seeds[i]``; :func:`leafe.policy.sampling.sample_next`)
+    and returns scores that are 0 at that token and -inf elsewhere, so greedy decoding picks it.
+    Row ``i`` consumes exactly one uniform per call, so its t-th token depends only on its seed,
+    its logits and t: not on the batch it is in.
 
     Shapes: ``input_ids: (batch, seq_len)``, ``scores: (batch, vocab)`` -> ``(batch, vocab)``
     float32; ``batch == len(seeds)``.
@@ -113,7 +111,7 @@ class GumbelMaxSampler(LogitsProcessor):
         device: torch.device | str = "cpu",
     ) -> None:
         if temperature <= 0:
-            raise ValueError("GumbelMaxSampler needs temperature > 0 (use greedy decoding for 0)")
+            raise ValueError("SeededSampler needs temperature > 0 (use greedy decoding for 0)")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self.temperature = float(temperature)
@@ -121,20 +119,16 @@ class GumbelMaxSampler(LogitsProcessor):
         self.device = torch.device(device)
         self.generators = [seeded_generator(seed, self.device) for seed in seeds]
 
-    def gumbel_noise(self, vocab_size: int) -> torch.Tensor:
-        """Draw the next noise vector of every row: ``(batch, vocab)`` float32 (see
-        :func:`leafe.policy.sampling.gumbel_noise`)."""
-        return gumbel_noise(self.generators, vocab_size, self.device)
-
-    def filter_top_p(self, scores: torch.Tensor) -> torch.Tensor:
-        """:func:`leafe.policy.sampling.filter_top_p` with this sampler's ``top_p``."""
-        return filter_top_p(scores, self.top_p)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """The next token of every row, ``scores: (batch, vocab)`` -> ``(batch,)`` int64."""
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"got {scores.shape[0]} rows of scores for {len(self.generators)} seeds")
-        tempered = self.filter_top_p(scores.float() / self.temperature)
-        return tempered.add_(self.gumbel_noise(scores.shape[-1]))
+        return sample_next(scores, self.generators, self.temperature, self.top_p)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        picked = self.draw(scores)
+        out = torch.full(scores.shape, float("-inf"), dtype=torch.float32, device=scores.device)
+        return out.scatter_(1, picked[:, None], 0.0)
 
 
 class _FinishTracker(StoppingCriteria):
@@ -187,7 +181,7 @@ class TransformersPolicy:
     tokenizer's special tokens (e.g. a BOS for Llama-3 tokenizers, none for SmolLM2); a rendered
     chat prompt without (the template writes its own), so ``prompt_tokens`` may count a BOS that
     ``prompt_text`` does not show. Sampling is seeded per request
-    (see :class:`GumbelMaxSampler`), so a request's text does not depend on the rest of the batch.
+    (see :class:`SeededSampler`), so a request's text does not depend on the rest of the batch.
     """
 
     name = "transformers"
@@ -285,11 +279,11 @@ class TransformersPolicy:
 
         processors = LogitsProcessorList()
         if params.temperature > 0:
-            processors.append(GumbelMaxSampler(seeds, params.temperature, params.top_p, device=self.device))
+            processors.append(SeededSampler(seeds, params.temperature, params.top_p, device=self.device))
         tracker = _FinishTracker(self.tokenizer, prompt_len, self.eos_token_ids, params.stop, batch)
         generation_config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
-            do_sample=False,  # the Gumbel noise makes greedy argmax an exact sample
+            do_sample=False,  # SeededSampler leaves one finite score: greedy takes the sample
             num_beams=1,
             num_return_sequences=1,
             bos_token_id=self._clean_generation_config.bos_token_id,

@@ -115,6 +115,28 @@ def test_stream_accepts_longer_prompts_mid_flight(tiny_policy):
     assert stream.next_finished() == []
 
 
+def test_growing_slots_keeps_sequences_in_flight_and_zeroes_the_rest():
+    from leafe.policy.native import _grown
+
+    old = torch.randn(2, 3, 4, 5)
+    new = _grown(old, (3, 3, 7, 5))
+    assert torch.equal(new[:2, :, :4], old)
+    assert not new[:2, :, 4:].any() and not new[2:].any()
+
+
+def test_capacity_grows_geometrically(tiny_policy):
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=2)
+    engine._reserve(2, 100)
+    assert engine.keys[0].shape[2] == 128
+    engine._reserve(2, 129)  # a prompt one position longer: room for many more turns
+    assert engine.keys[0].shape[2] == 256  # 1.5 x 128 = 192, rounded up to the 128 step
+    engine._reserve(2, 1900)
+    assert engine.keys[0].shape[2] == 1920  # the request is larger than 1.5 x: its own size
+    engine._reserve(2, 1930)
+    assert engine.keys[0].shape[2] == 2048  # 1.5 x, capped at the model's positions
+    assert all(k.shape == v.shape == engine.keys[0].shape for k, v in zip(engine.keys, engine.values))
+
+
 def test_stop_strings_eos_and_zero_tokens(tiny_policy, tiny_native):
     params = SamplingParams(temperature=0.0, max_new_tokens=16)
     full = tiny_native.generate_tokens(_requests(PROMPTS[:1]), params)[0]
