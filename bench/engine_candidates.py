@@ -90,9 +90,16 @@ def main() -> None:
                 generator = ctranslate2.Generator(folder, device="cpu", compute_type=compute_type, intra_threads=2)
 
                 def run_ct2(generator=generator) -> list[str]:
+                    # Stop each row at the blank line like the other engines (byte-level BPE: "Ċ" is "\n").
+                    pieces: dict[int, str] = {}
+
+                    def at_blank_line(step) -> bool:
+                        pieces[step.batch_id] = pieces.get(step.batch_id, "") + step.token
+                        return "ĊĊ" in pieces[step.batch_id]
+
                     results = generator.generate_batch(
                         ids, max_length=args.new_tokens, sampling_topk=1, include_prompt_in_result=False,
-                        max_batch_size=args.prompts,
+                        max_batch_size=args.prompts, callback=at_blank_line, return_end_token=True,
                     )
                     texts = [tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
                     return [t[: t.find("\n\n")] if "\n\n" in t else t for t in texts]
