@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/engine_throughput.py                          # native vs transformers
     .venv/bin/python bench/engine_throughput.py --backends native --tasks 4
+    .venv/bin/python bench/engine_throughput.py --backends native:flash native:matmul native:flash native:matmul
+
+A native backend may name its cascade decode-attention kernel after a colon (``flash``: PyTorch's
+CPU flash kernel, the default; ``matmul``: batched matmuls); list entries twice to interleave.
 
 1. Measures the fp32 matmul peak (2048 x 2048, median of 10) before and after each backend's run,
    takes the higher one, and turns it into the model's compute roofline in tokens/s: peak / (2 x
@@ -91,12 +95,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="episodes per room")
     parser.add_argument("--max-steps", type=int, default=8)
     parser.add_argument("--history-window", type=int, default=1)
+    parser.add_argument("--dtype", default="auto", help="policy.dtype: auto (float32 on CPU) | bfloat16 | float16")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
     results = {"threads": torch.get_num_threads(), "backends": {}}
     episodes = args.tasks * args.samples
-    for backend in args.backends:
+    for run, backend in enumerate(args.backends):
+        name, _, kernel = backend.partition(":")
+        if kernel not in ("", "flash", "matmul") or (kernel and name != "native"):
+            parser.error(f"--backends: {backend!r}: only native takes a kernel, native:flash or native:matmul")
         # The peak drifts on a shared machine (223-340 GFLOP/s across days here): measure it next
         # to each backend, before and after, and take the higher, which gives the lower ratio.
         peak_before = matmul_peak_gflops()
@@ -104,7 +112,7 @@ def main() -> None:
         cfg = config_from_dict(
             {
                 "seed": 0,
-                "policy": {"backend": backend, "max_batch_size": episodes, "max_new_tokens": 40, "temperature": 0.7},
+                "policy": {"backend": name, "dtype": args.dtype, "max_batch_size": episodes, "max_new_tokens": 40, "temperature": 0.7},
                 "rollout": {
                     "max_steps": args.max_steps,
                     "history_window": args.history_window,
@@ -115,6 +123,8 @@ def main() -> None:
         make_env, task_source = build_env(cfg.env)
         tasks = select_tasks(task_source, "test", args.tasks)
         policy = load_policy(cfg.policy)
+        if kernel:
+            policy.net.flash_cascade = kernel == "flash"
         agent = build_agent(cfg, make_env, task_source, policy)
         start = time.perf_counter()
         trajectories = run_episodes(
@@ -148,7 +158,7 @@ def main() -> None:
         }
         if hasattr(policy, "stats"):
             row["engine"] = policy.stats.as_dict()
-        results["backends"][backend] = row
+        results["backends"][backend if backend not in results["backends"] else f"{backend}#{run}"] = row
         print(f"\n[{backend}] {json.dumps(row, indent=1)}")
         del policy, agent
     names = list(results["backends"])

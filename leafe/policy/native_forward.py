@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at least this long
+# PyTorch's CPU flash-attention kernel, which also returns the log-sum-exp the cascade merges on
+# (a private op, present since PyTorch 2.2; without it the cascade falls back to plain matmuls).
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 class UnsupportedModel(ValueError):
@@ -46,6 +49,8 @@ class LlamaFamilyForward:
         attn = self.layers[0].self_attn
         self.qk_norm = hasattr(attn, "q_norm") and hasattr(attn, "k_norm")
         self.param = next(model.parameters())
+        # Cascade decode attention on the CPU flash kernel (else batched matmuls; see bench/).
+        self.flash_cascade = _CPU_FLASH is not None
         self._cos = self._sin = torch.empty(0)
 
     def rope_table(self, positions: int) -> None:
@@ -98,6 +103,8 @@ class LlamaFamilyForward:
         in agent rollouts the instructions and few-shot example are a large share of every prompt.
         Returns ``(B, heads, hd)``.
         """
+        if self.flash_cascade and q.device.type == "cpu":
+            return self._flash_cascade_attention(q, keys, values, positions, shared)
         batch, group = q.shape[0], self.num_heads // self.kv_heads
         span = int(positions.max()) + 1
         grouped = q.view(batch, self.kv_heads, group, self.head_dim) * self.head_dim**-0.5
@@ -127,6 +134,35 @@ class LlamaFamilyForward:
             shared_sum * shared_scale + own_weights.sum(dim=-1, keepdim=True) * own_scale
         )
         return out.reshape(batch, self.num_heads, self.head_dim)
+
+    def _flash_cascade_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, shared: int
+    ) -> torch.Tensor:
+        """:meth:`_cascade_attention` on the CPU flash kernel; same shapes and result.
+
+        A token's ``group`` query heads that share a key/value head attend to the same keys
+        under the same mask, so they are passed as that head's query rows: shared prefix
+        ``(1, kv_heads, B * group, hd)`` against slot 0, own suffix ``(B, kv_heads, group, hd)``
+        against each slot with an additive mask ``(B, 1, 1, span - shared)``. The two parts are
+        merged with their float32 log-sum-exps ``(B, kv_heads, group)``.
+        """
+        batch, group, kv_heads, hd = q.shape[0], self.num_heads // self.kv_heads, self.kv_heads, self.head_dim
+        scale, span = hd**-0.5, int(positions.max()) + 1
+        grouped = q.view(batch, kv_heads, group, hd)
+        by_head = grouped.permute(1, 0, 2, 3).reshape(1, kv_heads, batch * group, hd)
+        shared_out, shared_lse = _CPU_FLASH(by_head, keys[:1, :, :shared], values[:1, :, :shared], 0.0, False, scale=scale)
+        shared_out = shared_out[0].view(kv_heads, batch, group, hd).permute(1, 0, 2, 3)
+        shared_lse = shared_lse[0].view(kv_heads, batch, group).permute(1, 0, 2)
+        beyond = torch.arange(shared, span, device=q.device)[None, :] > positions[:, None]  # (B, span - shared)
+        mask = torch.zeros(beyond.shape, dtype=q.dtype, device=q.device).masked_fill_(beyond, float("-inf"))
+        own_out, own_lse = _CPU_FLASH(
+            grouped, keys[:batch, :, shared:span], values[:batch, :, shared:span], 0.0, False,
+            attn_mask=mask[:, None, None, :], scale=scale,
+        )
+        top = torch.maximum(shared_lse, own_lse)
+        shared_weight, own_weight = torch.exp(shared_lse - top)[..., None], torch.exp(own_lse - top)[..., None]
+        out = (shared_out.float() * shared_weight + own_out.float() * own_weight) / (shared_weight + own_weight)
+        return out.to(q.dtype).reshape(batch, self.num_heads, hd)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""

@@ -94,6 +94,29 @@ def test_cascade_attention_over_a_shared_prefix_changes_nothing(tiny_policy, tem
     assert engines[0]._shared_prefix(seqs) >= 64  # the cascade path really ran
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cascade_on_the_flash_kernel_matches_the_float32_matmul_path(tiny_policy, dtype):
+    from leafe.policy import native_forward
+
+    if native_forward._CPU_FLASH is None:
+        pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    net = native_forward.LlamaFamilyForward(tiny_policy.model)
+    gen = torch.Generator().manual_seed(0)
+    slots, capacity, shared = 6, 200, 70
+    keys = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
+    values = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
+    keys[1:, :, :shared], values[1:, :, :shared] = keys[0, :, :shared], values[0, :, :shared]
+    positions = torch.tensor([150, 71, 199, 120, 90])  # each row attends to 0..its position
+    q = torch.randn(len(positions), net.num_heads, net.head_dim, generator=gen)
+    net.flash_cascade = False
+    expected = net._cascade_attention(q, keys, values, positions, shared)  # float32 batched matmuls
+    net.flash_cascade = True
+    got = net._cascade_attention(q.to(dtype), keys.to(dtype), values.to(dtype), positions, shared)
+    assert got.dtype == dtype and got.shape == expected.shape == (len(positions), net.num_heads, net.head_dim)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
+
+
 def test_stream_accepts_longer_prompts_mid_flight(tiny_policy):
     engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
     params = SamplingParams(temperature=0.0, max_new_tokens=20)
