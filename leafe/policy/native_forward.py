@@ -17,7 +17,7 @@ import torch.nn.functional as F
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at least this long
 # PyTorch's CPU flash-attention kernel, which also returns the log-sum-exp the cascade merges on
-# (a private op, present since PyTorch 2.2; without it the cascade falls back to plain matmuls).
+# (a private op; where a PyTorch build lacks it, the cascade runs on batched matmuls).
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
