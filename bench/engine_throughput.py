@@ -98,6 +98,10 @@ def main() -> None:
     parser.add_argument("--history-window", type=int, default=1)
     parser.add_argument("--dtype", default="auto", help="policy.dtype: auto (float32 on CPU) | bfloat16 | float16")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--trajectories", type=Path,
+        help="also write every run's prompts and completions to <this>-<run>.jsonl (to diff two runs)",
+    )
     args = parser.parse_args()
 
     results = {"threads": torch.get_num_threads(), "backends": {}}
@@ -133,6 +137,11 @@ def main() -> None:
             max_steps=agent.max_steps, max_concurrent=episodes,
         )
         wall = time.perf_counter() - start
+        if args.trajectories:
+            with open(f"{args.trajectories}-{run}.jsonl", "w") as f:
+                for t in sorted(trajectories, key=lambda t: (t.task.task_id, t.sample_index)):
+                    steps = [{"prompt": s.prompt, "completion": s.completion} for s in t.steps]
+                    f.write(json.dumps({"task": t.task.task_id, "sample": t.sample_index, "steps": steps}) + "\n")
         peak_after = matmul_peak_gflops()
         peak = max(peak_before, peak_after)
         roofline = peak * 1e9 / flops_per_token(policy.model)
