@@ -131,12 +131,14 @@ def main() -> None:
         if kernel:
             policy.net.flash_cascade = kernel == "flash"
         agent = build_agent(cfg, make_env, task_source, policy)
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         trajectories = run_episodes(
             make_jobs(tasks, args.samples, cfg.seed), agent.make_env, policy, agent.prompter, agent.sampling,
             max_steps=agent.max_steps, max_concurrent=episodes,
         )
         wall = time.perf_counter() - start
+        page_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
         if args.trajectories:
             with open(f"{args.trajectories}-{run}.jsonl", "w") as f:
                 for t in sorted(trajectories, key=lambda t: (t.task.task_id, t.sample_index)):
@@ -162,6 +164,8 @@ def main() -> None:
             "matmul_peak_gflops": {"before": peak_before, "after": peak_after},
             "roofline_tokens_per_s": roofline,
             "fraction_of_roofline": (new + generated) / wall / roofline,
+            # Minor page faults during the run: first touches of fresh memory (costly inside a VM).
+            "page_faults": page_faults,
             "pass_at_k": {str(k): round(100 * m, 1) for k, m in zip(passk.ks, passk.mean)},
             # ru_maxrss is the process's high-water mark: meaningful for the first backend only.
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if not results["backends"] else None,

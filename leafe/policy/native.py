@@ -45,6 +45,7 @@ import torch
 from leafe.policy.base import Generation, GenerationRequest, SamplingParams
 from leafe.policy.embedded import DEFAULT_MODEL
 from leafe.policy.errors import RequestTooLarge
+from leafe.policy.memory import keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
 from leafe.policy.sampling import sample_next, seeded_generator
@@ -183,6 +184,7 @@ class NativePolicy:
         if max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens must be >= 1, got {max_prefill_tokens}")
         self.net = LlamaFamilyForward(model)
+        keep_freed_memory()  # freed logits, cache entries and activations are reused, not re-faulted
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = name

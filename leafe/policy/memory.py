@@ -1,0 +1,61 @@
+"""Keep freed memory in the process instead of handing it back to the OS (glibc only).
+
+The native engine allocates and frees tens of megabytes many times a second: logits and their
+float64 CDF (``rows x vocab``), prefix-cache entries (``layers x 2 x kv_heads x length x
+head_dim``), packed-prefill activations. glibc's ``malloc`` serves every request above its mmap
+threshold (128 KiB, rising after frees up to 32 MiB) with fresh pages from the kernel and returns
+them on ``free``; the next request faults every page in again and the kernel zeroes it. Inside a
+VM that first touch costs about as much as the copy it precedes: on the 64-episode rollout
+benchmark it was ~1.9 million page faults per run, and keeping freed memory halved them (see
+docs/BENCHMARKS.md, "first touch").
+
+:func:`keep_freed_memory` fixes the mmap threshold at glibc's ceiling (32 MiB: smaller blocks come
+from the heap and are reused) and raises the trim threshold so that freed heap memory stays mapped.
+The process's resident memory then stays at its high-water mark, which the engine reaches anyway.
+It changes the whole process's allocator, so it can be turned off with
+``LEAFE_KEEP_FREED_MEMORY=0``; it also stays off when the user set glibc's own ``MALLOC_*``
+variables, and does nothing on other C libraries.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+
+logger = logging.getLogger(__name__)
+
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # the largest mmap threshold glibc accepts on 64-bit systems
+TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: keep up to 2 GiB of free heap mapped
+_OWN_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+_applied: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Apply the allocator settings of the module docstring once per process.
+
+    Returns whether they are in effect (False: opted out, user's own ``MALLOC_*`` settings,
+    not glibc, or ``mallopt`` refused).
+    """
+    global _applied
+    if _applied is not None:
+        return _applied
+    _applied = False
+    if os.environ.get("LEAFE_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if any(name in os.environ for name in _OWN_VARIABLES) or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - glibc always has it
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success, 0 on error.
+    _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if not _applied:  # pragma: no cover - glibc accepts both values
+        logger.warning("glibc refused the malloc settings; freed memory goes back to the OS")
+    return _applied
