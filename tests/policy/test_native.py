@@ -248,3 +248,53 @@ def test_requests_too_large_for_the_model_or_the_machine_are_refused_before_allo
     with pytest.raises(RequestTooLarge, match="policy.max_batch_size"):
         greedy._reserve(300_000, 2000)  # ~150 GB of keys/values
     assert not greedy.keys
+
+
+def _last_hidden(net, tokens):
+    """One prompt-only pass of ``tokens`` into a fresh slot: the last position's hidden state."""
+    shape = (1, net.kv_heads, 64, net.head_dim)
+    keys = [torch.zeros(shape) for _ in net.layers]
+    values = [torch.zeros(shape) for _ in net.layers]
+    net.rope_table(64)
+    empty = torch.empty(0, dtype=torch.long)
+    with torch.inference_mode():
+        return net.forward(keys, values, empty, empty, [(0, 0, tokens)])
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_projections_give_bitwise_the_same_pass(tiny_policy, family):
+    import copy
+
+    import transformers
+
+    from leafe.policy.native_forward import LlamaFamilyForward
+
+    if family == "llama":
+        model = copy.deepcopy(tiny_policy.model)
+    else:  # biases on q/k/v
+        model = _tiny(transformers.Qwen2Config, transformers.Qwen2ForCausalLM, tiny_policy.tokenizer)
+    tokens = tiny_policy.tokenizer(PROMPTS[1])["input_ids"]
+    plain = _last_hidden(LlamaFamilyForward(model), tokens)
+    q_proj = model.model.layers[1].self_attn.q_proj
+    weight, before = q_proj.weight, q_proj.weight.detach().clone()
+    net = LlamaFamilyForward(model)
+    assert net.fuse_projections() and net._qkv
+    assert q_proj.weight is weight and torch.equal(weight, before)  # same Parameter, same values
+    fused_qkv = net._qkv[1][0]
+    assert weight.data_ptr() == fused_qkv.data_ptr()  # ... now a view of the fused tensor
+    assert torch.equal(_last_hidden(net, tokens), plain)
+    with torch.no_grad():  # an in-place update of the module's weight reaches the fused pass
+        weight.mul_(0.5)
+    assert not torch.equal(_last_hidden(net, tokens), plain)
+
+
+def test_lora_wrapped_projections_are_not_fused(tiny_policy):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from leafe.policy.native_forward import LlamaFamilyForward
+
+    model = get_peft_model(copy.deepcopy(tiny_policy.model), LoraConfig(r=2, target_modules=["q_proj", "up_proj"]))
+    net = LlamaFamilyForward(model.base_model.model)
+    assert not net.fuse_projections() and not net._qkv and not net._gate_up
