@@ -298,3 +298,19 @@ def test_lora_wrapped_projections_are_not_fused(tiny_policy):
     model = get_peft_model(copy.deepcopy(tiny_policy.model), LoraConfig(r=2, target_modules=["q_proj", "up_proj"]))
     net = LlamaFamilyForward(model.base_model.model)
     assert not net.fuse_projections() and not net._qkv and not net._gate_up
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_fused_rms_norm_is_bitwise_the_models_own(family):
+    import importlib
+
+    from leafe.policy.native_forward import _rms_norm
+
+    module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    norm = getattr(module, {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family] + "RMSNorm")(64, eps=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64, generator=gen))
+    x = torch.randn(7, 3, 64, generator=gen) * 4
+    assert torch.equal(_rms_norm(norm, x), norm(x))
+    assert torch.equal(_rms_norm(norm, x.bfloat16()), norm(x.bfloat16()))  # other dtypes: the module itself
