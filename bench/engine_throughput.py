@@ -5,7 +5,9 @@
     .venv/bin/python bench/engine_throughput.py --backends native:flash native:matmul native:flash native:matmul
 
 A native backend may name its cascade decode-attention kernel after a colon (``flash``: PyTorch's
-CPU flash kernel, the default; ``matmul``: batched matmuls); list entries twice to interleave.
+CPU flash kernel, the default; ``matmul``: batched matmuls) and, after a slash, the most calls its
+own-suffix attention may be split into (``native:flash/1``: one call); list entries twice to
+interleave.
 
 1. Measures the fp32 matmul peak (2048 x 2048, median of 10) before and after each backend's run,
    takes the higher one, and turns it into the model's compute roofline in tokens/s: peak / (2 x
@@ -13,8 +15,9 @@ CPU flash kernel, the default; ``matmul``: batched matmuls); list entries twice 
    head. Attention is left out: 4 x context x hidden x layers FLOPs per token, ~10% of the
    weights' share at history window 1 (prompts of ~370 tokens) and ~15% at window 8 (~600).
 2. Plays the same Sokoban workload with each backend: ``--tasks`` test rooms x ``--samples``
-   episodes = 64 concurrent episodes by default, 8 turns, history window 1, T=0.7, 40 new tokens
-   (the quickstart's settings), same seeds.
+   episodes = 64 concurrent episodes by default, 8 turns, history window 1 (one past turn in the
+   prompt; the quickstart shows the whole episode: ``--history-window 8``), T=0.7, 40 new tokens,
+   same seeds.
 3. Counts the work an ideal prefix-sharing engine must do, identically for every backend: each
    prompt's tokens beyond its longest common prefix with any prompt or completed sequence seen
    before it (prompts are visited round by round), plus every generated token. Tokens a backend
@@ -108,8 +111,11 @@ def main() -> None:
     episodes = args.tasks * args.samples
     for run, backend in enumerate(args.backends):
         name, _, kernel = backend.partition(":")
-        if kernel not in ("", "flash", "matmul") or (kernel and name != "native"):
-            parser.error(f"--backends: {backend!r}: only native takes a kernel, native:flash or native:matmul")
+        kernel, _, chunks = kernel.partition("/")
+        if kernel not in ("", "flash", "matmul") or (kernel and name != "native") or (chunks and not chunks.isdigit()):
+            parser.error(
+                f"--backends: {backend!r}: only native takes a kernel and chunk count, e.g. native:flash/4 or native:matmul"
+            )
         # The peak drifts on a shared machine (223-340 GFLOP/s across days here): measure it next
         # to each backend, before and after, and take the higher, which gives the lower ratio.
         peak_before = matmul_peak_gflops()
@@ -130,6 +136,8 @@ def main() -> None:
         policy = load_policy(cfg.policy)
         if kernel:
             policy.net.flash_cascade = kernel == "flash"
+        if chunks:
+            policy.net.max_own_chunks = int(chunks)
         agent = build_agent(cfg, make_env, task_source, policy)
         faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()

@@ -16,6 +16,11 @@ import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at least this long
+# Decode attention over each row's own suffix may be split into up to this many calls over
+# contiguous slot ranges, each reading only up to its own longest row (see split_rows).
+MAX_OWN_CHUNKS = 4
+# A kernel call's fixed cost, in (row x key position) reads: ~30 us against ~0.15 us per read.
+CALL_COST = 256
 # PyTorch's CPU flash-attention kernel, which also returns the log-sum-exp the cascade merges on
 # (a private op; where a PyTorch build lacks it, the cascade runs on batched matmuls).
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -30,6 +35,48 @@ def _rms_norm(module: Any, x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float32 and type(module).__name__ in _RMS_NORMS:
         return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
     return module(x)
+
+
+def split_rows(
+    positions: np.ndarray, start: int, max_chunks: int, call_cost: int = CALL_COST
+) -> list[tuple[int, int]]:
+    """Contiguous row ranges for decode attention over key positions ``start..positions[b]``.
+
+    One call over all ``B`` rows reads ``B x (max(positions) + 1 - start)`` key positions, the
+    short rows' tails masked. Splitting the rows into ranges that each read up to their own
+    longest row saves those reads at ``call_cost`` per extra call. Returns the split into at most
+    ``max_chunks`` ranges ``[(lo, hi), ...]`` (covering ``0..B`` in order) that minimizes
+    ``sum((hi - lo) x (max(positions[lo:hi]) + 1 - start)) + call_cost x ranges`` (exact dynamic
+    program; ``positions: (B,)`` ints >= start).
+    """
+    batch = len(positions)
+    if max_chunks <= 1 or batch < 2:
+        return [(0, batch)]
+    width = np.asarray(positions, dtype=np.int64) + 1 - start  # (B,)
+    rows = np.arange(batch)
+    later = rows[None, :] >= rows[:, None]  # (i, j): j >= i
+    # cost[i, j]: one call over rows i..j = (j - i + 1) x max(width[i..j]) + call_cost.
+    run = np.maximum.accumulate(np.where(later, width[None, :], 0), axis=1)
+    never = np.iinfo(np.int64).max // 4
+    cost = np.where(later, (rows[None, :] + 1 - rows[:, None]) * run + call_cost, never)
+    best = cost[0].copy()  # best[j]: rows 0..j in at most k calls (k = 1 here)
+    starts: list[np.ndarray] = []  # per k >= 2: where the last call starts, or -1 (k - 1 calls do as well)
+    totals = [int(best[-1])]
+    for _ in range(max_chunks - 1):
+        candidate = best[:-1, None] + cost[1:, :]  # (i, j): rows 0..i in k - 1 calls, then i + 1..j
+        first = candidate.argmin(axis=0)
+        split = candidate[first, rows]
+        starts.append(np.where(split < best, first + 1, -1))
+        best = np.minimum(best, split)
+        totals.append(int(best[-1]))
+    ranges, end = [], batch
+    for k in range(int(np.argmin(totals)), 0, -1):
+        lo = int(starts[k - 1][end - 1])
+        if lo > 0:
+            ranges.append((lo, end))
+            end = lo
+    ranges.append((0, end))
+    return ranges[::-1]
 
 
 class UnsupportedModel(ValueError):
@@ -62,6 +109,7 @@ class LlamaFamilyForward:
         self.param = next(model.parameters())
         # Cascade decode attention on the CPU flash kernel (else batched matmuls; see bench/).
         self.flash_cascade = _CPU_FLASH is not None
+        self.max_own_chunks = MAX_OWN_CHUNKS  # 1: own suffixes in one call (see split_rows)
         self._cos = self._sin = torch.empty(0)
         self._qkv: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # per layer, see fuse_projections
         self._gate_up: list[tuple[torch.Tensor, torch.Tensor | None]] = []
@@ -156,7 +204,13 @@ class LlamaFamilyForward:
         return h + mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _cascade_attention(
-        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, shared: int
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        shared: int,
+        chunks: Sequence[tuple[int, int, int]] | None = None,
     ) -> torch.Tensor:
         """Decode attention that reads a prefix common to all rows once.
 
@@ -169,7 +223,7 @@ class LlamaFamilyForward:
         Returns ``(B, heads, hd)``.
         """
         if self.flash_cascade and q.device.type == "cpu":
-            return self._flash_cascade_attention(q, keys, values, positions, shared)
+            return self._flash_cascade_attention(q, keys, values, positions, shared, chunks)
         batch, group = q.shape[0], self.num_heads // self.kv_heads
         span = int(positions.max()) + 1
         grouped = q.view(batch, self.kv_heads, group, self.head_dim) * self.head_dim**-0.5
@@ -201,7 +255,13 @@ class LlamaFamilyForward:
         return out.reshape(batch, self.num_heads, self.head_dim)
 
     def _flash_cascade_attention(
-        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, shared: int
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        shared: int,
+        chunks: Sequence[tuple[int, int, int]] | None = None,
     ) -> torch.Tensor:
         """:meth:`_cascade_attention` on the CPU flash kernel; same shapes and result.
 
@@ -210,6 +270,10 @@ class LlamaFamilyForward:
         ``(1, kv_heads, B * group, hd)`` against slot 0, own suffix ``(B, kv_heads, group, hd)``
         against each slot with an additive mask ``(B, 1, 1, span - shared)``. The two parts are
         merged with their float32 log-sum-exps ``(B, kv_heads, group)``.
+
+        ``chunks``: ``(lo, hi, end)``: rows ``lo..hi-1`` read their own suffixes in a call of
+        their own, up to position ``end - 1`` (their longest row; see :func:`split_rows`);
+        default one call over all rows.
         """
         batch, group, kv_heads, hd = q.shape[0], self.num_heads // self.kv_heads, self.kv_heads, self.head_dim
         scale, span = hd**-0.5, int(positions.max()) + 1
@@ -220,10 +284,14 @@ class LlamaFamilyForward:
         shared_lse = shared_lse[0].view(kv_heads, batch, group).permute(1, 0, 2)
         beyond = torch.arange(shared, span, device=q.device)[None, :] > positions[:, None]  # (B, span - shared)
         mask = torch.zeros(beyond.shape, dtype=q.dtype, device=q.device).masked_fill_(beyond, float("-inf"))
-        own_out, own_lse = _CPU_FLASH(
-            grouped, keys[:batch, :, shared:span], values[:batch, :, shared:span], 0.0, False,
-            attn_mask=mask[:, None, None, :], scale=scale,
-        )
+        parts = []
+        for lo, hi, end in chunks or [(0, batch, span)]:
+            parts.append(_CPU_FLASH(
+                grouped[lo:hi], keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False,
+                attn_mask=mask[lo:hi, None, None, : end - shared], scale=scale,
+            ))
+        own_out = parts[0][0] if len(parts) == 1 else torch.cat([out for out, _ in parts])
+        own_lse = parts[0][1] if len(parts) == 1 else torch.cat([lse for _, lse in parts])
         top = torch.maximum(shared_lse, own_lse)
         shared_weight, own_weight = torch.exp(shared_lse - top)[..., None], torch.exp(own_lse - top)[..., None]
         out = (shared_out.float() * shared_weight + own_out.float() * own_weight) / (shared_weight + own_weight)
@@ -270,9 +338,13 @@ class LlamaFamilyForward:
             <= torch.arange(start, start + len(toks), device=device)[:, None]
             for _, start, toks in pieces
         ]
+        chunks = None
         if batch:
             rows = torch.arange(batch, device=device)
             span = int(decode_positions.max()) + 1
+            if shared >= MIN_CASCADE and self.flash_cascade and device.type == "cpu":
+                ends = decode_positions.cpu().numpy()
+                chunks = [(lo, hi, int(ends[lo:hi].max()) + 1) for lo, hi in split_rows(ends, shared, self.max_own_chunks)]
             decode_mask = (torch.arange(span, device=device)[None, :] <= decode_positions[:, None])[:, None, None, :]
         rope = self._rope(torch.cat(positions))
         h = self.inner.embed_tokens(torch.cat(ids))
@@ -287,7 +359,9 @@ class LlamaFamilyForward:
                 layer_values[slot, :, start : start + len(toks)] = v[lo : lo + len(toks)].transpose(0, 1)
             attended = torch.empty_like(q)
             if batch and shared >= MIN_CASCADE:
-                attended[:batch] = self._cascade_attention(q[:batch], layer_keys, layer_values, decode_positions, shared)
+                attended[:batch] = self._cascade_attention(
+                    q[:batch], layer_keys, layer_values, decode_positions, shared, chunks
+                )
             elif batch:
                 attended[:batch] = F.scaled_dot_product_attention(
                     q[:batch, :, None, :],
