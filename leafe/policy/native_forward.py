@@ -116,9 +116,9 @@ class LlamaFamilyForward:
 
     def fuse_projections(self) -> bool:
         """Store each layer's q/k/v weights in one tensor and its gate/up weights in another, so a
-        pass runs one matmul for each group instead of three and two (fewer, wider products: ~15%
-        faster on small batches on 2 cores; the outputs are bitwise the same, each is still a
-        dot product over the hidden size).
+        pass runs one matmul for each group instead of three and two (fewer, wider products; the
+        outputs are bitwise the same, each is still a dot product over the hidden size; see
+        docs/BENCHMARKS.md, session 13, for the measured effect together with the other changes).
 
         The modules' parameters become row slices of the fused tensors (same ``Parameter``
         objects, so an in-place update of either stays visible to both). Only for plain

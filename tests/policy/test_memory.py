@@ -38,10 +38,12 @@ def test_freed_blocks_are_reused_without_page_faults() -> None:
     assert tuned["applied"] and tuned["again"] and not default["applied"]
     pages = 8 * (20 << 20) // os.sysconf("SC_PAGE_SIZE")
     assert tuned["faults"][0] > pages // 2  # the first round maps fresh memory either way
-    # Later rounds reuse the freed blocks; glibc's default returns them to the kernel (or maps
-    # them anew) for several rounds before its thresholds adapt (seen here: 2 more full rounds).
-    later, later_default = sum(tuned["faults"][1:]), sum(default["faults"][1:])
-    assert later < pages // 2 and later < later_default // 4, (tuned["faults"], default["faults"])
+    # Later rounds reuse the freed blocks (the second may still map some: where a block lands
+    # depends on the first round's layout). glibc's default returns them to the kernel or maps
+    # them anew for several rounds before its thresholds adapt (seen here: 2 to 5 more rounds).
+    faults = (tuned["faults"], default["faults"])
+    assert sum(tuned["faults"][2:]) <= pages // 4, faults
+    assert sum(tuned["faults"][1:]) < sum(default["faults"][1:]), faults
 
 
 def test_own_malloc_settings_leave_the_allocator_alone() -> None:

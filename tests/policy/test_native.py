@@ -261,7 +261,7 @@ def _last_hidden(net, tokens):
         return net.forward(keys, values, empty, empty, [(0, 0, tokens)])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_fused_projections_give_bitwise_the_same_pass(tiny_policy, family):
     import copy
 
@@ -271,8 +271,10 @@ def test_fused_projections_give_bitwise_the_same_pass(tiny_policy, family):
 
     if family == "llama":
         model = copy.deepcopy(tiny_policy.model)
-    else:  # biases on q/k/v
+    elif family == "qwen2":  # biases on q/k/v
         model = _tiny(transformers.Qwen2Config, transformers.Qwen2ForCausalLM, tiny_policy.tokenizer)
+    else:  # per-head q/k RMSNorm on the fused projection's (strided) slices
+        model = _tiny(transformers.Qwen3Config, transformers.Qwen3ForCausalLM, tiny_policy.tokenizer, head_dim=32)
     tokens = tiny_policy.tokenizer(PROMPTS[1])["input_ids"]
     plain = _last_hidden(LlamaFamilyForward(model), tokens)
     q_proj = model.model.layers[1].self_attn.q_proj
