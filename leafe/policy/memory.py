@@ -5,13 +5,13 @@ float64 CDF (``rows x vocab``), prefix-cache entries (``layers x 2 x kv_heads x 
 head_dim``), packed-prefill activations. glibc's ``malloc`` serves every request above its mmap
 threshold (128 KiB, rising after frees up to 32 MiB) with fresh pages from the kernel and returns
 them on ``free``; the next request faults every page in again and the kernel zeroes it. Inside a
-VM that first touch costs about as much as the copy it precedes: on the 64-episode rollout
-benchmark it was ~1.9 million page faults per run, and keeping freed memory halved them (see
-docs/BENCHMARKS.md, "first touch").
+VM that first touch costs about as much as the copy it precedes. On the 64-episode rollout
+benchmark, keeping freed memory cut page faults by 30-40% (4.0 to 2.8 million per run with the
+whole episode in the prompt) and the wall time by about 3% (docs/BENCHMARKS.md, session 13).
 
 :func:`keep_freed_memory` fixes the mmap threshold at glibc's ceiling (32 MiB: smaller blocks come
 from the heap and are reused) and raises the trim threshold so that freed heap memory stays mapped.
-The process's resident memory then stays at its high-water mark, which the engine reaches anyway.
+The cost: freed memory stays resident, so peak RSS was 0.4-0.8 GiB higher on that benchmark.
 It changes the whole process's allocator, so it can be turned off with
 ``LEAFE_KEEP_FREED_MEMORY=0``; it also stays off when the user set glibc's own ``MALLOC_*``
 variables, and does nothing on other C libraries.
