@@ -6,8 +6,9 @@
 
 A native backend may name its cascade decode-attention kernel after a colon (``flash``: PyTorch's
 CPU flash kernel, the default; ``matmul``: batched matmuls) and, after a slash, the most calls its
-own-suffix attention may be split into (``native:flash/1``: one call); list entries twice to
-interleave.
+own-suffix attention may be split into (``native:flash/1``: one call), and after an ``@`` its draft
+tokens per step (``policy.speculative_tokens``; ``native@0`` decodes one token per step); list
+entries twice to interleave.
 
 1. Measures the fp32 matmul peak (2048 x 2048, median of 10) before and after each backend's run,
    takes the higher one, and turns it into the model's compute roofline in tokens/s: peak / (2 x
@@ -110,11 +111,18 @@ def main() -> None:
     results = {"threads": torch.get_num_threads(), "backends": {}}
     episodes = args.tasks * args.samples
     for run, backend in enumerate(args.backends):
-        name, _, kernel = backend.partition(":")
+        spec, _, speculative = backend.partition("@")
+        name, _, kernel = spec.partition(":")
         kernel, _, chunks = kernel.partition("/")
-        if kernel not in ("", "flash", "matmul") or (kernel and name != "native") or (chunks and not chunks.isdigit()):
+        if (
+            kernel not in ("", "flash", "matmul")
+            or ((kernel or speculative) and name != "native")
+            or (chunks and not chunks.isdigit())
+            or (speculative and not speculative.isdigit())
+        ):
             parser.error(
-                f"--backends: {backend!r}: only native takes a kernel and chunk count, e.g. native:flash/4 or native:matmul"
+                f"--backends: {backend!r}: only native takes a kernel, a chunk count and draft tokens, e.g. "
+                "native:flash/4@8, native:matmul or native@0"
             )
         # The peak drifts on a shared machine (223-340 GFLOP/s across days here): measure it next
         # to each backend, before and after, and take the higher, which gives the lower ratio.
@@ -123,7 +131,8 @@ def main() -> None:
         cfg = config_from_dict(
             {
                 "seed": 0,
-                "policy": {"backend": name, "dtype": args.dtype, "max_batch_size": episodes, "max_new_tokens": 40, "temperature": 0.7},
+                "policy": {"backend": name, "dtype": args.dtype, "max_batch_size": episodes, "max_new_tokens": 40, "temperature": 0.7}
+                | ({"speculative_tokens": int(speculative)} if speculative else {}),
                 "rollout": {
                     "max_steps": args.max_steps,
                     "history_window": args.history_window,

@@ -230,6 +230,9 @@ class PolicyConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(48, ge=1, le=32768)
     prefix_cache_mb: int = Field(2048, ge=0, le=1 << 20)
+    # Native engine: draft tokens per sequence and step, copied from the context and verified
+    # exactly (prompt-lookup speculative decoding); 0 turns it off.
+    speculative_tokens: int = Field(8, ge=0, le=64)
     base_url: str | None = Field(None, pattern=r"^https?://")
     api_key_env: str = "OPENAI_API_KEY"
     request_timeout_s: float = Field(120.0, gt=0.0, le=86400.0)

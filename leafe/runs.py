@@ -50,6 +50,7 @@ RESUMABLE_CHANGES = frozenset(
         "policy.max_batch_size",
         "policy.backend",
         "policy.prefix_cache_mb",
+        "policy.speculative_tokens",  # exact: the same tokens for the same logits
         "policy.api_key_env",
         "policy.base_url",  # a restarted server at a new address serves the same policy.model
         "policy.request_timeout_s",

@@ -56,7 +56,12 @@ def _native(cfg: PolicyConfig, model: str) -> Policy:
     from leafe.policy.native import NativePolicy
 
     return NativePolicy(
-        servable_model(model), cfg.device, cfg.dtype, cfg.max_batch_size, prefix_cache_mb=cfg.prefix_cache_mb
+        servable_model(model),
+        cfg.device,
+        cfg.dtype,
+        cfg.max_batch_size,
+        prefix_cache_mb=cfg.prefix_cache_mb,
+        speculative_tokens=cfg.speculative_tokens,
     )
 
 

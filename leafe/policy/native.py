@@ -49,6 +49,7 @@ from leafe.policy.memory import keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
 from leafe.policy.sampling import sample_next, seeded_generator
+from leafe.policy.speculative import DRAFT_TOKENS, propose_draft, verify_drafts
 from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "EngineStats", "NativePolicy", "NativeStream", "UnsupportedModel"]
@@ -96,6 +97,8 @@ class EngineStats:
         requests: requests served.
         decode_steps: batched decode forward passes (generated tokens / steps = mean batch).
         cache_evictions: prefix-cache entries dropped for lack of memory.
+        draft_tokens: draft tokens run through the model for verification.
+        accepted_draft_tokens: draft tokens kept (the model sampled the same token).
     """
 
     prompt_tokens: int = 0
@@ -107,6 +110,8 @@ class EngineStats:
     requests: int = 0
     decode_steps: int = 0
     cache_evictions: int = 0
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -142,6 +147,8 @@ class NativePolicy:
         max_batch_size: sequences decoded together (slots).
         prefix_cache_mb: memory for cached prefixes (keys/values); 0 disables reuse.
         max_prefill_tokens: prompt tokens per packed forward pass (bounds activation memory).
+        speculative_tokens: draft tokens per sequence and step, copied from its context and
+            verified exactly (:mod:`leafe.policy.speculative`); 0 decodes one token per step.
     """
 
     name = "native"
@@ -154,11 +161,12 @@ class NativePolicy:
         max_batch_size: int = 64,
         prefix_cache_mb: int = 2048,
         max_prefill_tokens: int = 2048,
+        speculative_tokens: int = DRAFT_TOKENS,
     ) -> None:
         from leafe.policy.transformers_backend import load_model
 
         hf_model, tokenizer = load_model(model, device, dtype)
-        self._setup(hf_model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, model)
+        self._setup(hf_model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, model, speculative_tokens)
         self.net.fuse_projections()  # the model is the engine's own: nothing else holds its parameters
 
     @classmethod
@@ -169,21 +177,31 @@ class NativePolicy:
         max_batch_size: int = 64,
         prefix_cache_mb: int = 2048,
         max_prefill_tokens: int = 2048,
+        speculative_tokens: int = DRAFT_TOKENS,
     ) -> NativePolicy:
         """Serve an already-built ``(model, tokenizer)`` pair (tests, or a model being trained:
         call :meth:`weights_changed` after every update)."""
         policy = cls.__new__(cls)
         name = getattr(model, "name_or_path", "") or ""
-        policy._setup(model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, name)
+        policy._setup(model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, name, speculative_tokens)
         return policy
 
     def _setup(
-        self, model: Any, tokenizer: Any, max_batch_size: int, prefix_cache_mb: int, max_prefill_tokens: int, name: str
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_batch_size: int,
+        prefix_cache_mb: int,
+        max_prefill_tokens: int,
+        name: str,
+        speculative_tokens: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens must be >= 1, got {max_prefill_tokens}")
+        if speculative_tokens < 0:
+            raise ValueError(f"speculative_tokens must be >= 0, got {speculative_tokens}")
         self.net = LlamaFamilyForward(model)
         keep_freed_memory()  # freed logits, cache entries and activations are reused, not re-faulted
         self.model = model
@@ -193,6 +211,7 @@ class NativePolicy:
         self.eos_token_ids = frozenset(eos_token_ids(model, tokenizer))
         self.max_batch_size = int(max_batch_size)
         self.max_prefill_tokens = int(max_prefill_tokens)
+        self.speculative_tokens = int(speculative_tokens)
         self.cascade = True  # decode attention reads a prefix common to all rows once
         self.cache = PrefixCache(int(prefix_cache_mb) << 20)
         self.stats = EngineStats()
@@ -334,11 +353,13 @@ class NativePolicy:
 
     def _step(self) -> None:
         """One scheduler iteration: one forward pass that advances every active sequence by a
-        token and, in the same pass, prefills the prompts of queued sequences that fit into free
-        slots (their first token is sampled from it). Admissions too large for one pass
-        (``max_prefill_tokens``) or with nothing to decode get prompt-only passes instead."""
+        token (or several: with ``speculative_tokens``, its last token and a draft are verified
+        in the same pass) and, in the same pass, prefills the prompts of queued sequences that
+        fit into free slots (their first token is sampled from it). Admissions too large for one
+        pass (``max_prefill_tokens``) or with nothing to decode get prompt-only passes instead."""
         slots = self.keys[0].shape[0]
         decoding = list(self._active)
+        drafts = [self._draft(seq) for seq in decoding]
         admitted: list[_Sequence] = []
         if self._queue and len(decoding) < slots:
             admitted = [self._queue.popleft() for _ in range(min(slots - len(decoding), len(self._queue)))]
@@ -347,7 +368,7 @@ class NativePolicy:
             # The admitted sequences' slots are still empty: shared prefixes may be computed there.
             self._load_prefixes(admitted, [seq.slot for seq in admitted] + list(range(len(decoding) + len(admitted), slots)))
             new_tokens = sum(len(seq.prompt_ids) - seq.length for seq in admitted)
-            if not decoding or len(decoding) + new_tokens > self.max_prefill_tokens:
+            if not decoding or len(decoding) + sum(map(len, drafts)) + new_tokens > self.max_prefill_tokens:
                 hidden = self._run_prompts([(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted])
                 for seq in admitted:
                     seq.length = len(seq.prompt_ids)
@@ -357,20 +378,29 @@ class NativePolicy:
         if decoding:
             start = time.perf_counter()
             device = self.net.param.device
-            tokens = torch.tensor([seq.generated[-1] for seq in decoding], device=device)
-            positions = torch.tensor([seq.length for seq in decoding], device=device)
+            token_ids: list[int] = []
+            token_positions: list[int] = []
+            token_slots: list[int] = []
+            for seq, draft in zip(decoding, drafts):  # seq.slot is its row: the decode batch is slots 0..B-1
+                token_ids += [seq.generated[-1], *draft]
+                token_positions += range(seq.length, seq.length + 1 + len(draft))
+                token_slots += [seq.slot] * (1 + len(draft))
+            tokens = torch.tensor(token_ids, device=device)
+            positions = torch.tensor(token_positions, device=device)
+            decode_slots = torch.tensor(token_slots, device=device) if len(token_ids) > len(decoding) else None
             pieces = [(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted]
             shared = self._shared_prefix(decoding) if self.cascade else 0
-            logits = self.net.logits(self.net.forward(self.keys, self.values, tokens, positions, pieces, shared))
-            for seq in decoding:
-                seq.length += 1
+            logits = self.net.logits(
+                self.net.forward(self.keys, self.values, tokens, positions, pieces, shared, decode_slots)
+            )
             for seq in admitted:
                 seq.length = len(seq.prompt_ids)
             self._active.extend(admitted)
             self.stats.computed_prompt_tokens += sum(len(toks) for _, _, toks in pieces)
             self.stats.decode_seconds += time.perf_counter() - start
             self.stats.decode_steps += 1
-            self._append(decoding + admitted, logits)
+            self._advance(decoding, drafts, logits[: len(token_ids)])
+            self._append(admitted, logits[len(token_ids) :])
         for seq in [seq for seq in self._active if self._finished(seq)]:
             self._retire(seq)
             self._ready.setdefault(seq.stream.id, []).append(seq)
@@ -404,6 +434,46 @@ class NativePolicy:
             for row, token in zip(rows, picked):
                 seqs[row].generated.append(int(token))
         self.stats.generated_tokens += len(seqs)
+
+    def _draft(self, seq: _Sequence) -> list[int]:
+        """Draft tokens for ``seq``'s next step (``[]`` without speculation). At most
+        ``max_new_tokens`` are generated: the verified draft plus the model's own token must fit."""
+        room = min(self.speculative_tokens, seq.params.max_new_tokens - len(seq.generated) - 1)
+        if room <= 0:
+            return []
+        context = np.concatenate([seq.prompt_array, np.asarray(seq.generated, dtype=np.int64)])
+        return propose_draft(context, room)
+
+    def _advance(self, seqs: Sequence[_Sequence], drafts: Sequence[list[int]], logits: torch.Tensor) -> None:
+        """Append each decoding sequence's new tokens and advance its slot: its draft's accepted
+        prefix and one token of its own (:func:`verify_drafts`), up to its end (eos, stop string,
+        ``max_new_tokens``). ``logits: (sum(1 + len(d) for d in drafts), vocab)``, each
+        sequence's rows in order. Its slot then holds keys/values up to the last kept token's
+        input (the tokens before it), as after as many one-token steps."""
+        firsts = np.cumsum([0] + [1 + len(d) for d in drafts]).tolist()
+        groups: dict[int, list[int]] = {}
+        for index, seq in enumerate(seqs):
+            groups.setdefault(id(seq.params), []).append(index)
+        for members in groups.values():
+            params = seqs[members[0]].params
+            rows = [row for i in members for row in range(firsts[i], firsts[i + 1])]
+            kept = verify_drafts(
+                logits[rows] if len(members) < len(seqs) else logits,
+                [drafts[i] for i in members],
+                [seqs[i].generator for i in members],
+                params.temperature,
+                params.top_p,
+            )
+            for i, new in zip(members, kept):
+                seq = seqs[i]
+                for count, token in enumerate(new, 1):
+                    seq.generated.append(token)
+                    if self._finished(seq):
+                        break
+                seq.length += count
+                self.stats.generated_tokens += count
+                self.stats.draft_tokens += len(drafts[i])
+                self.stats.accepted_draft_tokens += len(new) - 1
 
     def _finished(self, seq: _Sequence) -> bool:
         if seq.generated[-1] in self.eos_token_ids or self.codec.has_stop(seq.generated, seq.params.stop):

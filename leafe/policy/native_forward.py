@@ -79,6 +79,37 @@ def split_rows(
     return ranges[::-1]
 
 
+class DecodeLayout:
+    """Where each decode token sits when a slot may decode several tokens in one pass (the last
+    sampled token plus draft tokens being verified, see :mod:`leafe.policy.speculative`).
+
+    ``slots: (T,)`` the slot of each decode token, non-decreasing, every slot ``0..B-1`` present;
+    a slot's tokens take consecutive positions ``positions: (T,)``. Derived:
+    ``pad_index: (B, Q)`` the token index of each slot's ``j``-th query, the last one repeated
+    past the slot's count (so padded queries see the same keys and stay finite); ``real: (T,)``
+    the flat ``b * Q + j`` index of every real token; ``query_positions: (B, Q)``; ``ends:
+    (B,)`` each slot's last position.
+    """
+
+    def __init__(self, slots: torch.Tensor, positions: torch.Tensor) -> None:
+        counts = torch.bincount(slots)  # (B,)
+        self.batch, self.width = int(counts.shape[0]), int(counts.max())
+        firsts = torch.cumsum(counts, 0) - counts
+        column = torch.arange(self.width, device=slots.device)
+        self.pad_index = firsts[:, None] + torch.minimum(column[None, :], counts[:, None] - 1)
+        self.real = torch.nonzero((column[None, :] < counts[:, None]).reshape(-1)).squeeze(-1)
+        self.query_positions = positions[self.pad_index]
+        self.ends = self.query_positions[:, -1]
+
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (T, ...)`` -> ``(B, Q, ...)``."""
+        return x[self.pad_index.reshape(-1)].view(self.batch, self.width, *x.shape[1:])
+
+    def packed(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, Q, ...)`` -> the real tokens' rows ``(T, ...)``."""
+        return x.reshape(self.batch * self.width, *x.shape[2:])[self.real]
+
+
 class UnsupportedModel(ValueError):
     """The model's architecture is not one the native engine implements."""
 
@@ -262,40 +293,56 @@ class LlamaFamilyForward:
         positions: torch.Tensor,
         shared: int,
         chunks: Sequence[tuple[int, int, int]] | None = None,
+        layout: DecodeLayout | None = None,
     ) -> torch.Tensor:
         """:meth:`_cascade_attention` on the CPU flash kernel; same shapes and result.
 
         A token's ``group`` query heads that share a key/value head attend to the same keys
         under the same mask, so they are passed as that head's query rows: shared prefix
-        ``(1, kv_heads, B * group, hd)`` against slot 0, own suffix ``(B, kv_heads, group, hd)``
-        against each slot with an additive mask ``(B, 1, 1, span - shared)``. The two parts are
-        merged with their float32 log-sum-exps ``(B, kv_heads, group)``.
+        ``(1, kv_heads, T * group, hd)`` against slot 0, own suffix ``(B, kv_heads, Q * group,
+        hd)`` against each slot with an additive mask ``(B, 1, Q * group or 1, span - shared)``.
+        The two parts are merged with their float32 log-sum-exps ``(T, kv_heads, group)``.
 
-        ``chunks``: ``(lo, hi, end)``: rows ``lo..hi-1`` read their own suffixes in a call of
-        their own, up to position ``end - 1`` (their longest row; see :func:`split_rows`);
-        default one call over all rows.
+        ``layout``: several tokens per slot (``T`` tokens in ``B`` slots, at most ``Q`` per slot;
+        default one token per slot, ``T = B``, ``Q = 1``); ``q: (T, heads, hd)``,
+        ``positions: (T,)``. ``chunks``: ``(lo, hi, end)``: slots ``lo..hi-1`` read their own
+        suffixes in a call of their own, up to position ``end - 1`` (their longest row; see
+        :func:`split_rows`); default one call over all slots.
         """
-        batch, group, kv_heads, hd = q.shape[0], self.num_heads // self.kv_heads, self.kv_heads, self.head_dim
-        scale, span = hd**-0.5, int(positions.max()) + 1
-        grouped = q.view(batch, kv_heads, group, hd)
-        by_head = grouped.permute(1, 0, 2, 3).reshape(1, kv_heads, batch * group, hd)
+        tokens, group, kv_heads, hd = q.shape[0], self.num_heads // self.kv_heads, self.kv_heads, self.head_dim
+        scale = hd**-0.5
+        grouped = q.view(tokens, kv_heads, group, hd)
+        by_head = grouped.permute(1, 0, 2, 3).reshape(1, kv_heads, tokens * group, hd)
         shared_out, shared_lse = _CPU_FLASH(by_head, keys[:1, :, :shared], values[:1, :, :shared], 0.0, False, scale=scale)
-        shared_out = shared_out[0].view(kv_heads, batch, group, hd).permute(1, 0, 2, 3)
-        shared_lse = shared_lse[0].view(kv_heads, batch, group).permute(1, 0, 2)
-        beyond = torch.arange(shared, span, device=q.device)[None, :] > positions[:, None]  # (B, span - shared)
+        shared_out = shared_out[0].view(kv_heads, tokens, group, hd).permute(1, 0, 2, 3)
+        shared_lse = shared_lse[0].view(kv_heads, tokens, group).permute(1, 0, 2)
+        if layout is None:
+            batch, width, own_q, query_positions = tokens, 1, grouped, positions[:, None]
+        else:
+            batch, width, query_positions = layout.batch, layout.width, layout.query_positions
+            own_q = layout.padded(grouped).permute(0, 2, 1, 3, 4).reshape(batch, kv_heads, width * group, hd)
+        span = int(query_positions.max()) + 1
+        beyond = torch.arange(shared, span, device=q.device)[None, None, :] > query_positions[:, :, None]  # (B, Q, S)
         mask = torch.zeros(beyond.shape, dtype=q.dtype, device=q.device).masked_fill_(beyond, float("-inf"))
+        if width == 1:
+            mask = mask[:, None]  # (B, 1, 1, S): broadcast over the group's heads
+        else:  # query row j * group + g is token j's head g
+            mask = mask[:, :, None, :].expand(batch, width, group, span - shared).reshape(batch, 1, width * group, -1)
         parts = []
         for lo, hi, end in chunks or [(0, batch, span)]:
             parts.append(_CPU_FLASH(
-                grouped[lo:hi], keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False,
-                attn_mask=mask[lo:hi, None, None, : end - shared], scale=scale,
+                own_q[lo:hi], keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False,
+                attn_mask=mask[lo:hi, ..., : end - shared], scale=scale,
             ))
         own_out = parts[0][0] if len(parts) == 1 else torch.cat([out for out, _ in parts])
         own_lse = parts[0][1] if len(parts) == 1 else torch.cat([lse for _, lse in parts])
+        if layout is not None:  # (B, kv_heads, Q * group, ...) -> (T, kv_heads, group, ...)
+            own_out = layout.packed(own_out.view(batch, kv_heads, width, group, hd).permute(0, 2, 1, 3, 4))
+            own_lse = layout.packed(own_lse.view(batch, kv_heads, width, group).permute(0, 2, 1, 3))
         top = torch.maximum(shared_lse, own_lse)
         shared_weight, own_weight = torch.exp(shared_lse - top)[..., None], torch.exp(own_lse - top)[..., None]
         out = (shared_out.float() * shared_weight + own_out.float() * own_weight) / (shared_weight + own_weight)
-        return out.to(q.dtype).reshape(batch, self.num_heads, hd)
+        return out.to(q.dtype).reshape(tokens, self.num_heads, hd)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""
@@ -309,11 +356,15 @@ class LlamaFamilyForward:
         decode_positions: torch.Tensor,
         pieces: Sequence[tuple[int, int, list[int]]] = (),
         shared: int = 0,
+        decode_slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One packed forward pass: a decode step for slots ``0..B-1`` plus prompt pieces.
 
-        Decode: ``decode_tokens``, ``decode_positions`` ``(B,)`` (B may be 0); slot ``b`` writes its
-        key/value at ``decode_positions[b]`` and attends to ``0..decode_positions[b]``.
+        Decode: ``decode_tokens``, ``decode_positions`` ``(T,)`` (T may be 0); by default token
+        ``b`` belongs to slot ``b`` (``T = B``). ``decode_slots: (T,)`` gives each token's slot
+        instead, so a slot can decode several consecutive positions in one pass (draft tokens
+        being verified; see :class:`DecodeLayout`). Each token writes its key/value at its
+        position and attends to its slot's ``0..position``.
         Pieces ``(slot, start, token_ids)`` (slots >= B): the tokens take positions
         ``start..start+len-1`` of their slot and attend causally to ``0..start+len-1``. Keys/values
         of every row are written before any attention of the same layer, so consecutive pieces of
@@ -323,50 +374,71 @@ class LlamaFamilyForward:
         (a common prompt prefix); attention then reads them once, from slot 0 (see
         :meth:`_cascade_attention`).
 
-        Returns hidden states ``(B + len(pieces), hidden)``: the decode rows, then each piece's
+        Returns hidden states ``(T + len(pieces), hidden)``: the decode tokens, then each piece's
         last position.
         """
         device = self.param.device
-        batch = int(decode_tokens.shape[0])
+        tokens = int(decode_tokens.shape[0])
+        layout = None
+        if decode_slots is not None and tokens and int(decode_slots[-1]) + 1 < tokens:
+            layout = DecodeLayout(decode_slots, decode_positions)
         ids = [decode_tokens] + [torch.tensor(toks, device=device) for _, _, toks in pieces]
         positions = [decode_positions] + [
             torch.arange(start, start + len(toks), device=device) for _, start, toks in pieces
         ]
-        offsets = (batch + np.cumsum([0] + [len(toks) for _, _, toks in pieces])).tolist()
+        offsets = (tokens + np.cumsum([0] + [len(toks) for _, _, toks in pieces])).tolist()
         masks = [
             torch.arange(start + len(toks), device=device)[None, :]
             <= torch.arange(start, start + len(toks), device=device)[:, None]
             for _, start, toks in pieces
         ]
         chunks = None
-        if batch:
-            rows = torch.arange(batch, device=device)
-            span = int(decode_positions.max()) + 1
-            if shared >= MIN_CASCADE and self.flash_cascade and device.type == "cpu":
-                ends = decode_positions.cpu().numpy()
-                chunks = [(lo, hi, int(ends[lo:hi].max()) + 1) for lo, hi in split_rows(ends, shared, self.max_own_chunks)]
-            decode_mask = (torch.arange(span, device=device)[None, :] <= decode_positions[:, None])[:, None, None, :]
+        flash = self.flash_cascade and device.type == "cpu"
+        cascade = tokens > 0 and shared >= MIN_CASCADE and (layout is None or flash)
+        if tokens:
+            rows = torch.arange(tokens, device=device) if decode_slots is None else decode_slots
+            ends = decode_positions if layout is None else layout.ends  # (B,) each slot's last position
+            span = int(ends.max()) + 1
+            if cascade and flash:
+                last = ends.cpu().numpy()
+                chunks = [(lo, hi, int(last[lo:hi].max()) + 1) for lo, hi in split_rows(last, shared, self.max_own_chunks)]
+            query_positions = decode_positions[:, None] if layout is None else layout.query_positions  # (B, Q)
+            decode_mask = (torch.arange(span, device=device)[None, None, :] <= query_positions[:, :, None])[:, None]
         rope = self._rope(torch.cat(positions))
         h = self.inner.embed_tokens(torch.cat(ids))
         for index, layer in enumerate(self.layers):
             q, k, v = self._project(index, layer, h, rope)
             layer_keys, layer_values = keys[index], values[index]
-            if batch:
-                layer_keys[rows, :, decode_positions] = k[:batch]
-                layer_values[rows, :, decode_positions] = v[:batch]
+            if tokens:
+                layer_keys[rows, :, decode_positions] = k[:tokens]
+                layer_values[rows, :, decode_positions] = v[:tokens]
             for (slot, start, toks), lo in zip(pieces, offsets):
                 layer_keys[slot, :, start : start + len(toks)] = k[lo : lo + len(toks)].transpose(0, 1)
                 layer_values[slot, :, start : start + len(toks)] = v[lo : lo + len(toks)].transpose(0, 1)
             attended = torch.empty_like(q)
-            if batch and shared >= MIN_CASCADE:
-                attended[:batch] = self._cascade_attention(
-                    q[:batch], layer_keys, layer_values, decode_positions, shared, chunks
+            if cascade and layout is not None:
+                attended[:tokens] = self._flash_cascade_attention(
+                    q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks, layout
                 )
-            elif batch:
-                attended[:batch] = F.scaled_dot_product_attention(
-                    q[:batch, :, None, :],
+            elif cascade:
+                attended[:tokens] = self._cascade_attention(
+                    q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks
+                )
+            elif layout is not None:  # (B, heads, Q, hd) against each slot, causal within the slot's tokens
+                batch = layout.batch
+                out = F.scaled_dot_product_attention(
+                    layout.padded(q[:tokens]).transpose(1, 2),
                     layer_keys[:batch, :, :span],
                     layer_values[:batch, :, :span],
+                    attn_mask=decode_mask,
+                    enable_gqa=True,
+                )
+                attended[:tokens] = layout.packed(out.transpose(1, 2))
+            elif tokens:
+                attended[:tokens] = F.scaled_dot_product_attention(
+                    q[:tokens, :, None, :],
+                    layer_keys[:tokens, :, :span],
+                    layer_values[:tokens, :, :span],
                     attn_mask=decode_mask,
                     enable_gqa=True,
                 )[:, :, 0, :]
@@ -381,5 +453,5 @@ class LlamaFamilyForward:
                 )
                 attended[lo : lo + len(toks)] = out[0].transpose(0, 1)
             h = self._finish_layer(index, layer, h, attended)
-        last = list(range(batch)) + [end - 1 for end in offsets[1:]]
+        last = list(range(tokens)) + [end - 1 for end in offsets[1:]]
         return h[torch.tensor(last, device=device)]

@@ -209,7 +209,11 @@ class GRPOTrainer:
 
         if policy_cfg.backend != "transformers" and network.config.model_type in SUPPORTED_MODEL_TYPES:
             return NativePolicy.from_model(
-                network, self.tokenizer, max_batch_size=policy_cfg.max_batch_size, prefix_cache_mb=policy_cfg.prefix_cache_mb
+                network,
+                self.tokenizer,
+                max_batch_size=policy_cfg.max_batch_size,
+                prefix_cache_mb=policy_cfg.prefix_cache_mb,
+                speculative_tokens=policy_cfg.speculative_tokens,
             )
         from leafe.policy.transformers_backend import TransformersPolicy
 
