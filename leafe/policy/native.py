@@ -15,6 +15,12 @@ embedding, LM head); only attention and the cache layout are ours. That covers t
 (Llama 2/3, SmolLM, Mistral without sliding window use, Qwen2, Qwen3); anything else raises
 :class:`UnsupportedModel` (``backend: auto`` then falls back to transformers).
 
+Speculative decoding (``speculative_tokens``, :mod:`leafe.policy.speculative`): each step a
+sequence may run its last token plus a draft copied from its own context in the same pass, and
+keeps the draft's prefix that the model samples itself, plus one token of its own. Agents repeat
+their history and observations, so at a history window of 8 a step keeps ~3 tokens per sequence
+(docs/BENCHMARKS.md). The tokens are those of one-token decoding for the same logits.
+
 Sampling is the same seeded sampler as the transformers backend (:mod:`leafe.policy.sampling`),
 so for the same logits both backends draw the same tokens for the same seed. Logits are not bitwise
 equal (different matmul shapes), so a near-tie can still go the other way.
