@@ -136,7 +136,8 @@ class _Sequence:
     slot: int = -1
     length: int = 0
     generated: list[int] = field(default_factory=list)
-    stopped: bool = False
+    stopped: bool = False  # ended by eos or a stop string (else by max_new_tokens)
+    done: bool = False  # ended: retired at the end of the step
 
     def __post_init__(self) -> None:
         self.prompt_array = np.asarray(self.prompt_ids, dtype=np.int64)
@@ -376,10 +377,8 @@ class NativePolicy:
             new_tokens = sum(len(seq.prompt_ids) - seq.length for seq in admitted)
             if not decoding or len(decoding) + sum(map(len, drafts)) + new_tokens > self.max_prefill_tokens:
                 hidden = self._run_prompts([(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted])
-                for seq in admitted:
-                    seq.length = len(seq.prompt_ids)
                 self._active.extend(admitted)
-                self._append(admitted, self.net.logits(hidden))
+                self._advance(admitted, [[] for _ in admitted], self.net.logits(hidden))
                 admitted, decoding = [], []
         if decoding:
             start = time.perf_counter()
@@ -399,15 +398,12 @@ class NativePolicy:
             logits = self.net.logits(
                 self.net.forward(self.keys, self.values, tokens, positions, pieces, shared, decode_slots)
             )
-            for seq in admitted:
-                seq.length = len(seq.prompt_ids)
             self._active.extend(admitted)
             self.stats.computed_prompt_tokens += sum(len(toks) for _, _, toks in pieces)
             self.stats.decode_seconds += time.perf_counter() - start
             self.stats.decode_steps += 1
-            self._advance(decoding, drafts, logits[: len(token_ids)])
-            self._append(admitted, logits[len(token_ids) :])
-        for seq in [seq for seq in self._active if self._finished(seq)]:
+            self._advance(decoding + admitted, drafts + [[] for _ in admitted], logits)
+        for seq in [seq for seq in self._active if seq.done]:
             self._retire(seq)
             self._ready.setdefault(seq.stream.id, []).append(seq)
 
@@ -423,24 +419,6 @@ class NativePolicy:
                 return 0
         return shared
 
-    def _append(self, seqs: Sequence[_Sequence], logits: torch.Tensor) -> None:
-        """Sample one token per sequence from ``logits`` ``(len(seqs), vocab)``, rows grouped by
-        their stream's sampling parameters."""
-        groups: dict[int, list[int]] = {}
-        for row, seq in enumerate(seqs):
-            groups.setdefault(id(seq.params), []).append(row)
-        for rows in groups.values():
-            params = seqs[rows[0]].params
-            picked = sample_next(
-                logits[rows] if len(rows) < len(seqs) else logits,
-                [seqs[row].generator for row in rows],
-                params.temperature,
-                params.top_p,
-            ).tolist()
-            for row, token in zip(rows, picked):
-                seqs[row].generated.append(int(token))
-        self.stats.generated_tokens += len(seqs)
-
     def _draft(self, seq: _Sequence) -> list[int]:
         """Draft tokens for ``seq``'s next step (``[]`` without speculation). At most
         ``max_new_tokens`` are generated: the verified draft plus the model's own token must fit."""
@@ -451,11 +429,12 @@ class NativePolicy:
         return propose_draft(context, room)
 
     def _advance(self, seqs: Sequence[_Sequence], drafts: Sequence[list[int]], logits: torch.Tensor) -> None:
-        """Append each decoding sequence's new tokens and advance its slot: its draft's accepted
-        prefix and one token of its own (:func:`verify_drafts`), up to its end (eos, stop string,
-        ``max_new_tokens``). ``logits: (sum(1 + len(d) for d in drafts), vocab)``, each
-        sequence's rows in order. Its slot then holds keys/values up to the last kept token's
-        input (the tokens before it), as after as many one-token steps."""
+        """Append each sequence's new tokens, rows grouped by their stream's sampling parameters:
+        its draft's accepted prefix and one token of its own (:func:`verify_drafts`; a sequence
+        just admitted, or without a draft, samples one token), up to its end (eos, stop string,
+        ``max_new_tokens``, which sets ``done``). ``logits: (sum(1 + len(d) for d in drafts),
+        vocab)``, each sequence's rows in order. Its slot then holds keys/values for every token
+        but the last kept one, as after as many one-token steps."""
         firsts = np.cumsum([0] + [1 + len(d) for d in drafts]).tolist()
         groups: dict[int, list[int]] = {}
         for index, seq in enumerate(seqs):
@@ -475,8 +454,9 @@ class NativePolicy:
                 for count, token in enumerate(new, 1):
                     seq.generated.append(token)
                     if self._finished(seq):
+                        seq.done = True
                         break
-                seq.length += count
+                seq.length = len(seq.prompt_ids) + len(seq.generated) - 1
                 self.stats.generated_tokens += count
                 self.stats.draft_tokens += len(drafts[i])
                 self.stats.accepted_draft_tokens += len(new) - 1
