@@ -25,19 +25,17 @@ Sampling is the same seeded sampler as the transformers backend (:mod:`leafe.pol
 so for the same logits both backends draw the same tokens for the same seed. Logits are not bitwise
 equal (different matmul shapes), so a near-tie can still go the other way.
 
-The forward pass itself is :class:`~leafe.policy.native_forward.LlamaFamilyForward`.
-
-Shapes: ``keys[layer]`` and ``values[layer]`` are ``(slots, kv_heads, capacity, head_dim)``.
-Active sequences always occupy slots ``0..n_active-1`` (a finishing sequence's slot is refilled by
-moving the last one down), so the decode batch is a contiguous view, never a gather.
+The forward pass itself is :class:`~leafe.policy.native_forward.LlamaFamilyForward`; the
+key/value slots are :class:`~leafe.policy.kv_slots.KVSlots` (``keys[layer]``, ``values[layer]``:
+``(slots, kv_heads, capacity, head_dim)``). Active sequences always occupy slots
+``0..n_active-1`` (a finishing sequence's slot is refilled by moving the last one down), so the
+decode batch is a contiguous view, never a gather.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
-import os
 import threading
 import time
 from collections import deque
@@ -50,7 +48,7 @@ import torch
 
 from leafe.policy.base import Generation, GenerationRequest, SamplingParams
 from leafe.policy.embedded import DEFAULT_MODEL
-from leafe.policy.errors import RequestTooLarge
+from leafe.policy.kv_slots import KVSlots
 from leafe.policy.memory import keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
@@ -62,30 +60,8 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "EngineStats", "NativePolicy", "NativeStream
 
 logger = logging.getLogger(__name__)
 
-_CAPACITY_STEP = 128  # slot capacity grows in multiples of this many positions
-_CAPACITY_GROWTH = 1.5  # ... and by at least this factor
 _MIN_SHARED = 16  # a prefix shared by new prompts is computed once if it is at least this long
 _stream_ids = itertools.count()
-
-
-def _grown(old: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """``old`` ``(slots, kv_heads, capacity, head_dim)`` copied into a larger zero-padded tensor of
-    ``shape``; every element is written once (the padding must be finite: attention multiplies
-    masked values by a zero weight, and ``0 * nan`` would poison the row)."""
-    new = old.new_empty(shape)
-    slots, capacity = old.shape[0], old.shape[2]
-    new[:slots, :, :capacity] = old  # sequences in flight
-    new[:slots, :, capacity:] = 0
-    new[slots:] = 0
-    return new
-
-
-def _memory_bytes() -> int:
-    """Physical memory of the machine (a large default where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 1 << 40
 
 
 @dataclass
@@ -222,8 +198,7 @@ class NativePolicy:
         self.cascade = True  # decode attention reads a prefix common to all rows once
         self.cache = PrefixCache(int(prefix_cache_mb) << 20)
         self.stats = EngineStats()
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        self.slots = KVSlots(self.net, max_batch_size, name)
         self._queue: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []  # _active[i].slot == i
         self._ready: dict[int, list[_Sequence]] = {}  # stream.id -> finished, not yet collected
@@ -244,64 +219,8 @@ class NativePolicy:
         with self._lock:
             if self._active or self._queue:
                 return
-            self.keys, self.values = [], []
+            self.slots.clear()
             self.cache.clear()
-
-    # ------------------------------------------------------------------ storage
-
-    def _reserve(self, slots: int, capacity: int) -> None:
-        """Make sure ``slots`` slots of ``capacity`` positions exist (allocates only when growing)."""
-        if capacity > self.net.max_positions:
-            raise RequestTooLarge(
-                f"prompt + max_new_tokens needs {capacity} positions; {self.model_name or 'the model'} "
-                f"supports {self.net.max_positions} (lower policy.max_new_tokens or shorten the prompt)"
-            )
-        have_slots = self.keys[0].shape[0] if self.keys else 0
-        have_capacity = self.keys[0].shape[2] if self.keys else 0
-        if have_slots >= slots and have_capacity >= capacity:
-            return
-        # Every growth copies the sequences in flight and faults in fresh memory (most of its
-        # cost): take all slots at once and grow the capacity geometrically, so that prompts
-        # growing turn by turn (an episode's history) cause few growths.
-        slots = max(self.max_batch_size, have_slots)
-        if capacity > have_capacity:
-            capacity = max(capacity, min(int(have_capacity * _CAPACITY_GROWTH), self.net.max_positions))
-        capacity = max(min(-(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP, self.net.max_positions), have_capacity)
-        param = self.net.param
-        shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
-        needed = 2 * len(self.net.layers) * math.prod(shape) * param.element_size()
-        if needed > _memory_bytes() // 2:
-            raise RequestTooLarge(
-                f"keys/values for {slots} sequences of {capacity} positions need {needed / 2**30:.1f} GiB, more "
-                f"than half of this machine's memory; lower policy.max_batch_size or policy.max_new_tokens"
-            )
-        if not self.keys:
-            self.keys = [param.new_zeros(shape) for _ in self.net.layers]
-            self.values = [param.new_zeros(shape) for _ in self.net.layers]
-        for store in (self.keys, self.values):
-            for index, old in enumerate(store):  # one tensor at a time: peak memory grows by one layer
-                if old.shape != shape:
-                    store[index] = _grown(old, shape)
-                    del old
-        self.net.rope_table(capacity)
-
-    def _slot_kv(self, slot: int, length: int) -> torch.Tensor:
-        """A copy of a slot's first ``length`` positions: ``(layers, 2, kv_heads, length, head_dim)``."""
-        kv = self.keys[0].new_empty((len(self.keys), 2, self.net.kv_heads, length, self.net.head_dim))
-        for index, (k, v) in enumerate(zip(self.keys, self.values)):
-            kv[index, 0].copy_(k[slot, :, :length])
-            kv[index, 1].copy_(v[slot, :, :length])
-        return kv
-
-    def _load_slot(self, slot: int, kv: torch.Tensor, length: int) -> None:
-        for index, (k, v) in enumerate(zip(self.keys, self.values)):
-            k[slot, :, :length] = kv[index, 0, :, :length]
-            v[slot, :, :length] = kv[index, 1, :, :length]
-
-    def _move_slot(self, source: int, target: int, length: int) -> None:
-        for k, v in zip(self.keys, self.values):
-            k[target, :, :length] = k[source, :, :length]
-            v[target, :, :length] = v[source, :, :length]
 
     # ------------------------------------------------------------------ generation
 
@@ -331,7 +250,7 @@ class NativePolicy:
 
     def _enqueue(self, seq: _Sequence) -> None:
         with self._lock:
-            self._reserve(self.max_batch_size, len(seq.prompt_ids) + seq.params.max_new_tokens)
+            self.slots.reserve(self.max_batch_size, len(seq.prompt_ids) + seq.params.max_new_tokens)
             self.stats.requests += 1
             self.stats.prompt_tokens += len(seq.prompt_ids)
             if seq.params.max_new_tokens == 0:
@@ -364,7 +283,7 @@ class NativePolicy:
         in the same pass) and, in the same pass, prefills the prompts of queued sequences that
         fit into free slots (their first token is sampled from it). Admissions too large for one
         pass (``max_prefill_tokens``) or with nothing to decode get prompt-only passes instead."""
-        slots = self.keys[0].shape[0]
+        slots = self.slots.count
         decoding = list(self._active)
         drafts = [self._draft(seq) for seq in decoding]
         admitted: list[_Sequence] = []
@@ -396,7 +315,7 @@ class NativePolicy:
             pieces = [(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted]
             shared = self._shared_prefix(decoding) if self.cascade else 0
             logits = self.net.logits(
-                self.net.forward(self.keys, self.values, tokens, positions, pieces, shared, decode_slots)
+                self.net.forward(self.slots.keys, self.slots.values, tokens, positions, pieces, shared, decode_slots)
             )
             self._active.extend(admitted)
             self.stats.computed_prompt_tokens += sum(len(toks) for _, _, toks in pieces)
@@ -470,7 +389,7 @@ class NativePolicy:
     def _retire(self, seq: _Sequence) -> None:
         """Cache the finished sequence's keys/values and give its slot to the last active one."""
         tokens = seq.prompt_ids + seq.generated[:-1]  # the last token was sampled, never run
-        self.cache.insert(tokens, lambda: self._slot_kv(seq.slot, seq.length))
+        self.cache.insert(tokens, lambda: self.slots.copy_out(seq.slot, seq.length))
         self._release(seq)
 
     def _release(self, seq: _Sequence) -> None:
@@ -478,7 +397,7 @@ class NativePolicy:
         active = self._active
         last = active.pop()
         if last is not seq:
-            self._move_slot(last.slot, seq.slot, last.length)
+            self.slots.move(last.slot, seq.slot, last.length)
             last.slot = seq.slot
             active[seq.slot] = last
 
@@ -493,7 +412,7 @@ class NativePolicy:
             entry, length = self.cache.match(seq.prompt_ids)
             length = min(length, len(seq.prompt_ids) - 1)
             if entry is not None and length > 0:
-                self._load_slot(seq.slot, entry.kv, length)
+                self.slots.load(seq.slot, entry.kv, length)
             seq.length = max(length, 0)
             self.stats.cached_prompt_tokens += seq.length
 
@@ -522,11 +441,11 @@ class NativePolicy:
                 entry, length = self.cache.match(prefix)
                 length = min(length, len(prefix) - 1)
                 if entry is not None and length > 0:
-                    self._load_slot(slot, entry.kv, length)
+                    self.slots.load(slot, entry.kv, length)
                 pieces.append((slot, length, prefix[length:]))
             self._run_prompts(pieces)
             for slot, prefix in batch:
-                self.cache.insert(prefix, lambda slot=slot, n=len(prefix): self._slot_kv(slot, n))
+                self.cache.insert(prefix, lambda slot=slot, n=len(prefix): self.slots.copy_out(slot, n))
 
     def _run_prompts(self, segments: list[tuple[int, int, list[int]]]) -> torch.Tensor:
         """Prefill ``(slot, start, tokens)`` segments in packed passes of at most
@@ -545,7 +464,7 @@ class NativePolicy:
         used = 0
 
         def flush() -> None:
-            hidden = self.net.forward(self.keys, self.values, empty, empty, [(s, st, t) for s, st, t, _ in batch])
+            hidden = self.net.forward(self.slots.keys, self.slots.values, empty, empty, [(s, st, t) for s, st, t, _ in batch])
             for row, (_, _, _, segment) in enumerate(batch):
                 if segment is not None:
                     last_hidden[segment] = hidden[row]

@@ -64,7 +64,7 @@ def test_continuous_batching_with_fewer_slots_than_requests(tiny_policy, tiny_na
     narrow = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=2, max_prefill_tokens=7)
     requests = _requests(PROMPTS * 3)
     assert _ids(narrow.generate_tokens(requests, params)) == _ids(tiny_native.generate_tokens(requests, params))
-    assert narrow.keys[0].shape[0] == 2
+    assert narrow.slots.count == 2
 
 
 def test_a_request_does_not_depend_on_its_batch(tiny_native):
@@ -124,40 +124,18 @@ def test_stream_accepts_longer_prompts_mid_flight(tiny_policy):
     stream.submit("short", GenerationRequest("x", seed=0))
     stream.submit("short2", GenerationRequest("y", seed=1))
     first = dict(stream.next_finished())
-    capacity = engine.keys[0].shape[2]
+    capacity = engine.slots.capacity
     long_prompt = "word " * (capacity + 10)
     stream.submit("long", GenerationRequest(long_prompt, seed=2))
     results = dict(first)
     while stream.pending:
         results.update(stream.next_finished())
-    assert engine.keys[0].shape[2] > capacity
+    assert engine.slots.capacity > capacity
     expected = tiny_policy.generate_tokens(
         [GenerationRequest("x", seed=0), GenerationRequest("y", seed=1), GenerationRequest(long_prompt, seed=2)], params
     )
     assert [results[k].completion_token_ids for k in ("short", "short2", "long")] == _ids(expected)
     assert stream.next_finished() == []
-
-
-def test_growing_slots_keeps_sequences_in_flight_and_zeroes_the_rest():
-    from leafe.policy.native import _grown
-
-    old = torch.randn(2, 3, 4, 5)
-    new = _grown(old, (3, 3, 7, 5))
-    assert torch.equal(new[:2, :, :4], old)
-    assert not new[:2, :, 4:].any() and not new[2:].any()
-
-
-def test_capacity_grows_geometrically(tiny_policy):
-    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=2)
-    engine._reserve(2, 100)
-    assert engine.keys[0].shape[2] == 128
-    engine._reserve(2, 129)  # a prompt one position longer: room for many more turns
-    assert engine.keys[0].shape[2] == 256  # 1.5 x 128 = 192, rounded up to the 128 step
-    engine._reserve(2, 1900)
-    assert engine.keys[0].shape[2] == 1920  # the request is larger than 1.5 x: its own size
-    engine._reserve(2, 1930)
-    assert engine.keys[0].shape[2] == 2048  # 1.5 x, capped at the model's positions
-    assert all(k.shape == v.shape == engine.keys[0].shape for k, v in zip(engine.keys, engine.values))
 
 
 def test_stop_strings_eos_and_zero_tokens(tiny_policy, tiny_native):
@@ -245,9 +223,9 @@ def test_requests_too_large_for_the_model_or_the_machine_are_refused_before_allo
     with pytest.raises(RequestTooLarge, match="policy.max_new_tokens"):  # tiny model: 2048 positions
         engine.generate(_requests(), SamplingParams(max_new_tokens=5000))
     greedy = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=300_000)
-    with pytest.raises(RequestTooLarge, match="policy.max_batch_size"):
-        greedy._reserve(300_000, 2000)  # ~150 GB of keys/values
-    assert not greedy.keys
+    with pytest.raises(RequestTooLarge, match="policy.max_batch_size"):  # ~150 GB of keys/values
+        greedy.generate(_requests(), SamplingParams(max_new_tokens=5))
+    assert not greedy.slots.keys
 
 
 def _last_hidden(net, tokens):

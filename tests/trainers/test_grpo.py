@@ -128,7 +128,7 @@ def test_the_rollout_engine_serves_the_updated_weights_without_a_restart(tiny_mo
     trainer._update([_trajectory(REPLIES, 0, success=True), _trajectory(REPLIES[:1], 1)], torch.tensor([1.0, -1.0]))
     trainer.policy.weights_changed()
     trainer.policy.release_memory()  # as a training step does: the slots are allocated again on demand
-    assert trainer.policy.keys == []
+    assert trainer.policy.slots.keys == []
     trainer.model.save_pretrained(tmp_path / "updated")
     trainer.tokenizer.save_pretrained(tmp_path / "updated")
     fresh = NativePolicy(str(tmp_path / "updated"), max_batch_size=4)

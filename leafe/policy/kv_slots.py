@@ -1,0 +1,135 @@
+"""Key/value slots of the native engine: one fixed slot per running sequence, in every layer.
+
+Shapes: ``keys[layer]`` and ``values[layer]`` are ``(slots, kv_heads, capacity, head_dim)``. The
+engine keeps its active sequences in slots ``0..n_active-1``, so a decode batch is a contiguous
+view of these tensors, never a gather. A slot's positions past its sequence's length are stale or
+zero; attention masks them (they must stay finite: a masked value is multiplied by a zero weight,
+and ``0 * nan`` would poison the row).
+
+Growth is rare by design: the first reservation takes every slot at once, and the capacity grows
+geometrically (an episode's prompt grows turn by turn), because each growth copies the sequences
+in flight and faults in fresh memory, which is most of its cost on a VM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from leafe.policy.errors import RequestTooLarge
+from leafe.policy.native_forward import LlamaFamilyForward
+
+__all__ = ["KVSlots", "grown"]
+
+CAPACITY_STEP = 128  # slot capacity grows in multiples of this many positions
+CAPACITY_GROWTH = 1.5  # ... and by at least this factor
+
+
+def grown(old: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``old`` ``(slots, kv_heads, capacity, head_dim)`` copied into a larger zero-padded tensor of
+    ``shape``; every element is written once."""
+    new = old.new_empty(shape)
+    slots, capacity = old.shape[0], old.shape[2]
+    new[:slots, :, :capacity] = old  # sequences in flight
+    new[:slots, :, capacity:] = 0
+    new[slots:] = 0
+    return new
+
+
+def memory_bytes() -> int:
+    """Physical memory of the machine (a large default where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 40
+
+
+class KVSlots:
+    """The slots of every layer (see the module docstring), allocated on first use.
+
+    Args:
+        net: the forward pass whose layers the slots serve (its shapes, dtype and device).
+        max_slots: slots allocated at the first reservation (the engine's batch size).
+        model_name: named in the error when a request needs more positions than the model has.
+    """
+
+    def __init__(self, net: LlamaFamilyForward, max_slots: int, model_name: str = "") -> None:
+        self.net = net
+        self.max_slots = int(max_slots)
+        self.model_name = model_name
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    @property
+    def count(self) -> int:
+        """Slots allocated (0 before the first reservation)."""
+        return self.keys[0].shape[0] if self.keys else 0
+
+    @property
+    def capacity(self) -> int:
+        """Positions per slot (0 before the first reservation)."""
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def clear(self) -> None:
+        """Give the memory back; the next :meth:`reserve` allocates again."""
+        self.keys, self.values = [], []
+
+    def reserve(self, slots: int, capacity: int) -> None:
+        """Make sure ``slots`` slots of ``capacity`` positions exist (allocates only when growing).
+
+        Raises:
+            RequestTooLarge: the model has fewer positions, or the slots would take more than half
+                of the machine's memory (checked before allocating).
+        """
+        if capacity > self.net.max_positions:
+            raise RequestTooLarge(
+                f"prompt + max_new_tokens needs {capacity} positions; {self.model_name or 'the model'} "
+                f"supports {self.net.max_positions} (lower policy.max_new_tokens or shorten the prompt)"
+            )
+        have_slots, have_capacity = self.count, self.capacity
+        if have_slots >= slots and have_capacity >= capacity:
+            return
+        slots = max(self.max_slots, have_slots, slots)
+        if capacity > have_capacity:
+            capacity = max(capacity, min(int(have_capacity * CAPACITY_GROWTH), self.net.max_positions))
+        capacity = max(min(-(-capacity // CAPACITY_STEP) * CAPACITY_STEP, self.net.max_positions), have_capacity)
+        param = self.net.param
+        shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
+        needed = 2 * len(self.net.layers) * math.prod(shape) * param.element_size()
+        if needed > memory_bytes() // 2:
+            raise RequestTooLarge(
+                f"keys/values for {slots} sequences of {capacity} positions need {needed / 2**30:.1f} GiB, more "
+                f"than half of this machine's memory; lower policy.max_batch_size or policy.max_new_tokens"
+            )
+        if not self.keys:
+            self.keys = [param.new_zeros(shape) for _ in self.net.layers]
+            self.values = [param.new_zeros(shape) for _ in self.net.layers]
+        for store in (self.keys, self.values):
+            for index, old in enumerate(store):  # one tensor at a time: peak memory grows by one layer
+                if old.shape != shape:
+                    store[index] = grown(old, shape)
+                    del old
+        self.net.rope_table(capacity)
+
+    def copy_out(self, slot: int, length: int) -> torch.Tensor:
+        """A copy of a slot's first ``length`` positions: ``(layers, 2, kv_heads, length, head_dim)``
+        (the layout :meth:`load` takes, and the prefix cache stores)."""
+        kv = self.keys[0].new_empty((len(self.keys), 2, self.net.kv_heads, length, self.net.head_dim))
+        for index, (k, v) in enumerate(zip(self.keys, self.values)):
+            kv[index, 0].copy_(k[slot, :, :length])
+            kv[index, 1].copy_(v[slot, :, :length])
+        return kv
+
+    def load(self, slot: int, kv: torch.Tensor, length: int) -> None:
+        """Write ``kv[:, :, :, :length]`` (layout of :meth:`copy_out`) into a slot's first positions."""
+        for index, (k, v) in enumerate(zip(self.keys, self.values)):
+            k[slot, :, :length] = kv[index, 0, :, :length]
+            v[slot, :, :length] = kv[index, 1, :, :length]
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy a slot's first ``length`` positions into another slot."""
+        for k, v in zip(self.keys, self.values):
+            k[target, :, :length] = k[source, :, :length]
+            v[target, :, :length] = v[source, :, :length]

@@ -1,0 +1,76 @@
+"""Key/value slots: geometric growth that keeps sequences in flight, copies in and out, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leafe.policy.errors import RequestTooLarge
+from leafe.policy.kv_slots import KVSlots, grown
+from leafe.policy.native_forward import LlamaFamilyForward
+
+
+@pytest.fixture()
+def net(tiny_policy):
+    return LlamaFamilyForward(tiny_policy.model)
+
+
+def test_growing_keeps_sequences_in_flight_and_zeroes_the_rest():
+    old = torch.randn(2, 3, 4, 5)
+    new = grown(old, (3, 3, 7, 5))
+    assert torch.equal(new[:2, :, :4], old)
+    assert not new[:2, :, 4:].any() and not new[2:].any()
+
+
+def test_capacity_grows_geometrically(net):
+    slots = KVSlots(net, max_slots=2)
+    assert slots.count == slots.capacity == 0
+    slots.reserve(1, 100)
+    assert (slots.count, slots.capacity) == (2, 128)  # every slot at once, a multiple of 128 positions
+    slots.reserve(2, 129)  # a prompt one position longer: room for many more turns
+    assert slots.capacity == 256  # 1.5 x 128 = 192, rounded up to the 128 step
+    slots.reserve(2, 1900)
+    assert slots.capacity == 1920  # the request is larger than 1.5 x: its own size
+    slots.reserve(2, 1930)
+    assert slots.capacity == 2048  # 1.5 x, capped at the model's positions
+    assert len(slots.keys) == len(slots.values) == len(net.layers)
+    assert all(k.shape == v.shape == (2, net.kv_heads, 2048, net.head_dim) for k, v in zip(slots.keys, slots.values))
+
+
+def test_growth_keeps_what_the_slots_hold(net):
+    slots = KVSlots(net, max_slots=2)
+    slots.reserve(2, 10)
+    for k, v in zip(slots.keys, slots.values):
+        k.normal_()
+        v.normal_()
+    before = slots.copy_out(1, 128)
+    slots.reserve(2, 300)
+    assert torch.equal(slots.copy_out(1, 128), before)
+    assert not slots.copy_out(1, slots.capacity)[:, :, :, 128:].any()
+
+
+def test_copy_out_load_and_move_round_trip(net):
+    slots = KVSlots(net, max_slots=3)
+    slots.reserve(3, 20)
+    for k, v in zip(slots.keys, slots.values):
+        k[0].normal_()
+        v[0].normal_()
+    kv = slots.copy_out(0, 7)
+    assert kv.shape == (len(net.layers), 2, net.kv_heads, 7, net.head_dim)
+    slots.load(1, kv, 5)
+    assert torch.equal(slots.copy_out(1, 5), kv[:, :, :, :5])
+    assert not slots.copy_out(1, 7)[:, :, :, 5:].any()  # only ``length`` positions are written
+    slots.move(0, 2, 7)
+    assert torch.equal(slots.copy_out(2, 7), kv)
+    slots.clear()
+    assert slots.keys == slots.values == [] and slots.count == 0
+
+
+def test_requests_too_large_are_refused_before_allocating(net):
+    slots = KVSlots(net, max_slots=4, model_name="tiny")
+    with pytest.raises(RequestTooLarge, match="tiny supports 2048"):
+        slots.reserve(4, 5000)
+    huge = KVSlots(net, max_slots=300_000)
+    with pytest.raises(RequestTooLarge, match="policy.max_batch_size"):  # ~150 GB of keys/values
+        huge.reserve(300_000, 2000)
+    assert not slots.keys and not huge.keys
