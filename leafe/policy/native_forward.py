@@ -26,6 +26,35 @@ CALL_COST = 256
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
+# Passes of at most this many rows compute a linear layer as (W @ x^T)^T (see _linear).
+TRANSPOSED_LINEAR_ROWS = 128
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for ``x: (rows, in)``, ``weight: (out, in)`` -> ``(rows, out)``.
+
+    With 2..TRANSPOSED_LINEAR_ROWS rows in float32 on the CPU, it computes the transposed product
+    ``weight @ x^T`` and transposes it back. Same GEMM, other operand order: MKL takes another
+    code path for it that is 1.5-4x faster at decode shapes on the AVX2 EPYC CPUs we measured
+    (docs/BENCHMARKS.md, session 16). Its output is bitwise ``F.linear``'s from 16 rows on there;
+    at 2-15 rows it differs by float rounding (as ``F.linear`` itself does between 1 and 2 rows).
+    """
+    rows = x.shape[0]
+    if not (1 < rows <= TRANSPOSED_LINEAR_ROWS and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu"):
+        return F.linear(x, weight, bias)
+    if bias is None:
+        return torch.mm(weight, x.t()).t().contiguous()
+    return torch.addmm(bias[:, None], weight, x.t()).t().contiguous()
+
+
+def _apply_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` through :func:`_linear` for a plain ``nn.Linear`` (a LoRA-wrapped or other
+    layer runs its own forward)."""
+    if type(module) is torch.nn.Linear:
+        return _linear(x, module.weight, module.bias)
+    return module(x)
+
+
 _RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 
 
@@ -215,7 +244,7 @@ class LlamaFamilyForward:
         n = x.shape[0]
         if self._qkv:
             kv_width = self.kv_heads * self.head_dim
-            q, k, v = F.linear(x, *self._qkv[index]).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
+            q, k, v = _linear(x, *self._qkv[index]).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
         q = q.view(n, self.num_heads, self.head_dim)
@@ -226,13 +255,13 @@ class LlamaFamilyForward:
         return self._rotate(q, rope), self._rotate(k, rope), v
 
     def _finish_layer(self, index: int, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        h = h + layer.self_attn.o_proj(attended.reshape(h.shape[0], self.num_heads * self.head_dim))
+        h = h + _apply_linear(layer.self_attn.o_proj, attended.reshape(h.shape[0], self.num_heads * self.head_dim))
         x = _rms_norm(layer.post_attention_layernorm, h)
         if not self._gate_up:
             return h + layer.mlp(x)
         mlp = layer.mlp  # the model's own MLP, down_proj(act(gate_proj(x)) * up_proj(x)), on the fused weights
-        gate, up = F.linear(x, *self._gate_up[index]).chunk(2, dim=-1)
-        return h + mlp.down_proj(mlp.act_fn(gate) * up)
+        gate, up = _linear(x, *self._gate_up[index]).chunk(2, dim=-1)
+        return h + _apply_linear(mlp.down_proj, mlp.act_fn(gate) * up)
 
     def _cascade_attention(
         self,
@@ -346,7 +375,7 @@ class LlamaFamilyForward:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""
-        return self.model.lm_head(_rms_norm(self.inner.norm, h)).float()
+        return _apply_linear(self.model.lm_head, _rms_norm(self.inner.norm, h)).float()
 
     def forward(
         self,

@@ -60,3 +60,33 @@ def test_chunked_own_suffix_attention_matches_one_call(tiny_policy):
     assert len(ranges) > 1
     chunks = [(lo, hi, int(positions[lo:hi].max()) + 1) for lo, hi in ranges]
     torch.testing.assert_close(net._cascade_attention(q, keys, values, positions, shared, chunks), whole, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 16, 128, 129, 300])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_is_the_layer_s_product_at_every_row_count(rows, with_bias):
+    """The transposed product (2..128 rows) and F.linear (otherwise) give the layer's output."""
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(96, 64, generator=generator)
+    bias = torch.randn(96, generator=generator) if with_bias else None
+    x = torch.randn(rows, 64, generator=generator)
+    out = native_forward._linear(x, weight, bias)
+    expected = torch.nn.functional.linear(x, weight, bias)
+    assert out.shape == (rows, 96) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    if not 1 < rows <= native_forward.TRANSPOSED_LINEAR_ROWS:
+        assert torch.equal(out, expected)  # F.linear itself
+
+
+def test_linear_leaves_other_dtypes_and_wrapped_layers_to_their_own_forward():
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+    layer = torch.nn.Linear(8, 3).to(torch.bfloat16)
+    assert torch.equal(native_forward._apply_linear(layer, x), layer(x))
+
+    class Wrapped(torch.nn.Linear):  # e.g. a LoRA layer: its forward is not the plain product
+        def forward(self, x):
+            return super().forward(x) + 1
+
+    wrapped = Wrapped(8, 3)
+    x = torch.randn(4, 8)
+    assert torch.equal(native_forward._apply_linear(wrapped, x), wrapped(x))
