@@ -35,9 +35,10 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 
     With 2..TRANSPOSED_LINEAR_ROWS rows in float32 on the CPU, it computes the transposed product
     ``weight @ x^T`` and transposes it back. Same GEMM, other operand order: MKL takes another
-    code path for it that is 1.5-4x faster at decode shapes on the AVX2 EPYC CPUs we measured
-    (docs/BENCHMARKS.md, session 16). Its output is bitwise ``F.linear``'s from 16 rows on there;
-    at 2-15 rows it differs by float rounding (as ``F.linear`` itself does between 1 and 2 rows).
+    code path for it that is 1.9-4x faster at 4 rows, up to 2x at 16 and about as fast from 64
+    rows on, on the AVX2 EPYC we measured (docs/BENCHMARKS.md, session 16; bench/linear_forms.py).
+    Its output is bitwise ``F.linear``'s from 16 rows on there; at 2-15 rows it differs by float
+    rounding (as ``F.linear`` itself does between 1 and 2 rows).
     """
     rows = x.shape[0]
     if not (1 < rows <= TRANSPOSED_LINEAR_ROWS and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu"):
