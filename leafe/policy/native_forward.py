@@ -2,8 +2,9 @@
 
 It reuses the model's own modules and weights (embedding, norms, projections, MLP, rotary
 embedding, LM head; plain linear layers go through :func:`_linear`, the same product in MKL's
-faster operand order at small passes); only attention and the cache layout are ours. One pass packs a decode step for the active slots
-with prompt pieces of new sequences; decode attention can read a prefix common to all rows once.
+faster operand order at small passes); only attention and the cache layout are ours. One pass
+packs a decode step for the active slots with prompt pieces of new sequences; decode attention
+can read a prefix common to all rows once.
 """
 
 from __future__ import annotations
