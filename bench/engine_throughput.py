@@ -8,7 +8,10 @@ A native backend may name its cascade decode-attention kernel after a colon (``f
 CPU flash kernel, the default; ``matmul``: batched matmuls) and, after a slash, the most calls its
 own-suffix attention may be split into (``native:flash/1``: one call), and after an ``@`` its draft
 tokens per step (``policy.speculative_tokens``; ``native@0`` decodes one token per step); list
-entries twice to interleave.
+entries twice to interleave. ``native+lora`` serves the model wrapped in peft LoRA adapters the way
+GRPO rolls out with ``grpo.finetune: lora`` (r=16 on every linear layer, adapters at peft's
+initialisation, B = 0, so the episodes are the plain model's; the engine runs over the wrapped
+modules, ``NativePolicy.from_model`` + ``fuse_projections``).
 
 1. Measures the fp32 matmul peak (2048 x 2048, median of 10) before and after each backend's run,
    takes the higher one, and turns it into the model's compute roofline in tokens/s: peak / (2 x
@@ -93,6 +96,24 @@ def work_tokens(trajectories, tokenizer) -> tuple[int, int, int]:
     return sent, new, generated
 
 
+def _lora_policy(policy_cfg, slots: int):
+    """The native engine over the embedded model wrapped in LoRA adapters, set up as GRPO does."""
+    from peft import LoraConfig, get_peft_model
+
+    from leafe.policy.native import NativePolicy
+    from leafe.policy.transformers_backend import load_model
+
+    model, tokenizer = load_model(policy_cfg.model, "cpu", policy_cfg.dtype)
+    wrapped = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    wrapped.eval()
+    policy = NativePolicy.from_model(
+        wrapped.get_base_model(), tokenizer, max_batch_size=slots, prefix_cache_mb=policy_cfg.prefix_cache_mb,
+        speculative_tokens=policy_cfg.speculative_tokens,
+    )
+    print(f"LoRA projections fused: {policy.net.fuse_projections()}")
+    return policy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["native", "transformers"])
@@ -113,6 +134,9 @@ def main() -> None:
     for run, backend in enumerate(args.backends):
         spec, _, speculative = backend.partition("@")
         name, _, kernel = spec.partition(":")
+        name, plus, lora = name.partition("+")
+        if plus and (name != "native" or lora != "lora"):
+            parser.error(f"--backends: {backend!r}: only native takes +lora")
         kernel, _, chunks = kernel.partition("/")
         if (
             kernel not in ("", "flash", "matmul")
@@ -142,7 +166,7 @@ def main() -> None:
         )
         make_env, task_source = build_env(cfg.env)
         tasks = select_tasks(task_source, "test", args.tasks)
-        policy = load_policy(cfg.policy)
+        policy = _lora_policy(cfg.policy, episodes) if lora else load_policy(cfg.policy)
         if kernel:
             policy.net.flash_cascade = kernel == "flash"
         if chunks:

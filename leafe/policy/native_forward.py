@@ -50,12 +50,70 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return torch.addmm(bias[:, None], weight, x.t()).t().contiguous()
 
 
+# One active LoRA adapter of a layer: (A weight (r, in), B weight (out, r), B bias (out,) or None, scale).
+Adapter = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]
+
+
+def _lora_adapters(module: Any, dtype: torch.dtype) -> list[Adapter] | None:
+    """The active adapters of a peft LoRA-wrapped ``nn.Linear``, when its forward on an input of
+    ``dtype`` is exactly ``base(x) + sum_a B_a(A_a(x)) * scale_a``: plain LoRA (no DoRA or other
+    variant), dropout off (eval mode or p = 0), no dtype cast. ``[]`` when the adapters are off
+    or merged into the base weights. ``None`` when the module is not such a layer or its forward
+    does more than that now (a layer in training mode with LoRA dropout, say): run ``module(x)``.
+    """
+    base = getattr(module, "base_layer", None)
+    if type(base) is not torch.nn.Linear or not hasattr(module, "lora_A") or base.weight.dtype != dtype:
+        return None
+    if module.disable_adapters:
+        return None if module.merged else []  # (merged and disabled: peft unmerges on the call)
+    if module.merged:
+        return []
+    adapters: list[Adapter] = []
+    for name in module.active_adapters:
+        if name not in module.lora_A:
+            continue
+        if name in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(name, False):
+            return None
+        a, b, dropout = module.lora_A[name], module.lora_B[name], module.lora_dropout[name]
+        dropout_off = type(dropout) is torch.nn.Identity or (
+            type(dropout) is torch.nn.Dropout and (not dropout.training or dropout.p == 0)
+        )
+        if type(a) is not torch.nn.Linear or type(b) is not torch.nn.Linear or a.bias is not None or not dropout_off:
+            return None
+        if a.weight.dtype != dtype:
+            return None
+        adapters.append((a.weight, b.weight, b.bias, module.scaling[name]))
+    return adapters
+
+
+def _add_adapters(out: torch.Tensor, x: torch.Tensor, adapters: Sequence[Adapter]) -> torch.Tensor:
+    """``out + sum B(A(x)) * scale`` in peft's own order of operations (``x: (rows, in)``,
+    ``out: (rows, out)``)."""
+    for a, b, b_bias, scale in adapters:
+        out = out + F.linear(F.linear(x, a), b, b_bias) * scale
+    return out
+
+
+def _base_linear(module: Any) -> torch.nn.Linear | None:
+    """The plain ``nn.Linear`` holding a layer's (base) weights: the layer itself, or the base
+    layer of a peft LoRA wrapper; ``None`` for anything else."""
+    if type(module) is torch.nn.Linear:
+        return module
+    base = getattr(module, "base_layer", None)
+    return base if type(base) is torch.nn.Linear and hasattr(module, "lora_A") else None
+
+
 def _apply_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` through :func:`_linear` for a plain ``nn.Linear`` (a LoRA-wrapped or other
-    layer runs its own forward)."""
+    """``module(x)`` through :func:`_linear` for a plain ``nn.Linear`` and for the base product of
+    a peft LoRA layer (its adapters added as peft does, see :func:`_lora_adapters`); any other
+    layer runs its own forward."""
     if type(module) is torch.nn.Linear:
         return _linear(x, module.weight, module.bias)
-    return module(x)
+    adapters = _lora_adapters(module, x.dtype)
+    if adapters is None:
+        return module(x)
+    base = module.base_layer
+    return _add_adapters(_linear(x, base.weight, base.bias), x, adapters)
 
 
 _RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
@@ -176,6 +234,10 @@ class LlamaFamilyForward:
         self._cos = self._sin = torch.empty(0)
         self._qkv: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # per layer, see fuse_projections
         self._gate_up: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        # Per layer, the fused group's modules when one of them is LoRA-wrapped (its adapters are
+        # added to the fused base product), else None.
+        self._qkv_wrapped: list[list[Any] | None] = []
+        self._gate_up_wrapped: list[list[Any] | None] = []
 
     def fuse_projections(self) -> bool:
         """Store each layer's q/k/v weights in one tensor and its gate/up weights in another, so a
@@ -185,9 +247,12 @@ class LlamaFamilyForward:
 
         The modules' parameters become row slices of the fused tensors (same ``Parameter``
         objects, so an in-place update of either stays visible to both). Only for plain
-        ``nn.Linear`` projections (a LoRA-wrapped layer keeps its own forward) with matching
-        biases. Returns whether the layers were fused; call once, on a model whose parameters
-        will not be replaced afterwards (``model.to(...)`` would silently unfuse them).
+        ``nn.Linear`` projections with matching biases, or peft LoRA wrappers of them: then the
+        base layers' (frozen) weights are fused and each pass adds the adapters, which may change
+        between passes, as peft does (see :func:`_lora_adapters`). Returns whether the layers
+        were fused; call once, on a model whose parameters will not be replaced afterwards
+        (``model.to(...)`` would silently unfuse them), and not on weights an optimizer updates
+        that are saved with safetensors (which refuses tensors sharing memory).
         """
         if self._qkv:
             return True
@@ -196,26 +261,47 @@ class LlamaFamilyForward:
             attn, mlp = layer.self_attn, layer.mlp
             for names, owner in ((("q_proj", "k_proj", "v_proj"), attn), (("gate_proj", "up_proj"), mlp)):
                 modules = [getattr(owner, name, None) for name in names]
-                if any(type(m) is not torch.nn.Linear for m in modules):
+                bases = [_base_linear(m) for m in modules]
+                if any(base is None for base in bases):
                     return False
-                if len({m.bias is None for m in modules}) > 1:
+                if len({base.bias is None for base in bases}) > 1:
                     return False
-                groups.append(modules)
-        fused = []
+                groups.append((modules, bases))
+        fused, wrapped = [], []
         with torch.no_grad():
-            for modules in groups:
-                weight = torch.cat([m.weight for m in modules])
-                bias = None if modules[0].bias is None else torch.cat([m.bias for m in modules])
+            for modules, bases in groups:
+                weight = torch.cat([base.weight for base in bases])
+                bias = None if bases[0].bias is None else torch.cat([base.bias for base in bases])
                 row = 0
-                for m in modules:
-                    rows = m.weight.shape[0]
-                    m.weight.data = weight[row : row + rows]
+                for base in bases:
+                    rows = base.weight.shape[0]
+                    base.weight.data = weight[row : row + rows]
                     if bias is not None:
-                        m.bias.data = bias[row : row + rows]
+                        base.bias.data = bias[row : row + rows]
                     row += rows
                 fused.append((weight, bias))
+                wrapped.append(None if all(type(m) is torch.nn.Linear for m in modules) else modules)
         self._qkv, self._gate_up = fused[0::2], fused[1::2]
+        self._qkv_wrapped, self._gate_up_wrapped = wrapped[0::2], wrapped[1::2]
         return True
+
+    @staticmethod
+    def _with_adapters(
+        wrapped: list[Any] | None, parts: Sequence[torch.Tensor], x: torch.Tensor
+    ) -> Sequence[torch.Tensor]:
+        """A fused group's outputs ``parts`` (each ``(rows, out_i)``, from the base weights) with
+        each LoRA-wrapped module's adapters added; a module whose forward is more than that now
+        runs its own forward on ``x: (rows, in)``."""
+        if wrapped is None:
+            return parts
+        out = []
+        for module, part in zip(wrapped, parts):
+            if type(module) is torch.nn.Linear:
+                out.append(part)
+                continue
+            adapters = _lora_adapters(module, x.dtype)
+            out.append(module(x) if adapters is None else _add_adapters(part, x, adapters))
+        return out
 
     def rope_table(self, positions: int) -> None:
         """Precompute cos/sin ``(positions, head_dim)`` with the model's own rotary embedding."""
@@ -247,9 +333,10 @@ class LlamaFamilyForward:
         n = x.shape[0]
         if self._qkv:
             kv_width = self.kv_heads * self.head_dim
-            q, k, v = _linear(x, *self._qkv[index]).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
+            parts = _linear(x, *self._qkv[index]).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
+            q, k, v = self._with_adapters(self._qkv_wrapped[index], parts, x)
         else:
-            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q, k, v = (_apply_linear(m, x) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.view(n, self.kv_heads, self.head_dim)
         v = v.view(n, self.kv_heads, self.head_dim)
@@ -260,10 +347,11 @@ class LlamaFamilyForward:
     def _finish_layer(self, index: int, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         h = h + _apply_linear(layer.self_attn.o_proj, attended.reshape(h.shape[0], self.num_heads * self.head_dim))
         x = _rms_norm(layer.post_attention_layernorm, h)
-        if not self._gate_up:
-            return h + layer.mlp(x)
-        mlp = layer.mlp  # the model's own MLP, down_proj(act(gate_proj(x)) * up_proj(x)), on the fused weights
-        gate, up = _linear(x, *self._gate_up[index]).chunk(2, dim=-1)
+        mlp = layer.mlp  # the model's own MLP, down_proj(act(gate_proj(x)) * up_proj(x))
+        if self._gate_up:  # on the fused weights
+            gate, up = self._with_adapters(self._gate_up_wrapped[index], _linear(x, *self._gate_up[index]).chunk(2, dim=-1), x)
+        else:
+            gate, up = _apply_linear(mlp.gate_proj, x), _apply_linear(mlp.up_proj, x)
         return h + _apply_linear(mlp.down_proj, mlp.act_fn(gate) * up)
 
     def _cascade_attention(

@@ -208,13 +208,16 @@ class GRPOTrainer:
         from leafe.policy.native import SUPPORTED_MODEL_TYPES, NativePolicy
 
         if policy_cfg.backend != "transformers" and network.config.model_type in SUPPORTED_MODEL_TYPES:
-            return NativePolicy.from_model(
+            native = NativePolicy.from_model(
                 network,
                 self.tokenizer,
                 max_batch_size=policy_cfg.max_batch_size,
                 prefix_cache_mb=policy_cfg.prefix_cache_mb,
                 speculative_tokens=policy_cfg.speculative_tokens,
             )
+            if self.settings.finetune == "lora":  # the base weights are frozen: fuse them (adapters stay live)
+                native.net.fuse_projections()
+            return native
         from leafe.policy.transformers_backend import TransformersPolicy
 
         return TransformersPolicy.from_model(network, self.tokenizer, max_batch_size=policy_cfg.max_batch_size)

@@ -268,16 +268,63 @@ def test_fused_projections_give_bitwise_the_same_pass(tiny_policy, family):
     assert not torch.equal(_last_hidden(net, tokens), plain)
 
 
-def test_lora_wrapped_projections_are_not_fused(tiny_policy):
+def _peft_tiny(tiny_policy, **lora):
+    """The tiny model with LoRA adapters whose B is not zero (so they change the outputs)."""
     import copy
 
     from peft import LoraConfig, get_peft_model
 
+    model = get_peft_model(copy.deepcopy(tiny_policy.model), LoraConfig(r=2, init_lora_weights=False, **lora))
+    return model.eval()
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_lora_wrapped_layers_give_peft_s_logits(tiny_policy, fuse):
+    """The engine's pass over LoRA-wrapped projections (base products through _linear, fused or
+    not, adapters added as peft does) gives the peft model's own logits, and follows the adapters
+    as they change, are disabled, or run dropout in training mode."""
     from leafe.policy.native_forward import LlamaFamilyForward
 
-    model = get_peft_model(copy.deepcopy(tiny_policy.model), LoraConfig(r=2, target_modules=["q_proj", "up_proj"]))
+    model = _peft_tiny(tiny_policy, target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
     net = LlamaFamilyForward(model.base_model.model)
-    assert not net.fuse_projections() and not net._qkv and not net._gate_up
+    if fuse:  # the wrapped groups are fused: their base weights become views of one tensor
+        assert net.fuse_projections() and net._qkv_wrapped[0] is not None
+        assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.data_ptr() == net._qkv[0][0].data_ptr()
+    tokens = tiny_policy.tokenizer(PROMPTS[1])["input_ids"]
+
+    def engine_logits():
+        return net.logits(_last_hidden(net, tokens))[-1]
+
+    def peft_logits():
+        with torch.inference_mode():
+            return model(torch.tensor([tokens])).logits[0, -1]
+
+    expected = peft_logits()
+    torch.testing.assert_close(engine_logits(), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # an update of the adapters reaches the next pass
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.mul_(2.0)
+    torch.testing.assert_close(engine_logits(), peft_logits(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(peft_logits(), expected, atol=1e-3)
+    with model.disable_adapter():
+        torch.testing.assert_close(engine_logits(), peft_logits(), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_dropout_in_training_mode_runs_peft_s_own_forward(tiny_policy):
+    from leafe.policy.native_forward import LlamaFamilyForward
+
+    model = _peft_tiny(tiny_policy, target_modules=["q_proj", "up_proj"], lora_dropout=0.5)
+    net = LlamaFamilyForward(model.base_model.model)
+    assert net.fuse_projections()
+    tokens = tiny_policy.tokenizer(PROMPTS[1])["input_ids"]
+    model.train()  # dropout on: every pass differs, as peft's own forward does
+    first, second = (net.logits(_last_hidden(net, tokens))[-1] for _ in range(2))
+    assert not torch.equal(first, second)
+    model.eval()
+    with torch.inference_mode():
+        expected = model(torch.tensor([tokens])).logits[0, -1]
+    torch.testing.assert_close(net.logits(_last_hidden(net, tokens))[-1], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])

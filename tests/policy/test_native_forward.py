@@ -90,3 +90,50 @@ def test_linear_leaves_other_dtypes_and_wrapped_layers_to_their_own_forward():
     wrapped = Wrapped(8, 3)
     x = torch.randn(4, 8)
     assert torch.equal(native_forward._apply_linear(wrapped, x), wrapped(x))
+
+
+def _lora_layer(dropout: float = 0.0, **config):
+    """A peft LoRA-wrapped ``nn.Linear(64, 96)`` whose adapter is not a no-op, in eval mode."""
+    from peft import LoraConfig, get_peft_model
+
+    class One(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(64, 96)
+
+    torch.manual_seed(0)
+    wrapped = get_peft_model(
+        One(), LoraConfig(r=4, target_modules=["proj"], init_lora_weights=False, lora_dropout=dropout, **config)
+    )
+    return wrapped.base_model.model.proj.eval()
+
+
+@pytest.mark.parametrize("rows", [1, 4, 32, 200])
+def test_a_lora_layer_runs_its_base_product_through_linear_and_adds_its_adapter(rows):
+    layer = _lora_layer()
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(rows))
+    adapters = native_forward._lora_adapters(layer, x.dtype)
+    assert adapters is not None and len(adapters) == 1 and adapters[0][3] == layer.scaling["default"]
+    with torch.no_grad():
+        expected = layer(x)
+        torch.testing.assert_close(native_forward._apply_linear(layer, x), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected, layer.base_layer(x), atol=1e-3)  # the adapter matters
+
+
+def test_lora_adapters_are_read_only_where_peft_s_forward_is_base_plus_adapters():
+    layer = _lora_layer(dropout=0.5)
+    assert native_forward._lora_adapters(layer, torch.float32)  # eval mode: dropout is off
+    layer.train()
+    assert native_forward._lora_adapters(layer, torch.float32) is None  # dropout on: peft's own forward
+    layer.eval()
+    assert native_forward._lora_adapters(layer, torch.bfloat16) is None  # peft would cast the input
+    layer.enable_adapters(False)
+    assert native_forward._lora_adapters(layer, torch.float32) == []
+    layer.enable_adapters(True)
+    layer.merge()
+    assert native_forward._lora_adapters(layer, torch.float32) == []  # the base weights hold the adapter
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(native_forward._apply_linear(layer, x), layer(x), rtol=1e-5, atol=1e-5)
+    assert native_forward._lora_adapters(_lora_layer(use_dora=True), torch.float32) is None
+    assert native_forward._lora_adapters(torch.nn.Linear(4, 4), torch.float32) is None

@@ -136,6 +136,32 @@ def test_the_rollout_engine_serves_the_updated_weights_without_a_restart(tiny_mo
     assert served == [g.text for g in fresh.generate(requests, greedy)]
 
 
+def _native_last_logits(net, tokens):
+    """The engine's logits ``(vocab,)`` after one prompt-only pass of ``tokens`` into a fresh slot."""
+    shape = (1, net.kv_heads, 64, net.head_dim)
+    keys, values = [torch.zeros(shape) for _ in net.layers], [torch.zeros(shape) for _ in net.layers]
+    net.rope_table(64)
+    empty = torch.empty(0, dtype=torch.long)
+    with torch.inference_mode():
+        return net.logits(net.forward(keys, values, empty, empty, [(0, 0, tokens)]))[-1]
+
+
+def test_a_lora_run_serves_its_live_adapters_on_fused_base_weights(tiny_model_dir, tmp_path):
+    """GRPO with LoRA rolls out on the engine's fused projections (the frozen base weights) and
+    adds the adapters as they are after each update: its logits are the peft model's."""
+    trainer = _trainer(tiny_model_dir, tmp_path, finetune="lora", learning_rate=5e-2)
+    net = trainer.policy.net
+    assert net._qkv and net._qkv_wrapped[0] is not None
+    trainer._update([_trajectory(REPLIES, 0, success=True), _trajectory(REPLIES[:1], 1)], torch.tensor([1.0, -1.0]))
+    trainer.model.eval()
+    assert any(p.abs().sum() > 0 for name, p in trainer.model.named_parameters() if "lora_B" in name)
+    tokens = trainer.tokenizer("Observation:\nRoom 0\nThought:")["input_ids"]
+    with torch.inference_mode():
+        expected = trainer.model(torch.tensor([tokens])).logits[0, -1]
+    served = _native_last_logits(net, tokens)
+    torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_resolve_init_finds_a_finished_run_model(tmp_path):
     (tmp_path / "grpo-run" / "model").mkdir(parents=True)
     assert resolve_init(str(tmp_path / "grpo-run")) == str(tmp_path / "grpo-run")  # not finished, no checkpoints
