@@ -26,7 +26,7 @@ quickstart: install
 	$(BIN)/leafe run configs/sokoban_quickstart.yaml
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --maxschedchunk=1 tests
 
 bench: install
 	$(BIN)/python bench/rollout_throughput.py

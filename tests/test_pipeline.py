@@ -29,6 +29,7 @@ def _args(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.minutes(9)
 def test_leafe_run_survives_a_kill_during_sft_and_reports(tmp_path):
     run_dir = tmp_path / "pipe"
     command = [sys.executable, "-m", "leafe.cli", "run", *_args(tmp_path)]

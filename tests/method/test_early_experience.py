@@ -134,6 +134,7 @@ def _command(out: Path, variant: str, model: str) -> list[str]:
     ]
 
 
+@pytest.mark.minutes(2)
 def test_the_command_trains_a_world_model_then_the_policy_and_a_rerun_does_not_collect_again(tmp_path):
     from leafe.cli import main
 

@@ -93,6 +93,7 @@ def _start_conversion(cache: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.minutes(2)
 def test_conversion_is_atomic_and_locked(tmp_path):
     """A killed conversion leaves no model folder; two concurrent ones convert once."""
     models = tmp_path / "models"

@@ -211,6 +211,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.minutes(4)
 def test_a_grpo_run_killed_mid_update_resumes_to_the_same_metrics(tmp_path):
     straight = subprocess.run(_grpo_command(tmp_path, "straight"), capture_output=True, text=True, timeout=1800)
     assert straight.returncode == 0, straight.stderr[-3000:]
