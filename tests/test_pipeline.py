@@ -18,7 +18,7 @@ QUICKSTART = REPO / "configs" / "sokoban_quickstart.yaml"
 
 def _args(out: Path) -> list[str]:
     # Rooms solvable in at most 3 moves, so the 135M model solves some within the budget and
-    # there is data to train on (3 of the 8 rooms and 6-7 examples a round when measured). One epoch at batch 2
+    # there is data to train on (2-3 of the 8 rooms and 4-6 examples a round when measured). One epoch at batch 2
     # still gives SFT several steps, so the kill lands between checkpoints.
     return [
         str(QUICKSTART), "name=pipe", f"output_dir={out}", "env.max_solution_length=3",

@@ -120,7 +120,7 @@ def test_a_lora_layer_runs_its_base_product_through_linear_and_adds_its_adapter(
     assert not torch.allclose(expected, layer.base_layer(x), atol=1e-3)  # the adapter matters
 
 
-def test_lora_adapters_are_read_only_where_peft_s_forward_is_base_plus_adapters():
+def test_adapters_are_taken_only_where_peft_s_forward_is_base_plus_adapters():
     layer = _lora_layer(dropout=0.5)
     assert native_forward._lora_adapters(layer, torch.float32)  # eval mode: dropout is off
     layer.train()
