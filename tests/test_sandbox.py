@@ -27,16 +27,33 @@ def _isolation(mode: str) -> str:
     return mode
 
 
-def _sandbox_processes() -> list[str]:
-    """PIDs of live processes whose working directory is a sandbox directory."""
+@pytest.fixture
+def own_sandboxes(monkeypatch) -> list[str]:
+    """The sandbox directories this test creates (another test worker may run sandboxes of its
+    own at the same time)."""
+    made: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recorded(*args, **kwargs):
+        made.append(mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recorded)
+    return made
+
+
+def _sandbox_processes(directories: list[str]) -> list[str]:
+    """PIDs of live processes whose working directory is (or was) one of ``directories``."""
+    assert any("leafe-sandbox-" in directory for directory in directories)  # the recording works
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if "leafe-sandbox-" in os.readlink(f"/proc/{entry}/cwd"):
-                    found.append(entry)
+                cwd = os.readlink(f"/proc/{entry}/cwd")
             except OSError:
                 continue
+            if any(cwd.startswith(directory) for directory in directories):
+                found.append(entry)
     return found
 
 
@@ -82,22 +99,22 @@ def test_sleeping_program_is_killed_at_the_wall_clock_deadline():
     assert time.monotonic() - started < 4
 
 
-def test_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind():
+def test_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind(own_sandboxes):
     assert sandbox_status().processes_limited
     bomb = "import os\nwhile True:\n    os.fork()\n"
     started = time.monotonic()
     (job,) = run_python(bomb, [Job()], FAST).jobs
     assert job.limit == "processes", job
     assert time.monotonic() - started < FAST.wall_seconds + 3
-    assert _sandbox_processes() == []
+    assert _sandbox_processes(own_sandboxes) == []
 
 
-def test_processes_that_escape_the_process_group_are_killed():
+def test_processes_that_escape_the_process_group_are_killed(own_sandboxes):
     _isolation("namespaces")
     program = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint('parent done')\n"
     (job,) = run_python(program, [Job()], FAST).jobs
     assert job.ok and job.stdout == "parent done\n"
-    assert _sandbox_processes() == []
+    assert _sandbox_processes(own_sandboxes) == []
 
 
 def test_huge_allocation_hits_the_memory_limit():
