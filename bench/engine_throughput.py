@@ -13,8 +13,9 @@ GRPO rolls out with ``grpo.finetune: lora`` (r=16 on every linear layer, adapter
 initialisation, B = 0, so the episodes are the plain model's; the engine runs over the wrapped
 modules, ``NativePolicy.from_model`` + ``fuse_projections``).
 
-1. Measures the fp32 matmul peak (2048 x 2048, median of 10) before and after each backend's run,
-   takes the higher one, and turns it into the model's compute roofline in tokens/s: peak / (2 x
+1. Measures the fp32 matmul peak (2048 x 2048, median of 10, the better of MKL and oneDNN with
+   a packed weight, the two kernels the engine runs) before and after each backend's run, takes
+   the higher one, and turns it into the model's compute roofline in tokens/s: peak / (2 x
    weights touched per token), where the weights are every linear layer of the decoder plus the LM
    head. Attention is left out: 4 x context x hidden x layers FLOPs per token, ~10% of the
    weights' share at history window 1 (prompts of ~370 tokens) and ~15% at window 8 (~600).
@@ -49,22 +50,30 @@ from leafe.agent import build_agent, select_tasks  # noqa: E402
 from leafe.config import config_from_dict  # noqa: E402
 from leafe.envs import build_env  # noqa: E402
 from leafe.eval.passk import compute_pass_at_k  # noqa: E402
-from leafe.policy import load_policy  # noqa: E402
+from leafe.policy import load_policy, native_forward  # noqa: E402
 from leafe.policy.prefix_cache import common_prefix_length  # noqa: E402
 from leafe.rollout import make_jobs, run_episodes  # noqa: E402
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Median fp32 GFLOP/s of a ``size x size`` matmul on the current torch thread count."""
+    """The machine's fp32 matmul peak in GFLOP/s on the current torch thread count: the better
+    median of a ``size x size`` product on MKL (``a @ b``) and on oneDNN with ``b`` packed once
+    (the engine's kernel from 16 rows on; where this PyTorch has it), timed interleaved."""
     a, b = torch.randn(size, size), torch.randn(size, size)
+    forms = [lambda: a @ b]
+    if native_forward.PackedWeights().enabled:
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous())
+        forms.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
     for _ in range(3):
-        a @ b
-    times = []
+        for form in forms:
+            form()
+    times: list[list[float]] = [[] for _ in forms]
     for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+        for form, bucket in zip(forms, times):
+            start = time.perf_counter()
+            form()
+            bucket.append(time.perf_counter() - start)
+    return 2 * size**3 / min(statistics.median(bucket) for bucket in times) / 1e9
 
 
 def flops_per_token(model: torch.nn.Module) -> float:

@@ -51,6 +51,7 @@ RESUMABLE_CHANGES = frozenset(
         "policy.backend",
         "policy.prefix_cache_mb",
         "policy.speculative_tokens",  # exact: the same tokens for the same logits
+        "policy.packed_linear",  # the same products up to float rounding
         "policy.api_key_env",
         "policy.base_url",  # a restarted server at a new address serves the same policy.model
         "policy.request_timeout_s",

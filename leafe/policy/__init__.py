@@ -62,6 +62,7 @@ def _native(cfg: PolicyConfig, model: str) -> Policy:
         cfg.max_batch_size,
         prefix_cache_mb=cfg.prefix_cache_mb,
         speculative_tokens=cfg.speculative_tokens,
+        packed_linear=cfg.packed_linear,
     )
 
 

@@ -132,6 +132,9 @@ class NativePolicy:
         max_prefill_tokens: prompt tokens per packed forward pass (bounds activation memory).
         speculative_tokens: draft tokens per sequence and step, copied from its context and
             verified exactly (:mod:`leafe.policy.speculative`); 0 decodes one token per step.
+        packed_linear: on the CPU in float32, run passes of 16+ rows on oneDNN with a copy of the
+            weights reordered once (:class:`~leafe.policy.native_forward.PackedWeights`; one
+            more copy of the weights in memory); False runs every product on MKL.
     """
 
     name = "native"
@@ -145,11 +148,14 @@ class NativePolicy:
         prefix_cache_mb: int = 2048,
         max_prefill_tokens: int = 2048,
         speculative_tokens: int = DRAFT_TOKENS,
+        packed_linear: bool = True,
     ) -> None:
         from leafe.policy.transformers_backend import load_model
 
         hf_model, tokenizer = load_model(model, device, dtype)
-        self._setup(hf_model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, model, speculative_tokens)
+        self._setup(
+            hf_model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, model, speculative_tokens, packed_linear
+        )
         self.net.fuse_projections()  # the model is the engine's own: nothing else holds its parameters
 
     @classmethod
@@ -161,12 +167,15 @@ class NativePolicy:
         prefix_cache_mb: int = 2048,
         max_prefill_tokens: int = 2048,
         speculative_tokens: int = DRAFT_TOKENS,
+        packed_linear: bool = True,
     ) -> NativePolicy:
         """Serve an already-built ``(model, tokenizer)`` pair (tests, or a model being trained:
         call :meth:`weights_changed` after every update)."""
         policy = cls.__new__(cls)
         name = getattr(model, "name_or_path", "") or ""
-        policy._setup(model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, name, speculative_tokens)
+        policy._setup(
+            model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, name, speculative_tokens, packed_linear
+        )
         return policy
 
     def _setup(
@@ -178,6 +187,7 @@ class NativePolicy:
         max_prefill_tokens: int,
         name: str,
         speculative_tokens: int = 0,
+        packed_linear: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -186,6 +196,7 @@ class NativePolicy:
         if speculative_tokens < 0:
             raise ValueError(f"speculative_tokens must be >= 0, got {speculative_tokens}")
         self.net = LlamaFamilyForward(model)
+        self.net.packed.enabled = self.net.packed.enabled and bool(packed_linear)
         keep_freed_memory()  # freed logits, cache entries and activations are reused, not re-faulted
         self.model = model
         self.tokenizer = tokenizer
@@ -209,9 +220,12 @@ class NativePolicy:
         return self.codec.render(prompt)
 
     def weights_changed(self) -> None:
-        """Forget cached prefixes: they were computed with the old weights."""
+        """Forget cached prefixes and the weights' oneDNN copies: they were made from the old
+        weights. (A copy is also remade when its weight's version counter moves, but an update
+        through ``.data`` does not move it.)"""
         with self._lock:
             self.cache.clear()
+            self.net.packed.clear()
 
     def release_memory(self) -> None:
         """Give back the key/value slots and the prefix cache while nothing is generating (e.g.
@@ -221,6 +235,7 @@ class NativePolicy:
                 return
             self.slots.clear()
             self.cache.clear()
+            self.net.packed.clear()
 
     # ------------------------------------------------------------------ generation
 

@@ -1,20 +1,24 @@
 """The native engine's forward pass over key/value slots, on a Llama-family transformers model.
 
 It reuses the model's own modules and weights (embedding, norms, projections, MLP, rotary
-embedding, LM head; plain linear layers go through :func:`_linear`, the same product in MKL's
-faster operand order at small passes); only attention and the cache layout are ours. One pass
+embedding, LM head; plain linear layers go through :func:`_linear`, the same product on the
+fastest kernel measured for the pass's row count); only attention and the cache layout are ours. One pass
 packs a decode step for the active slots with prompt pieces of new sequences; decode attention
 can read a prefix common to all rows once.
 """
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at least this long
@@ -30,20 +34,97 @@ _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 # Passes of at most this many rows compute a linear layer as (W @ x^T)^T (see _linear).
 TRANSPOSED_LINEAR_ROWS = 128
+# Passes of at least this many rows run oneDNN's linear on weights reordered once (see _linear).
+PACKED_LINEAR_MIN_ROWS = 16
+# PyTorch's oneDNN linear on a weight reordered once into oneDNN's own layout: the private ops
+# that torch.compile's CPU weight prepacking uses; absent from builds without oneDNN.
+_ONEDNN_REORDER = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+class PackedWeights:
+    """oneDNN copies of float32 CPU weights, made on first use and remade when a weight changes.
+
+    A weight counts as changed when its storage moved (``data_ptr``) or it was updated in place
+    (its version counter: an optimizer step, ``copy_``, ``load_state_dict``), so a copy is never
+    stale for a weight updated outside inference mode. Entries go when their weight is freed.
+    ``enabled`` turns the packed path off (it also goes off by itself if oneDNN refuses a weight).
+    """
+
+    def __init__(self) -> None:
+        self.enabled = (
+            _ONEDNN_REORDER is not None and _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available()
+        )
+        self._entries: dict[int, tuple[weakref.ref, tuple[int, ...], torch.Tensor]] = {}
+
+    def clear(self) -> None:
+        """Drop every copy (they are remade on next use)."""
+        self._entries.clear()
+
+    def get(self, weight: torch.Tensor, members: Sequence[torch.Tensor] = ()) -> torch.Tensor | None:
+        """The oneDNN copy of ``weight: (out, in)``, or None when the packed path is off.
+
+        ``members``: tensors whose in-place updates change ``weight`` without touching its own
+        version counter (the modules' weights that are views of a fused tensor, see
+        :meth:`LlamaFamilyForward.fuse_projections`).
+        """
+        if not self.enabled:
+            return None
+        key = id(weight)
+        stamp = (weight.data_ptr(), *(_version(t) for t in (weight, *members)))
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is weight and entry[1] == stamp:
+            return entry[2]
+        try:
+            packed = _ONEDNN_REORDER(weight.detach())
+        except RuntimeError:
+            self.enabled = False
+            logger.warning("oneDNN refused a weight of shape %s; linear layers run on F.linear", tuple(weight.shape))
+            return None
+        entries = self._entries
+        self._entries[key] = (weakref.ref(weight, lambda _, key=key: entries.pop(key, None)), stamp, packed)
+        return packed
+
+
+def _version(t: torch.Tensor) -> int:
+    """``t``'s version counter (bumped by every in-place update); -1 for an inference tensor,
+    which has none (and cannot be updated outside inference mode)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
+def _linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    members: Sequence[torch.Tensor] = (),
+    packed: PackedWeights | None = None,
+) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for ``x: (rows, in)``, ``weight: (out, in)`` -> ``(rows, out)``.
 
-    With 2..TRANSPOSED_LINEAR_ROWS rows in float32 on the CPU, it computes the transposed product
-    ``weight @ x^T`` and transposes it back. Same GEMM, other operand order: MKL takes another
-    code path for it that is 1.9-4x faster at 4 rows, up to 2x at 16 and about as fast from 64
-    rows on, on the AVX2 EPYC we measured (docs/BENCHMARKS.md, session 16; bench/linear_forms.py).
-    Its output is bitwise ``F.linear``'s from 16 rows on there; at 2-15 rows it differs by float
-    rounding (as ``F.linear`` itself does between 1 and 2 rows).
+    In float32 on the CPU, without autograd, the product takes the fastest form measured for its
+    row count (docs/BENCHMARKS.md, sessions 16 and 18; bench/linear_forms.py):
+    - from PACKED_LINEAR_MIN_ROWS rows on, oneDNN's linear on a copy of the weight reordered once
+      into oneDNN's layout, kept in ``packed`` (when given and enabled): 1.1-1.5x faster than ``F.linear`` (MKL) at
+      16-600 rows on the AVX2 EPYC we measured, most on the wide gate/up and LM head products;
+    - at 2..15 rows, the transposed product ``weight @ x^T`` transposed back: the same MKL GEMM
+      with the operands in the other order, 1.9-4x faster than ``F.linear`` at 4 rows there;
+    - otherwise (one row, other dtypes, GPUs, autograd) ``F.linear`` itself.
+    Both fast forms give ``F.linear``'s result up to float rounding (the sums run in another
+    order). ``members``: see :meth:`PackedWeights.get`.
     """
     rows = x.shape[0]
-    if not (1 < rows <= TRANSPOSED_LINEAR_ROWS and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu"):
+    if not (rows > 1 and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu") or (
+        torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    ):
+        return F.linear(x, weight, bias)
+    if rows >= PACKED_LINEAR_MIN_ROWS and packed is not None:
+        reordered = packed.get(weight, members)
+        if reordered is not None:
+            return _ONEDNN_LINEAR(x, reordered, bias, "none", [], "")
+    if rows > TRANSPOSED_LINEAR_ROWS:
         return F.linear(x, weight, bias)
     if bias is None:
         return torch.mm(weight, x.t()).t().contiguous()
@@ -103,17 +184,17 @@ def _base_linear(module: Any) -> torch.nn.Linear | None:
     return base if type(base) is torch.nn.Linear and hasattr(module, "lora_A") else None
 
 
-def _apply_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` through :func:`_linear` for a plain ``nn.Linear`` and for the base product of
-    a peft LoRA layer (its adapters added as peft does, see :func:`_lora_adapters`); any other
-    layer runs its own forward."""
+def _apply_linear(module: Any, x: torch.Tensor, packed: PackedWeights | None = None) -> torch.Tensor:
+    """``module(x)`` through :func:`_linear` (``packed``: its oneDNN copies) for a plain
+    ``nn.Linear`` and for the base product of a peft LoRA layer (its adapters added as peft does,
+    see :func:`_lora_adapters`); any other layer runs its own forward."""
     if type(module) is torch.nn.Linear:
-        return _linear(x, module.weight, module.bias)
+        return _linear(x, module.weight, module.bias, packed=packed)
     adapters = _lora_adapters(module, x.dtype)
     if adapters is None:
         return module(x)
     base = module.base_layer
-    return _add_adapters(_linear(x, base.weight, base.bias), x, adapters)
+    return _add_adapters(_linear(x, base.weight, base.bias, packed=packed), x, adapters)
 
 
 _RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
@@ -231,9 +312,14 @@ class LlamaFamilyForward:
         # Cascade decode attention on the CPU flash kernel (else batched matmuls; see bench/).
         self.flash_cascade = _CPU_FLASH is not None
         self.max_own_chunks = MAX_OWN_CHUNKS  # 1: own suffixes in one call (see split_rows)
+        # oneDNN copies of the weights for passes of PACKED_LINEAR_MIN_ROWS rows and more (see
+        # _linear); ``packed.enabled = False`` runs every product on MKL instead.
+        self.packed = PackedWeights()
         self._cos = self._sin = torch.empty(0)
-        self._qkv: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # per layer, see fuse_projections
-        self._gate_up: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        # Per layer (see fuse_projections): the fused weight, bias, and the modules' own weights
+        # (views of it, whose in-place updates the fused tensor's version counter does not see).
+        self._qkv: list[tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]] = []
+        self._gate_up: list[tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]] = []
         # Per layer, the fused group's modules when one of them is LoRA-wrapped (its adapters are
         # added to the fused base product), else None.
         self._qkv_wrapped: list[list[Any] | None] = []
@@ -279,7 +365,7 @@ class LlamaFamilyForward:
                     if bias is not None:
                         base.bias.data = bias[row : row + rows]
                     row += rows
-                fused.append((weight, bias))
+                fused.append((weight, bias, tuple(base.weight for base in bases)))
                 wrapped.append(None if all(type(m) is torch.nn.Linear for m in modules) else modules)
         self._qkv, self._gate_up = fused[0::2], fused[1::2]
         self._qkv_wrapped, self._gate_up_wrapped = wrapped[0::2], wrapped[1::2]
@@ -333,10 +419,11 @@ class LlamaFamilyForward:
         n = x.shape[0]
         if self._qkv:
             kv_width = self.kv_heads * self.head_dim
-            parts = _linear(x, *self._qkv[index]).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
+            fused = _linear(x, *self._qkv[index], packed=self.packed)
+            parts = fused.split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
             q, k, v = self._with_adapters(self._qkv_wrapped[index], parts, x)
         else:
-            q, k, v = (_apply_linear(m, x) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+            q, k, v = (_apply_linear(m, x, self.packed) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.view(n, self.kv_heads, self.head_dim)
         v = v.view(n, self.kv_heads, self.head_dim)
@@ -345,14 +432,16 @@ class LlamaFamilyForward:
         return self._rotate(q, rope), self._rotate(k, rope), v
 
     def _finish_layer(self, index: int, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        h = h + _apply_linear(layer.self_attn.o_proj, attended.reshape(h.shape[0], self.num_heads * self.head_dim))
+        attended = attended.reshape(h.shape[0], self.num_heads * self.head_dim)
+        h = h + _apply_linear(layer.self_attn.o_proj, attended, self.packed)
         x = _rms_norm(layer.post_attention_layernorm, h)
         mlp = layer.mlp  # the model's own MLP, down_proj(act(gate_proj(x)) * up_proj(x))
         if self._gate_up:  # on the fused weights
-            gate, up = self._with_adapters(self._gate_up_wrapped[index], _linear(x, *self._gate_up[index]).chunk(2, dim=-1), x)
+            fused = _linear(x, *self._gate_up[index], packed=self.packed)
+            gate, up = self._with_adapters(self._gate_up_wrapped[index], fused.chunk(2, dim=-1), x)
         else:
-            gate, up = _apply_linear(mlp.gate_proj, x), _apply_linear(mlp.up_proj, x)
-        return h + _apply_linear(mlp.down_proj, mlp.act_fn(gate) * up)
+            gate, up = _apply_linear(mlp.gate_proj, x, self.packed), _apply_linear(mlp.up_proj, x, self.packed)
+        return h + _apply_linear(mlp.down_proj, mlp.act_fn(gate) * up, self.packed)
 
     def _cascade_attention(
         self,
@@ -466,7 +555,7 @@ class LlamaFamilyForward:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""
-        return _apply_linear(self.model.lm_head, _rms_norm(self.inner.norm, h)).float()
+        return _apply_linear(self.model.lm_head, _rms_norm(self.inner.norm, h), self.packed).float()
 
     def forward(
         self,

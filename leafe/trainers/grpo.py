@@ -214,6 +214,7 @@ class GRPOTrainer:
                 max_batch_size=policy_cfg.max_batch_size,
                 prefix_cache_mb=policy_cfg.prefix_cache_mb,
                 speculative_tokens=policy_cfg.speculative_tokens,
+                packed_linear=policy_cfg.packed_linear,
             )
             if self.settings.finetune == "lora":  # the base weights are frozen: fuse them (adapters stay live)
                 native.net.fuse_projections()

@@ -39,6 +39,33 @@ def test_same_tokens_as_transformers(tiny_policy, tiny_native, temperature):
     assert [r.generation for r in ours] == [r.generation for r in theirs]
 
 
+def test_packed_linear_gives_the_same_tokens_and_its_copies_are_released(tiny_policy):
+    """oneDNN's packed products (passes of 16+ rows) against MKL's: the same greedy tokens; the
+    copies of the weights go with the engine's other memory in release_memory."""
+    on = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=8)
+    off = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=8, packed_linear=False)
+    if not on.net.packed.enabled:
+        pytest.skip("this PyTorch build has no oneDNN linear")
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    assert _ids(on.generate_tokens(_requests(), params)) == _ids(off.generate_tokens(_requests(), params))
+    assert on.net.packed._entries and not off.net.packed._entries
+    on.release_memory()
+    assert not on.net.packed._entries
+    on.generate_tokens(_requests(), params)
+    saved = [parameter.detach().clone() for parameter in on.model.parameters()]
+    with torch.no_grad():  # an update through .data: no version counter moves, weights_changed says so
+        for parameter in on.model.parameters():
+            parameter.data.mul_(1.5)
+    on.weights_changed()
+    off.weights_changed()
+    try:
+        assert _ids(on.generate_tokens(_requests(), params)) == _ids(off.generate_tokens(_requests(), params))
+    finally:
+        with torch.no_grad():
+            for parameter, value in zip(on.model.parameters(), saved):
+                parameter.data.copy_(value)
+
+
 def test_prefix_cache_reuses_shared_and_repeated_prompts(tiny_policy):
     engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=8)
     long_prompt = "Instructions: " + "walk right until the goal. " * 20 + "\nObservation:\nYou are at 0.\nThought:"

@@ -1,4 +1,5 @@
-"""Pieces of the native engine's forward pass: row splitting for decode attention."""
+"""Pieces of the native engine's forward pass: row splitting for decode attention, the linear
+product's forms (and oneDNN's packed weights), LoRA layers."""
 
 from __future__ import annotations
 
@@ -62,20 +63,81 @@ def test_chunked_own_suffix_attention_matches_one_call(tiny_policy):
     torch.testing.assert_close(net._cascade_attention(q, keys, values, positions, shared, chunks), whole, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 7, 16, 128, 129, 300])
+@pytest.fixture(params=[True, False], ids=["packed", "unpacked"])
+def packed(request):
+    """oneDNN copies of weights, on (where this PyTorch has oneDNN's linear) and off."""
+    weights = native_forward.PackedWeights()
+    if request.param and not weights.enabled:
+        pytest.skip("this PyTorch build has no oneDNN linear")
+    weights.enabled = request.param
+    return weights
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 15, 16, 128, 129, 300])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_linear_is_the_layer_s_product_at_every_row_count(rows, with_bias):
-    """The transposed product (2..128 rows) and F.linear (otherwise) give the layer's output."""
+def test_linear_is_the_layer_s_product_at_every_row_count(rows, with_bias, packed):
+    """Every form _linear picks (F.linear, the transposed product, oneDNN's packed linear) gives
+    the layer's output; the packed form is the one used from PACKED_LINEAR_MIN_ROWS rows on."""
     generator = torch.Generator().manual_seed(rows)
     weight = torch.randn(96, 64, generator=generator)
     bias = torch.randn(96, generator=generator) if with_bias else None
     x = torch.randn(rows, 64, generator=generator)
-    out = native_forward._linear(x, weight, bias)
+    out = native_forward._linear(x, weight, bias, packed=packed)
     expected = torch.nn.functional.linear(x, weight, bias)
     assert out.shape == (rows, 96) and out.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    if not 1 < rows <= native_forward.TRANSPOSED_LINEAR_ROWS:
+    used = packed.enabled and rows >= native_forward.PACKED_LINEAR_MIN_ROWS
+    assert (id(weight) in packed._entries) == used
+    if rows == 1 or (not used and rows > native_forward.TRANSPOSED_LINEAR_ROWS):
         assert torch.equal(out, expected)  # F.linear itself
+
+
+def test_the_packed_copy_is_remade_when_its_weight_changes(packed):
+    """An in-place update (an optimizer step), new storage, or an update of a module weight that
+    is a view of a fused tensor: the next pass uses the new values, not a stale copy."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 64)
+    layer = torch.nn.Linear(64, 96, bias=False)
+    weight = layer.weight
+    with torch.inference_mode():
+        first = native_forward._linear(x, weight, packed=packed)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(x).square().sum().backward()
+    optimizer.step()  # in place: the version counter moves
+    with torch.inference_mode():
+        torch.testing.assert_close(native_forward._linear(x, weight, packed=packed), x @ weight.detach().t(), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(native_forward._linear(x, weight, packed=packed), first)
+    weight.data = torch.randn(96, 64)  # new storage
+    with torch.inference_mode():
+        torch.testing.assert_close(native_forward._linear(x, weight, packed=packed), x @ weight.detach().t(), rtol=1e-5, atol=1e-5)
+
+    fused = torch.cat([torch.randn(96, 64), torch.randn(32, 64)])
+    member = torch.nn.Parameter(torch.empty(0))
+    member.data = fused[:96]  # as fuse_projections makes a module's weight a view of the fused tensor
+    with torch.inference_mode():
+        native_forward._linear(x, fused, None, (member,), packed)
+    with torch.no_grad():
+        member.mul_(-1.0)  # bumps the member's version counter, not the fused tensor's
+    assert fused._version == 0
+    with torch.inference_mode():
+        torch.testing.assert_close(native_forward._linear(x, fused, None, (member,), packed), x @ fused.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_copies_go_with_their_weights_and_autograd_uses_f_linear(packed):
+    if not packed.enabled:
+        pytest.skip("the packed path only")
+    x = torch.randn(32, 64)
+    weight = torch.randn(96, 64)
+    native_forward._linear(x, weight, packed=packed)
+    assert id(weight) in packed._entries
+    key = id(weight)
+    del weight
+    assert key not in packed._entries
+    trained = torch.randn(96, 64, requires_grad=True)  # a training forward: gradients must flow
+    out = native_forward._linear(x, trained, packed=packed)
+    assert id(trained) not in packed._entries and out.requires_grad
+    out.sum().backward()
+    assert trained.grad is not None
 
 
 def test_linear_leaves_other_dtypes_and_wrapped_layers_to_their_own_forward():

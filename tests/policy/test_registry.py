@@ -62,3 +62,14 @@ def test_a_lora_adapter_is_merged_once_and_served_by_the_native_engine(tiny_poli
     expected = [g.text for g in with_adapter.generate(requests, params)]
     assert [g.text for g in served.generate(requests, params)] == expected
     assert [g.text for g in base.generate(requests, params)] != expected
+
+
+def test_policy_packed_linear_reaches_the_native_engine(tiny_policy, tmp_path):
+    from leafe.policy.native_forward import PackedWeights
+
+    tiny_policy.model.save_pretrained(tmp_path)
+    tiny_policy.tokenizer.save_pretrained(tmp_path)
+    default = load_policy(PolicyConfig(backend="native", model=str(tmp_path)))
+    off = load_policy(PolicyConfig(backend="native", model=str(tmp_path), packed_linear=False))
+    assert default.net.packed.enabled == PackedWeights().enabled  # on wherever this PyTorch has oneDNN's linear
+    assert not off.net.packed.enabled
