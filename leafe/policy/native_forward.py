@@ -34,8 +34,10 @@ _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 # Passes of at most this many rows compute a linear layer as (W @ x^T)^T (see _linear).
 TRANSPOSED_LINEAR_ROWS = 128
-# Passes of at least this many rows run oneDNN's linear on weights reordered once (see _linear).
+# Passes of at least this many rows, and layers with at least this many outputs (an LM head),
+# run oneDNN's linear on weights reordered once (see _linear).
 PACKED_LINEAR_MIN_ROWS = 16
+PACKED_LINEAR_MIN_OUT = 8192
 # PyTorch's oneDNN linear on a weight reordered once into oneDNN's own layout: the private ops
 # that torch.compile's CPU weight prepacking uses; absent from builds without oneDNN.
 _ONEDNN_REORDER = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
@@ -105,26 +107,28 @@ def _linear(
     """``F.linear(x, weight, bias)`` for ``x: (rows, in)``, ``weight: (out, in)`` -> ``(rows, out)``.
 
     In float32 on the CPU, without autograd, the product takes the fastest form measured for its
-    row count (docs/BENCHMARKS.md, sessions 16 and 18; bench/linear_forms.py):
-    - from PACKED_LINEAR_MIN_ROWS rows on, oneDNN's linear on a copy of the weight reordered once
-      into oneDNN's layout, kept in ``packed`` (when given and enabled): 1.1-1.5x faster than ``F.linear`` (MKL) at
-      16-600 rows on the AVX2 EPYC we measured, most on the wide gate/up and LM head products;
+    shape (docs/BENCHMARKS.md, sessions 16 and 18; bench/linear_forms.py):
+    - from PACKED_LINEAR_MIN_ROWS rows on, and at any row count for a layer of at least
+      PACKED_LINEAR_MIN_OUT outputs (the LM head), oneDNN's linear on a copy of the weight
+      reordered once into oneDNN's layout, kept in ``packed`` (when given and enabled): on the
+      AVX2 EPYC we measured, 1.05-1.3x faster than ``F.linear`` (MKL) at 64-600 rows, 1.2-2.3x
+      on the wide gate/up product, and 1.2-5x on the LM head at 1-600 rows;
     - at 2..15 rows, the transposed product ``weight @ x^T`` transposed back: the same MKL GEMM
-      with the operands in the other order, 1.9-4x faster than ``F.linear`` at 4 rows there;
+      with the operands in the other order, 1.7-4x faster than ``F.linear`` at 4 rows there;
     - otherwise (one row, other dtypes, GPUs, autograd) ``F.linear`` itself.
     Both fast forms give ``F.linear``'s result up to float rounding (the sums run in another
     order). ``members``: see :meth:`PackedWeights.get`.
     """
     rows = x.shape[0]
-    if not (rows > 1 and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu") or (
+    if not (rows > 0 and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu") or (
         torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     ):
         return F.linear(x, weight, bias)
-    if rows >= PACKED_LINEAR_MIN_ROWS and packed is not None:
+    if packed is not None and (rows >= PACKED_LINEAR_MIN_ROWS or weight.shape[0] >= PACKED_LINEAR_MIN_OUT):
         reordered = packed.get(weight, members)
         if reordered is not None:
             return _ONEDNN_LINEAR(x, reordered, bias, "none", [], "")
-    if rows > TRANSPOSED_LINEAR_ROWS:
+    if rows == 1 or rows > TRANSPOSED_LINEAR_ROWS:
         return F.linear(x, weight, bias)
     if bias is None:
         return torch.mm(weight, x.t()).t().contiguous()

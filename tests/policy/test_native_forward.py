@@ -92,6 +92,15 @@ def test_linear_is_the_layer_s_product_at_every_row_count(rows, with_bias, packe
         assert torch.equal(out, expected)  # F.linear itself
 
 
+@pytest.mark.parametrize("rows", [1, 4])
+def test_a_layer_as_wide_as_an_lm_head_runs_packed_at_any_row_count(rows, packed):
+    weight = torch.randn(native_forward.PACKED_LINEAR_MIN_OUT, 64)
+    x = torch.randn(rows, 64)
+    out = native_forward._linear(x, weight, packed=packed)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert (id(weight) in packed._entries) == packed.enabled
+
+
 def test_the_packed_copy_is_remade_when_its_weight_changes(packed):
     """An in-place update (an optimizer step), new storage, or an update of a module weight that
     is a view of a fused tensor: the next pass uses the new values, not a stale copy."""
