@@ -2,7 +2,7 @@
 
 It reuses the model's own modules and weights (embedding, norms, projections, MLP, rotary
 embedding, LM head; plain linear layers go through :func:`_linear`, the same product on the
-fastest kernel measured for the pass's row count); only attention and the cache layout are ours. One pass
+fastest kernel measured for its shape); only attention and the cache layout are ours. One pass
 packs a decode step for the active slots with prompt pieces of new sequences; decode attention
 can read a prefix common to all rows once.
 """
@@ -47,10 +47,11 @@ _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 class PackedWeights:
     """oneDNN copies of float32 CPU weights, made on first use and remade when a weight changes.
 
-    A weight counts as changed when its storage moved (``data_ptr``) or it was updated in place
-    (its version counter: an optimizer step, ``copy_``, ``load_state_dict``), so a copy is never
-    stale for a weight updated outside inference mode. Entries go when their weight is freed.
-    ``enabled`` turns the packed path off (it also goes off by itself if oneDNN refuses a weight).
+    A weight counts as changed when its storage moved (``data_ptr``) or its version counter moved
+    (an in-place update: an optimizer step, ``copy_``, ``load_state_dict``). An update through
+    ``.data`` moves no counter: call :meth:`clear` after one (``NativePolicy.weights_changed``
+    does). Entries go when their weight is freed. ``enabled`` turns the packed path off (it also
+    goes off by itself if oneDNN refuses a weight).
     """
 
     def __init__(self) -> None:
@@ -111,8 +112,9 @@ def _linear(
     - from PACKED_LINEAR_MIN_ROWS rows on, and at any row count for a layer of at least
       PACKED_LINEAR_MIN_OUT outputs (the LM head), oneDNN's linear on a copy of the weight
       reordered once into oneDNN's layout, kept in ``packed`` (when given and enabled): on the
-      AVX2 EPYC we measured, 1.05-1.3x faster than ``F.linear`` (MKL) at 64-600 rows, 1.2-2.3x
-      on the wide gate/up product, and 1.2-5x on the LM head at 1-600 rows;
+      AVX2 EPYC we measured, faster than ``F.linear`` (MKL) by 1.05-1.2x on the narrower layers
+      at 64-600 rows, 1.15-2.3x on the gate/up product at 16-600 rows and 1.2-5x on the LM head
+      at any row count;
     - at 2..15 rows, the transposed product ``weight @ x^T`` transposed back: the same MKL GEMM
       with the operands in the other order, 1.7-4x faster than ``F.linear`` at 4 rows there;
     - otherwise (one row, other dtypes, GPUs, autograd) ``F.linear`` itself.
