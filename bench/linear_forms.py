@@ -7,7 +7,7 @@ GEMM with the operands in another order; BLAS libraries may take different code 
 The third form is oneDNN's linear on a copy of ``W`` reordered once into oneDNN's layout (the
 private ops torch.compile's CPU weight prepacking uses). The native engine
 (leafe.policy.native_forward._linear) runs the transposed form at 2..15 rows and the packed form
-from 16 rows on. For each layer shape of SmolLM2-135M (fused q/k/v, o, fused gate/up, down, LM
+from 16 rows on, and on the LM head at any row count. For each layer shape of SmolLM2-135M (fused q/k/v, o, fused gate/up, down, LM
 head) and several row counts, prints the median time of each form (interleaved calls), each fast
 form's speedup over ``F.linear``, and whether its output is bitwise ``F.linear``'s.
 """
@@ -67,6 +67,7 @@ def main() -> None:
                 f"{name:8s} {rows:5d} {plain * 1e3:12.3f} {transposed * 1e3:13.3f} {onednn * 1e3:10.3f}"
                 f" {plain / transposed:9.2f}x {plain / onednn:9.2f}x {same}"
             )
+
 
 if __name__ == "__main__":
     main()
