@@ -50,7 +50,8 @@ from leafe.agent import build_agent, select_tasks  # noqa: E402
 from leafe.config import config_from_dict  # noqa: E402
 from leafe.envs import build_env  # noqa: E402
 from leafe.eval.passk import compute_pass_at_k  # noqa: E402
-from leafe.policy import load_policy, native_forward  # noqa: E402
+from leafe.policy import load_policy  # noqa: E402
+from leafe.policy.native_linear import PackedWeights, linear  # noqa: E402
 from leafe.policy.prefix_cache import common_prefix_length  # noqa: E402
 from leafe.rollout import make_jobs, run_episodes  # noqa: E402
 
@@ -61,9 +62,10 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     (the engine's kernel from 16 rows on; where this PyTorch has it), timed interleaved."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     forms = [lambda: a @ b]
-    if native_forward.PackedWeights().enabled:
-        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous())
-        forms.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+    packed = PackedWeights()
+    if packed.enabled:  # the engine's own packed product, a @ b as a linear layer of weight b^T
+        weight = b.t().contiguous()
+        forms.append(lambda: linear(a, weight, packed=packed))
     for _ in range(3):
         for form in forms:
             form()

@@ -6,7 +6,7 @@
 GEMM with the operands in another order; BLAS libraries may take different code paths for the two.
 The third form is oneDNN's linear on a copy of ``W`` reordered once into oneDNN's layout (the
 private ops torch.compile's CPU weight prepacking uses). The native engine
-(leafe.policy.native_forward._linear) runs the transposed form at 2..15 rows and the packed form
+(leafe.policy.native_linear.linear) runs the transposed form at 2..15 rows and the packed form
 from 16 rows on, and on the LM head at any row count. For each layer shape of SmolLM2-135M (fused q/k/v, o, fused gate/up, down, LM
 head) and several row counts, prints the median time of each form (interleaved calls), each fast
 form's speedup over ``F.linear``, and whether its output is bitwise ``F.linear``'s.

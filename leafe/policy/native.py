@@ -133,7 +133,7 @@ class NativePolicy:
         speculative_tokens: draft tokens per sequence and step, copied from its context and
             verified exactly (:mod:`leafe.policy.speculative`); 0 decodes one token per step.
         packed_linear: on the CPU in float32, run passes of 16+ rows on oneDNN with a copy of the
-            weights reordered once (:class:`~leafe.policy.native_forward.PackedWeights`; one
+            weights reordered once (:class:`~leafe.policy.native_linear.PackedWeights`; one
             more copy of the weights in memory); False runs every product on MKL.
     """
 

@@ -1,16 +1,15 @@
 """The native engine's forward pass over key/value slots, on a Llama-family transformers model.
 
 It reuses the model's own modules and weights (embedding, norms, projections, MLP, rotary
-embedding, LM head; plain linear layers go through :func:`_linear`, the same product on the
-fastest kernel measured for its shape); only attention and the cache layout are ours. One pass
+embedding, LM head; plain linear layers go through :func:`~leafe.policy.native_linear.linear`,
+the same product on the fastest kernel measured for its shape); only attention and the cache
+layout are ours. One pass
 packs a decode step for the active slots with prompt pieces of new sequences; decode attention
 can read a prefix common to all rows once.
 """
 
 from __future__ import annotations
 
-import logging
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
+from leafe.policy.native_linear import PackedWeights, add_adapters, apply_linear, base_linear, linear, lora_adapters
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at least this long
@@ -30,177 +29,6 @@ CALL_COST = 256
 # PyTorch's CPU flash-attention kernel, which also returns the log-sum-exp the cascade merges on
 # (a private op; where a PyTorch build lacks it, the cascade runs on batched matmuls).
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-
-
-# Passes of at most this many rows compute a linear layer as (W @ x^T)^T (see _linear).
-TRANSPOSED_LINEAR_ROWS = 128
-# Passes of at least this many rows, and layers with at least this many outputs (an LM head),
-# run oneDNN's linear on weights reordered once (see _linear).
-PACKED_LINEAR_MIN_ROWS = 16
-PACKED_LINEAR_MIN_OUT = 8192
-# PyTorch's oneDNN linear on a weight reordered once into oneDNN's own layout: the private ops
-# that torch.compile's CPU weight prepacking uses; absent from builds without oneDNN.
-_ONEDNN_REORDER = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-
-
-class PackedWeights:
-    """oneDNN copies of float32 CPU weights, made on first use and remade when a weight changes.
-
-    A weight counts as changed when its storage moved (``data_ptr``) or its version counter moved
-    (an in-place update: an optimizer step, ``copy_``, ``load_state_dict``). An update through
-    ``.data`` moves no counter: call :meth:`clear` after one (``NativePolicy.weights_changed``
-    does). Entries go when their weight is freed. ``enabled`` turns the packed path off (it also
-    goes off by itself if oneDNN refuses a weight).
-    """
-
-    def __init__(self) -> None:
-        self.enabled = (
-            _ONEDNN_REORDER is not None and _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available()
-        )
-        self._entries: dict[int, tuple[weakref.ref, tuple[int, ...], torch.Tensor]] = {}
-
-    def clear(self) -> None:
-        """Drop every copy (they are remade on next use)."""
-        self._entries.clear()
-
-    def get(self, weight: torch.Tensor, members: Sequence[torch.Tensor] = ()) -> torch.Tensor | None:
-        """The oneDNN copy of ``weight: (out, in)``, or None when the packed path is off.
-
-        ``members``: tensors whose in-place updates change ``weight`` without touching its own
-        version counter (the modules' weights that are views of a fused tensor, see
-        :meth:`LlamaFamilyForward.fuse_projections`).
-        """
-        if not self.enabled:
-            return None
-        key = id(weight)
-        stamp = (weight.data_ptr(), *(_version(t) for t in (weight, *members)))
-        entry = self._entries.get(key)
-        if entry is not None and entry[0]() is weight and entry[1] == stamp:
-            return entry[2]
-        try:
-            packed = _ONEDNN_REORDER(weight.detach())
-        except RuntimeError:
-            self.enabled = False
-            logger.warning("oneDNN refused a weight of shape %s; linear layers run on F.linear", tuple(weight.shape))
-            return None
-        entries = self._entries
-        self._entries[key] = (weakref.ref(weight, lambda _, key=key: entries.pop(key, None)), stamp, packed)
-        return packed
-
-
-def _version(t: torch.Tensor) -> int:
-    """``t``'s version counter (bumped by every in-place update); -1 for an inference tensor,
-    which has none (and cannot be updated outside inference mode)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return -1
-
-
-def _linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    members: Sequence[torch.Tensor] = (),
-    packed: PackedWeights | None = None,
-) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for ``x: (rows, in)``, ``weight: (out, in)`` -> ``(rows, out)``.
-
-    In float32 on the CPU, without autograd, the product takes the fastest form measured for its
-    shape (docs/BENCHMARKS.md, sessions 16 and 18; bench/linear_forms.py):
-    - from PACKED_LINEAR_MIN_ROWS rows on, and at any row count for a layer of at least
-      PACKED_LINEAR_MIN_OUT outputs (the LM head), oneDNN's linear on a copy of the weight
-      reordered once into oneDNN's layout, kept in ``packed`` (when given and enabled): on the
-      AVX2 EPYC we measured, faster than ``F.linear`` (MKL) by 1.05-1.2x on the narrower layers
-      at 64-600 rows, 1.15-2.3x on the gate/up product at 16-600 rows and 1.2-5x on the LM head
-      at any row count;
-    - at 2..15 rows, the transposed product ``weight @ x^T`` transposed back: the same MKL GEMM
-      with the operands in the other order, 1.7-4x faster than ``F.linear`` at 4 rows there;
-    - otherwise (one row, other dtypes, GPUs, autograd) ``F.linear`` itself.
-    Both fast forms give ``F.linear``'s result up to float rounding (the sums run in another
-    order). ``members``: see :meth:`PackedWeights.get`.
-    """
-    rows = x.shape[0]
-    if not (rows > 0 and x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu") or (
-        torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    ):
-        return F.linear(x, weight, bias)
-    if packed is not None and (rows >= PACKED_LINEAR_MIN_ROWS or weight.shape[0] >= PACKED_LINEAR_MIN_OUT):
-        reordered = packed.get(weight, members)
-        if reordered is not None:
-            return _ONEDNN_LINEAR(x, reordered, bias, "none", [], "")
-    if rows == 1 or rows > TRANSPOSED_LINEAR_ROWS:
-        return F.linear(x, weight, bias)
-    if bias is None:
-        return torch.mm(weight, x.t()).t().contiguous()
-    return torch.addmm(bias[:, None], weight, x.t()).t().contiguous()
-
-
-# One active LoRA adapter of a layer: (A weight (r, in), B weight (out, r), B bias (out,) or None, scale).
-Adapter = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]
-
-
-def _lora_adapters(module: Any, dtype: torch.dtype) -> list[Adapter] | None:
-    """The active adapters of a peft LoRA-wrapped ``nn.Linear``, when its forward on an input of
-    ``dtype`` is exactly ``base(x) + sum_a B_a(A_a(x)) * scale_a``: plain LoRA (no DoRA or other
-    variant), dropout off (eval mode or p = 0), no dtype cast. ``[]`` when the adapters are off
-    or merged into the base weights. ``None`` when the module is not such a layer or its forward
-    does more than that now (a layer in training mode with LoRA dropout, say): run ``module(x)``.
-    """
-    base = getattr(module, "base_layer", None)
-    if type(base) is not torch.nn.Linear or not hasattr(module, "lora_A") or base.weight.dtype != dtype:
-        return None
-    if module.disable_adapters:
-        return None if module.merged else []  # (merged and disabled: peft unmerges on the call)
-    if module.merged:
-        return []
-    adapters: list[Adapter] = []
-    for name in module.active_adapters:
-        if name not in module.lora_A:
-            continue
-        if name in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(name, False):
-            return None
-        a, b, dropout = module.lora_A[name], module.lora_B[name], module.lora_dropout[name]
-        dropout_off = type(dropout) is torch.nn.Identity or (
-            type(dropout) is torch.nn.Dropout and (not dropout.training or dropout.p == 0)
-        )
-        if type(a) is not torch.nn.Linear or type(b) is not torch.nn.Linear or a.bias is not None or not dropout_off:
-            return None
-        if a.weight.dtype != dtype:
-            return None
-        adapters.append((a.weight, b.weight, b.bias, module.scaling[name]))
-    return adapters
-
-
-def _add_adapters(out: torch.Tensor, x: torch.Tensor, adapters: Sequence[Adapter]) -> torch.Tensor:
-    """``out + sum B(A(x)) * scale`` in peft's own order of operations (``x: (rows, in)``,
-    ``out: (rows, out)``)."""
-    for a, b, b_bias, scale in adapters:
-        out = out + F.linear(F.linear(x, a), b, b_bias) * scale
-    return out
-
-
-def _base_linear(module: Any) -> torch.nn.Linear | None:
-    """The plain ``nn.Linear`` holding a layer's (base) weights: the layer itself, or the base
-    layer of a peft LoRA wrapper; ``None`` for anything else."""
-    if type(module) is torch.nn.Linear:
-        return module
-    base = getattr(module, "base_layer", None)
-    return base if type(base) is torch.nn.Linear and hasattr(module, "lora_A") else None
-
-
-def _apply_linear(module: Any, x: torch.Tensor, packed: PackedWeights | None = None) -> torch.Tensor:
-    """``module(x)`` through :func:`_linear` (``packed``: its oneDNN copies) for a plain
-    ``nn.Linear`` and for the base product of a peft LoRA layer (its adapters added as peft does,
-    see :func:`_lora_adapters`); any other layer runs its own forward."""
-    if type(module) is torch.nn.Linear:
-        return _linear(x, module.weight, module.bias, packed=packed)
-    adapters = _lora_adapters(module, x.dtype)
-    if adapters is None:
-        return module(x)
-    base = module.base_layer
-    return _add_adapters(_linear(x, base.weight, base.bias, packed=packed), x, adapters)
 
 
 _RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
@@ -319,7 +147,7 @@ class LlamaFamilyForward:
         self.flash_cascade = _CPU_FLASH is not None
         self.max_own_chunks = MAX_OWN_CHUNKS  # 1: own suffixes in one call (see split_rows)
         # oneDNN copies of the weights for passes of PACKED_LINEAR_MIN_ROWS rows and more (see
-        # _linear); ``packed.enabled = False`` runs every product on MKL instead.
+        # native_linear.linear); ``packed.enabled = False`` runs every product on MKL instead.
         self.packed = PackedWeights()
         self._cos = self._sin = torch.empty(0)
         # Per layer (see fuse_projections): the fused weight, bias, and the modules' own weights
@@ -341,7 +169,7 @@ class LlamaFamilyForward:
         objects, so an in-place update of either stays visible to both). Only for plain
         ``nn.Linear`` projections with matching biases, or peft LoRA wrappers of them: then the
         base layers' (frozen) weights are fused and each pass adds the adapters, which may change
-        between passes, as peft does (see :func:`_lora_adapters`). Returns whether the layers
+        between passes, as peft does (see :func:`lora_adapters`). Returns whether the layers
         were fused; call once, on a model whose parameters will not be replaced afterwards
         (``model.to(...)`` would silently unfuse them), and not on weights an optimizer updates
         that are saved with safetensors (which refuses tensors sharing memory).
@@ -353,7 +181,7 @@ class LlamaFamilyForward:
             attn, mlp = layer.self_attn, layer.mlp
             for names, owner in ((("q_proj", "k_proj", "v_proj"), attn), (("gate_proj", "up_proj"), mlp)):
                 modules = [getattr(owner, name, None) for name in names]
-                bases = [_base_linear(m) for m in modules]
+                bases = [base_linear(m) for m in modules]
                 if any(base is None for base in bases):
                     return False
                 if len({base.bias is None for base in bases}) > 1:
@@ -391,8 +219,8 @@ class LlamaFamilyForward:
             if type(module) is torch.nn.Linear:
                 out.append(part)
                 continue
-            adapters = _lora_adapters(module, x.dtype)
-            out.append(module(x) if adapters is None else _add_adapters(part, x, adapters))
+            adapters = lora_adapters(module, x.dtype)
+            out.append(module(x) if adapters is None else add_adapters(part, x, adapters))
         return out
 
     def rope_table(self, positions: int) -> None:
@@ -425,11 +253,11 @@ class LlamaFamilyForward:
         n = x.shape[0]
         if self._qkv:
             kv_width = self.kv_heads * self.head_dim
-            fused = _linear(x, *self._qkv[index], packed=self.packed)
+            fused = linear(x, *self._qkv[index], packed=self.packed)
             parts = fused.split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
             q, k, v = self._with_adapters(self._qkv_wrapped[index], parts, x)
         else:
-            q, k, v = (_apply_linear(m, x, self.packed) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+            q, k, v = (apply_linear(m, x, self.packed) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.view(n, self.kv_heads, self.head_dim)
         v = v.view(n, self.kv_heads, self.head_dim)
@@ -439,15 +267,15 @@ class LlamaFamilyForward:
 
     def _finish_layer(self, index: int, layer: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         attended = attended.reshape(h.shape[0], self.num_heads * self.head_dim)
-        h = h + _apply_linear(layer.self_attn.o_proj, attended, self.packed)
+        h = h + apply_linear(layer.self_attn.o_proj, attended, self.packed)
         x = _rms_norm(layer.post_attention_layernorm, h)
         mlp = layer.mlp  # the model's own MLP, down_proj(act(gate_proj(x)) * up_proj(x))
         if self._gate_up:  # on the fused weights
-            fused = _linear(x, *self._gate_up[index], packed=self.packed)
+            fused = linear(x, *self._gate_up[index], packed=self.packed)
             gate, up = self._with_adapters(self._gate_up_wrapped[index], fused.chunk(2, dim=-1), x)
         else:
-            gate, up = _apply_linear(mlp.gate_proj, x, self.packed), _apply_linear(mlp.up_proj, x, self.packed)
-        return h + _apply_linear(mlp.down_proj, mlp.act_fn(gate) * up, self.packed)
+            gate, up = apply_linear(mlp.gate_proj, x, self.packed), apply_linear(mlp.up_proj, x, self.packed)
+        return h + apply_linear(mlp.down_proj, mlp.act_fn(gate) * up, self.packed)
 
     def _cascade_attention(
         self,
@@ -561,7 +389,7 @@ class LlamaFamilyForward:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""
-        return _apply_linear(self.model.lm_head, _rms_norm(self.inner.norm, h), self.packed).float()
+        return apply_linear(self.model.lm_head, _rms_norm(self.inner.norm, h), self.packed).float()
 
     def forward(
         self,

@@ -65,7 +65,7 @@ def test_a_lora_adapter_is_merged_once_and_served_by_the_native_engine(tiny_poli
 
 
 def test_policy_packed_linear_reaches_the_native_engine(tiny_policy, tmp_path):
-    from leafe.policy.native_forward import PackedWeights
+    from leafe.policy.native_linear import PackedWeights
 
     tiny_policy.model.save_pretrained(tmp_path)
     tiny_policy.tokenizer.save_pretrained(tmp_path)
