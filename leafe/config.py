@@ -232,7 +232,7 @@ class PolicyConfig(_Section):
     prefix_cache_mb: int = Field(2048, ge=0, le=1 << 20)
     # Native engine: draft tokens per sequence and step, copied from the context and verified
     # exactly (prompt-lookup speculative decoding); 0 turns it off.
-    speculative_tokens: int = Field(8, ge=0, le=64)
+    speculative_tokens: int = Field(4, ge=0, le=64)
     # Native engine on the CPU: run passes of 16+ rows on oneDNN with the weights reordered once
     # (faster on the CPUs measured; one extra copy of the weights in memory); false: MKL only.
     packed_linear: bool = True

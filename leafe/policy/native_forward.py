@@ -84,6 +84,16 @@ def split_rows(
     return ranges[::-1]
 
 
+def piece_mask(start: int, count: int, group: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """The additive causal mask of a prompt piece's grouped query rows (see
+    :meth:`LlamaFamilyForward._piece_attention`): ``(count * group, start + count)``, row
+    ``j * group + g`` (the piece's ``j``-th token, head ``g`` of a key/value group) sees positions
+    ``0..start + j``: 0 there, -inf past it."""
+    seen = torch.arange(start + count, device=device)[None, :] <= torch.arange(start, start + count, device=device)[:, None]
+    mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))
+    return mask.repeat_interleave(group, dim=0)
+
+
 class DecodeLayout:
     """Where each decode token sits when a slot may decode several tokens in one pass (the last
     sampled token plus draft tokens being verified, see :mod:`leafe.policy.speculative`).
@@ -143,7 +153,8 @@ class LlamaFamilyForward:
         attn = self.layers[0].self_attn
         self.qk_norm = hasattr(attn, "q_norm") and hasattr(attn, "k_norm")
         self.param = next(model.parameters())
-        # Cascade decode attention on the CPU flash kernel (else batched matmuls; see bench/).
+        # Cascade decode attention and prompt pieces on the CPU flash kernel (else batched matmuls
+        # and SDPA; see bench/).
         self.flash_cascade = _CPU_FLASH is not None
         self.max_own_chunks = MAX_OWN_CHUNKS  # 1: own suffixes in one call (see split_rows)
         # oneDNN copies of the weights for passes of PACKED_LINEAR_MIN_ROWS rows and more (see
@@ -387,6 +398,24 @@ class LlamaFamilyForward:
         out = (shared_out.float() * shared_weight + own_out.float() * own_weight) / (shared_weight + own_weight)
         return out.to(q.dtype).reshape(tokens, self.num_heads, hd)
 
+    def _piece_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, out: torch.Tensor
+    ) -> None:
+        """A prompt piece's attention on the CPU flash kernel, written into ``out: (n, heads, hd)``.
+
+        ``q: (n, heads, hd)``, the piece's tokens at consecutive positions; ``keys``/``values``:
+        its slot's ``(1, kv_heads, end, hd)``; ``mask``: :func:`piece_mask`, ``(n * group, end)``.
+        The ``group`` query heads that share a key/value head are passed as that head's rows
+        (``(1, kv_heads, n * group, hd)``), so each kernel call multiplies ``n * group`` rows
+        against the keys instead of ``n``: measured 5-10% faster than SDPA with ``enable_gqa``
+        at piece shapes (docs/BENCHMARKS.md, session 19).
+        """
+        n, kv_heads, hd = q.shape[0], self.kv_heads, self.head_dim
+        group = self.num_heads // kv_heads
+        rows = q.view(n, kv_heads, group, hd).permute(1, 0, 2, 3).reshape(1, kv_heads, n * group, hd)
+        attended, _ = _CPU_FLASH(rows, keys, values, 0.0, False, attn_mask=mask, scale=hd**-0.5)
+        out.view(n, kv_heads, group, hd).copy_(attended[0].view(kv_heads, n, group, hd).permute(1, 0, 2, 3))
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """``h: (rows, hidden)`` -> float32 logits ``(rows, vocab)``."""
         return apply_linear(self.model.lm_head, _rms_norm(self.inner.norm, h), self.packed).float()
@@ -430,13 +459,17 @@ class LlamaFamilyForward:
             torch.arange(start, start + len(toks), device=device) for _, start, toks in pieces
         ]
         offsets = (tokens + np.cumsum([0] + [len(toks) for _, _, toks in pieces])).tolist()
-        masks = [
-            torch.arange(start + len(toks), device=device)[None, :]
-            <= torch.arange(start, start + len(toks), device=device)[:, None]
-            for _, start, toks in pieces
-        ]
         chunks = None
         flash = self.flash_cascade and device.type == "cpu"
+        if flash:  # additive masks of the grouped query rows, made once for every layer
+            group = self.num_heads // self.kv_heads
+            masks = [piece_mask(start, len(toks), group, self.param.dtype, device) for _, start, toks in pieces]
+        else:
+            masks = [
+                torch.arange(start + len(toks), device=device)[None, :]
+                <= torch.arange(start, start + len(toks), device=device)[:, None]
+                for _, start, toks in pieces
+            ]
         cascade = tokens > 0 and shared >= MIN_CASCADE and (layout is None or flash)
         if tokens:
             rows = torch.arange(tokens, device=device) if decode_slots is None else decode_slots
@@ -487,6 +520,12 @@ class LlamaFamilyForward:
                 )[:, :, 0, :]
             for (slot, start, toks), lo, mask in zip(pieces, offsets, masks):
                 end = start + len(toks)
+                if flash:
+                    self._piece_attention(
+                        q[lo : lo + len(toks)], layer_keys[slot : slot + 1, :, :end],
+                        layer_values[slot : slot + 1, :, :end], mask, attended[lo : lo + len(toks)],
+                    )
+                    continue
                 out = F.scaled_dot_product_attention(
                     q[lo : lo + len(toks)].transpose(0, 1)[None],
                     layer_keys[slot : slot + 1, :, :end],

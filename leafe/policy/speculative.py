@@ -25,7 +25,7 @@ import torch
 
 from leafe.policy.sampling import sample_next
 
-DRAFT_TOKENS = 8  # default draft length (policy.speculative_tokens); see docs/BENCHMARKS.md
+DRAFT_TOKENS = 4  # default draft length (policy.speculative_tokens); measured against 6 and 8 in docs/BENCHMARKS.md, session 19
 MIN_NGRAM = 2  # the context's last tokens must recur at least this long to propose a draft
 MAX_NGRAM = 4  # ... and the longest recurrence up to this length is preferred
 

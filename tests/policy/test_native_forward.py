@@ -1,4 +1,4 @@
-"""Pieces of the native engine's forward pass: row splitting for decode attention."""
+"""Pieces of the native engine's forward pass: row splitting for decode attention, grouped prompt attention."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from leafe.policy import native_forward
-from leafe.policy.native_forward import LlamaFamilyForward, split_rows
+from leafe.policy.native_forward import LlamaFamilyForward, piece_mask, split_rows
 
 
 def _reads(positions, start, ranges, call_cost):
@@ -60,3 +61,36 @@ def test_chunked_own_suffix_attention_matches_one_call(tiny_policy):
     assert len(ranges) > 1
     chunks = [(lo, hi, int(positions[lo:hi].max()) + 1) for lo, hi in ranges]
     torch.testing.assert_close(net._cascade_attention(q, keys, values, positions, shared, chunks), whole, atol=1e-6, rtol=1e-6)
+
+
+def test_piece_mask_lets_each_grouped_row_see_up_to_its_own_position():
+    mask = piece_mask(3, 2, group=2, dtype=torch.float32, device="cpu")
+    assert mask.shape == (4, 5)
+    seen = mask == 0  # rows: token 0 head 0, token 0 head 1, token 1 head 0, token 1 head 1
+    assert seen.tolist() == [[True] * 4 + [False], [True] * 4 + [False], [True] * 5, [True] * 5]
+    assert torch.isneginf(mask[~seen]).all()
+
+
+@pytest.mark.parametrize("start", [0, 37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_piece_attention_matches_sdpa(tiny_policy, start, dtype):
+    if native_forward._CPU_FLASH is None:
+        pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    net = LlamaFamilyForward(tiny_policy.model)
+    group = net.num_heads // net.kv_heads
+    assert group > 1  # the grouping is what is under test
+    gen = torch.Generator().manual_seed(1)
+    count, end = 11, start + 11
+    keys = torch.randn(3, net.kv_heads, end + 20, net.head_dim, generator=gen)  # a slot wider than the piece
+    values = torch.randn(3, net.kv_heads, end + 20, net.head_dim, generator=gen)
+    q = torch.randn(count, net.num_heads, net.head_dim, generator=gen)
+    seen = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]
+    expected = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], keys[1:2, :, :end], values[1:2, :, :end], attn_mask=seen, enable_gqa=True
+    )[0].transpose(0, 1)
+    out = torch.full((count + 2, net.num_heads, net.head_dim), 7.0, dtype=dtype)
+    mask = piece_mask(start, count, group, dtype, "cpu")
+    net._piece_attention(q.to(dtype), keys[1:2, :, :end].to(dtype), values[1:2, :, :end].to(dtype), mask, out[1:-1])
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out[1:-1].float(), expected, atol=tolerance, rtol=tolerance)
+    assert (out[0] == 7).all() and (out[-1] == 7).all()  # only its own rows are written

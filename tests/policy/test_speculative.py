@@ -10,7 +10,7 @@ from leafe.policy.base import GenerationRequest, SamplingParams
 from leafe.policy.native import NativePolicy
 from leafe.policy.native_forward import LlamaFamilyForward
 from leafe.policy.sampling import sample_next, seeded_generator
-from leafe.policy.speculative import propose_draft, verify_drafts
+from leafe.policy.speculative import DRAFT_TOKENS, propose_draft, verify_drafts
 
 
 def test_draft_follows_the_latest_longest_recurrence():
@@ -134,3 +134,9 @@ def test_a_model_that_repeats_its_context_needs_fewer_steps(embedded_model_dir):
     stats = engine.stats
     assert stats.accepted_draft_tokens >= 4
     assert stats.decode_steps < stats.generated_tokens - 1  # several tokens per step
+
+
+def test_the_config_default_is_the_engine_default():
+    from leafe.config import PolicyConfig
+
+    assert PolicyConfig().speculative_tokens == DRAFT_TOKENS == 4  # the measured best (docs/BENCHMARKS.md, session 19)
