@@ -26,6 +26,10 @@ MIN_CASCADE = 64  # decode attention reads a common prefix once if it is at leas
 MAX_OWN_CHUNKS = 4
 # A kernel call's fixed cost, in (row x key position) reads: ~30 us against ~0.15 us per read.
 CALL_COST = 256
+# Prompt pieces of up to this many tokens attend with a key/value head's query heads as its rows
+# (LlamaFamilyForward._piece_attention; its additive mask is ``group`` times the causal mask's
+# rows); longer ones, rare first prefills, on SDPA, where grouping measured no gain.
+GROUPED_PIECE_TOKENS = 256
 # PyTorch's CPU flash-attention kernel, which also returns the log-sum-exp the cascade merges on
 # (a private op; where a PyTorch build lacks it, the cascade runs on batched matmuls).
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -407,8 +411,8 @@ class LlamaFamilyForward:
         its slot's ``(1, kv_heads, end, hd)``; ``mask``: :func:`piece_mask`, ``(n * group, end)``.
         The ``group`` query heads that share a key/value head are passed as that head's rows
         (``(1, kv_heads, n * group, hd)``), so each kernel call multiplies ``n * group`` rows
-        against the keys instead of ``n``: measured 5-10% faster than SDPA with ``enable_gqa``
-        at piece shapes (docs/BENCHMARKS.md, session 19).
+        against the keys instead of ``n``: ~3% faster than SDPA with ``enable_gqa`` over a pass of
+        the window-8 workload's pieces (``bench/piece_attention.py``; docs/BENCHMARKS.md, session 19).
         """
         n, kv_heads, hd = q.shape[0], self.kv_heads, self.head_dim
         group = self.num_heads // kv_heads
@@ -461,15 +465,16 @@ class LlamaFamilyForward:
         offsets = (tokens + np.cumsum([0] + [len(toks) for _, _, toks in pieces])).tolist()
         chunks = None
         flash = self.flash_cascade and device.type == "cpu"
-        if flash:  # additive masks of the grouped query rows, made once for every layer
-            group = self.num_heads // self.kv_heads
-            masks = [piece_mask(start, len(toks), group, self.param.dtype, device) for _, start, toks in pieces]
-        else:
-            masks = [
-                torch.arange(start + len(toks), device=device)[None, :]
-                <= torch.arange(start, start + len(toks), device=device)[:, None]
-                for _, start, toks in pieces
-            ]
+        # Each piece's causal mask, made once for every layer: additive over grouped query rows
+        # for the pieces that attend as such, boolean for SDPA.
+        grouped = [flash and len(toks) <= GROUPED_PIECE_TOKENS for _, _, toks in pieces]
+        group = self.num_heads // self.kv_heads
+        masks = [
+            piece_mask(start, len(toks), group, self.param.dtype, device) if is_grouped
+            else torch.arange(start + len(toks), device=device)[None, :]
+            <= torch.arange(start, start + len(toks), device=device)[:, None]
+            for (_, start, toks), is_grouped in zip(pieces, grouped)
+        ]
         cascade = tokens > 0 and shared >= MIN_CASCADE and (layout is None or flash)
         if tokens:
             rows = torch.arange(tokens, device=device) if decode_slots is None else decode_slots
@@ -518,9 +523,9 @@ class LlamaFamilyForward:
                     attn_mask=decode_mask,
                     enable_gqa=True,
                 )[:, :, 0, :]
-            for (slot, start, toks), lo, mask in zip(pieces, offsets, masks):
+            for (slot, start, toks), lo, mask, is_grouped in zip(pieces, offsets, masks, grouped):
                 end = start + len(toks)
-                if flash:
+                if is_grouped:
                     self._piece_attention(
                         q[lo : lo + len(toks)], layer_keys[slot : slot + 1, :, :end],
                         layer_values[slot : slot + 1, :, :end], mask, attended[lo : lo + len(toks)],

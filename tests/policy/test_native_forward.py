@@ -94,3 +94,26 @@ def test_grouped_piece_attention_matches_sdpa(tiny_policy, start, dtype):
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out[1:-1].float(), expected, atol=tolerance, rtol=tolerance)
     assert (out[0] == 7).all() and (out[-1] == 7).all()  # only its own rows are written
+
+
+def test_short_pieces_attend_grouped_and_long_ones_on_sdpa_both_as_the_model(tiny_policy, monkeypatch):
+    from leafe.policy.kv_slots import KVSlots
+
+    net = LlamaFamilyForward(tiny_policy.model)
+    grouped_calls = []
+    piece_attention = net._piece_attention
+    monkeypatch.setattr(net, "_piece_attention", lambda q, *rest: grouped_calls.append(len(q)) or piece_attention(q, *rest))
+    tokens = [5 + (i * 7) % 300 for i in range(native_forward.GROUPED_PIECE_TOKENS + 40)]
+    split = len(tokens) - 20
+    slots = KVSlots(net, 2)
+    slots.reserve(2, len(tokens) + 1)
+    empty = torch.empty(0, dtype=torch.long)
+    with torch.inference_mode():
+        whole = net.forward(slots.keys, slots.values, empty, empty, [(0, 0, tokens)])  # one long piece
+        net.forward(slots.keys, slots.values, empty, empty, [(1, 0, tokens[:split])])
+        tail = net.forward(slots.keys, slots.values, empty, empty, [(1, split, tokens[split:])])  # a short one after it
+        reference = tiny_policy.model(torch.tensor([tokens])).logits[0, -1]
+    flash = native_forward._CPU_FLASH is not None
+    assert grouped_calls == ([20] * len(net.layers) if flash else [])  # only the short piece went grouped
+    torch.testing.assert_close(net.logits(whole)[0], reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(net.logits(tail)[0], reference, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,102 @@
+"""Prompt-piece attention of the native engine: SDPA with ``enable_gqa`` against grouped query rows.
+
+    .venv/bin/python bench/piece_attention.py [--repeats 12]
+
+A packed pass of the window-8 Sokoban workload carries ~6 prompt pieces of ~66 new tokens whose
+slots already hold 260-980 positions. Each layer attends every piece to its slot. This times one
+pass's worth of that (30 layers, the embedded model's 9 query / 3 key-value heads of 64) in the two
+forms, interleaved, on slot tensors shaped like the engine's (64 slots x 1,536 positions; pieces
+read a prefix of their slot):
+
+- ``sdpa``: ``F.scaled_dot_product_attention`` per piece, ``(1, heads, n, hd)`` queries, a boolean
+  causal mask, ``enable_gqa=True`` (the engine before session 19);
+- ``grouped``: :meth:`LlamaFamilyForward._piece_attention`, the query heads of a key/value head as
+  that head's rows, on the CPU flash kernel with an additive mask made once per pass (the engine
+  now).
+
+Prints the median time per pass, the attention GFLOP/s (4 x query x key positions x heads x hd,
+causal part halved) and the ratio; checks that the outputs agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from leafe.policy.native_forward import _CPU_FLASH, LlamaFamilyForward, piece_mask  # noqa: E402
+
+LAYERS, SLOTS, CAPACITY, COUNT = 30, 64, 1536, 66
+STARTS = (260, 400, 550, 700, 850, 980)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=12)
+    args = parser.parse_args()
+    if _CPU_FLASH is None:
+        sys.exit("this PyTorch has no CPU flash-attention kernel")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=576, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=9, num_key_value_heads=3,
+    )
+    net = LlamaFamilyForward(LlamaForCausalLM(config))
+    heads, kv_heads, hd = net.num_heads, net.kv_heads, net.head_dim
+    group = heads // kv_heads
+    torch.manual_seed(0)
+    keys = [torch.randn(SLOTS, kv_heads, CAPACITY, hd) for _ in range(4)]  # 4 layers' slots, cycled
+    values = [torch.randn(SLOTS, kv_heads, CAPACITY, hd) for _ in range(4)]
+    pieces = [(20 + i, start, COUNT) for i, start in enumerate(STARTS)]
+    q = torch.randn(len(pieces) * COUNT, heads, hd)
+    offsets = range(0, len(q), COUNT)
+
+    def sdpa_pass() -> torch.Tensor:
+        masks = [torch.arange(s + n)[None, :] <= torch.arange(s, s + n)[:, None] for _, s, n in pieces]
+        out = torch.empty_like(q)
+        for layer in range(LAYERS):
+            k, v = keys[layer % 4], values[layer % 4]
+            for (slot, s, n), lo, mask in zip(pieces, offsets, masks):
+                piece = F.scaled_dot_product_attention(
+                    q[lo : lo + n].transpose(0, 1)[None], k[slot : slot + 1, :, : s + n], v[slot : slot + 1, :, : s + n],
+                    attn_mask=mask, enable_gqa=True,
+                )
+                out[lo : lo + n] = piece[0].transpose(0, 1)
+        return out
+
+    def grouped_pass() -> torch.Tensor:
+        masks = [piece_mask(s, n, group, q.dtype, "cpu") for _, s, n in pieces]
+        out = torch.empty_like(q)
+        for layer in range(LAYERS):
+            k, v = keys[layer % 4], values[layer % 4]
+            for (slot, s, n), lo, mask in zip(pieces, offsets, masks):
+                net._piece_attention(q[lo : lo + n], k[slot : slot + 1, :, : s + n], v[slot : slot + 1, :, : s + n], mask, out[lo : lo + n])
+        return out
+
+    difference = (sdpa_pass() - grouped_pass()).abs().max().item()
+    forms = {"sdpa": sdpa_pass, "grouped": grouped_pass}
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    for _ in range(args.repeats):
+        for name, form in forms.items():
+            start = time.perf_counter()
+            form()
+            times[name].append(time.perf_counter() - start)
+    flops = LAYERS * sum(4 * n * (s + n / 2) * heads * hd for _, s, n in pieces)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; max |difference| {difference:.2e}")
+    for name, bucket in times.items():
+        median = statistics.median(bucket)
+        print(f"{name:8s} {median * 1e3:7.1f} ms per pass  {flops / median / 1e9:5.1f} GFLOP/s")
+    ratio = statistics.median(times["grouped"]) / statistics.median(times["sdpa"])
+    print(f"grouped / sdpa: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
