@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leafe.policy.native_forward import _CPU_FLASH, LlamaFamilyForward, piece_mask  # noqa: E402
+from leafe.policy.native_forward import _CPU_FLASH, LlamaFamilyForward, causal_seen, piece_mask  # noqa: E402
 
 LAYERS, SLOTS, CAPACITY, COUNT = 30, 64, 1536, 66
 STARTS = (260, 400, 550, 700, 850, 980)
@@ -60,7 +60,7 @@ def main() -> None:
     offsets = range(0, len(q), COUNT)
 
     def sdpa_pass() -> torch.Tensor:
-        masks = [torch.arange(s + n)[None, :] <= torch.arange(s, s + n)[:, None] for _, s, n in pieces]
+        masks = [causal_seen(s, n, "cpu") for _, s, n in pieces]
         out = torch.empty_like(q)
         for layer in range(LAYERS):
             k, v = keys[layer % 4], values[layer % 4]

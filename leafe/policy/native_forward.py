@@ -88,12 +88,18 @@ def split_rows(
     return ranges[::-1]
 
 
+def causal_seen(start: int, count: int, device: torch.device | str) -> torch.Tensor:
+    """Which positions a prompt piece's tokens see: ``(count, start + count)`` booleans, token ``j``
+    (at position ``start + j``) sees ``0..start + j``."""
+    return torch.arange(start + count, device=device)[None, :] <= torch.arange(start, start + count, device=device)[:, None]
+
+
 def piece_mask(start: int, count: int, group: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
     """The additive causal mask of a prompt piece's grouped query rows (see
     :meth:`LlamaFamilyForward._piece_attention`): ``(count * group, start + count)``, row
     ``j * group + g`` (the piece's ``j``-th token, head ``g`` of a key/value group) sees positions
-    ``0..start + j``: 0 there, -inf past it."""
-    seen = torch.arange(start + count, device=device)[None, :] <= torch.arange(start, start + count, device=device)[:, None]
+    ``0..start + j`` (:func:`causal_seen`): 0 there, -inf past it."""
+    seen = causal_seen(start, count, device)
     mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))
     return mask.repeat_interleave(group, dim=0)
 
@@ -471,8 +477,7 @@ class LlamaFamilyForward:
         group = self.num_heads // self.kv_heads
         masks = [
             piece_mask(start, len(toks), group, self.param.dtype, device) if is_grouped
-            else torch.arange(start + len(toks), device=device)[None, :]
-            <= torch.arange(start, start + len(toks), device=device)[:, None]
+            else causal_seen(start, len(toks), device)
             for (_, start, toks), is_grouped in zip(pieces, grouped)
         ]
         cascade = tokens > 0 and shared >= MIN_CASCADE and (layout is None or flash)
