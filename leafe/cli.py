@@ -115,10 +115,21 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
 
     make_env, task_source = build_env(cfg.env)
     tasks = select_tasks(task_source, split, count)
-    agent = build_agent(cfg, make_env, task_source, _load_policy(cfg))
+    distributed = cfg.workers.num > 1  # Ray workers load their own policies; this process none
+    if distributed:
+        from leafe.policy import LazyPolicy
+        from leafe.workers import check_model
+
+        check_model(cfg.policy.model, "policy.model")
+        if cfg.explore.reflector_model:
+            check_model(cfg.explore.reflector_model, "explore.reflector_model")
+        policy = LazyPolicy(cfg.policy, cfg.policy.model)
+    else:
+        policy = _load_policy(cfg)
+    agent = build_agent(cfg, make_env, task_source, policy)
     reflector_policy = None
     reflects = cfg.explore.method != "independent" if command == "explore" else cfg.eval.method == "reflexion"
-    if reflects and cfg.explore.reflector == "model":
+    if reflects and cfg.explore.reflector == "model" and not distributed:
         reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model")
     run = RunDir.open(cfg, command=command, fresh=fresh)
     if run.resumed:
@@ -126,9 +137,20 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
     return agent, tasks, run, reflector_policy
 
 
+def _one_process(cfg: ExperimentConfig, what: str) -> None:
+    """Refuse ``workers.num > 1`` for a command that plays in this process only."""
+    if cfg.workers.num > 1:
+        raise ConfigError(
+            f"workers.num: {what} plays in one process; Ray workers serve leafe eval (eval.method: sample), "
+            "leafe explore and leafe run (set workers.num=1)"
+        )
+
+
 def _eval(cfg: ExperimentConfig, fresh: bool) -> None:
     from leafe.eval.evaluate import evaluate
 
+    if cfg.eval.method == "reflexion":
+        _one_process(cfg, "eval.method: reflexion")
     agent, tasks, run, reflector_policy = _prepare(cfg, "eval", cfg.eval.split, cfg.eval.num_tasks, fresh)
     if cfg.eval.method == "reflexion":
         from leafe.eval.reflexion import evaluate_reflexion
@@ -151,6 +173,7 @@ def _explore(cfg: ExperimentConfig, fresh: bool) -> None:
 def _early_experience(cfg: ExperimentConfig, fresh: bool) -> None:
     from leafe.method.early_experience_run import collect_all, train_early_experience
 
+    _one_process(cfg, "leafe early-experience")
     section = cfg.early_experience
     agent, tasks, run, _ = _prepare(cfg, "early-experience", section.split, section.num_tasks, fresh)
     try:
@@ -255,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "grpo":
             from leafe.trainers.grpo import train_grpo
 
+            _one_process(cfg, "leafe grpo (its rollouts run on the weights being trained)")
             result = train_grpo(cfg, fresh=args.fresh)
             print(f"model: {result.model_dir}  ({result.steps} steps, {result.episodes} episodes)  metrics: "
                   f"{cfg.run_dir / 'metrics.jsonl'}\nevaluate it: leafe eval CONFIG policy.model={result.model_dir} name={cfg.name}-eval")

@@ -253,6 +253,24 @@ class RolloutConfig(_Section):
     max_concurrent_episodes: int = Field(64, ge=1, le=100000)
 
 
+class WorkersConfig(_Section):
+    """Where episodes are played: in this process (``num: 1``) or on ``num`` Ray actors.
+
+    Each worker builds its own environments and its own copy of the policy from this config,
+    plays its share of the tasks (every sample of a task on the same worker, so they share its
+    prefix cache) and streams each finished episode or tree back; this process writes them, so a
+    killed run resumes as usual and the episodes are those of a one-process run (same per-request
+    seeds). Used by ``leafe eval`` (``eval.method: sample``), ``leafe explore`` and both stages of
+    ``leafe run``. Needs Ray (``pip install -e ".[ray]"``).
+    """
+
+    num: int = Field(1, ge=1, le=100000)
+    # None: start Ray on this machine; "auto" or "ray://head:10001": join a running cluster.
+    ray_address: str | None = None
+    cpus: float = Field(1.0, gt=0.0, le=4096.0)  # per worker; its torch threads are max(1, floor(cpus))
+    gpus: float = Field(0.0, ge=0.0, le=64.0)  # per worker, e.g. 1 with policy.backend: vllm
+
+
 class EvalConfig(_Section):
     """Pass@k evaluation: n independent samples per task.
 
@@ -432,6 +450,7 @@ class ExperimentConfig(_Section):
     env: EnvConfig = SokobanConfig()
     policy: PolicyConfig = PolicyConfig()
     rollout: RolloutConfig = RolloutConfig()
+    workers: WorkersConfig = WorkersConfig()
     eval: EvalConfig = EvalConfig()
     explore: ExploreConfig = ExploreConfig()
     data: DataConfig = DataConfig()

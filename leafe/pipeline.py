@@ -74,8 +74,14 @@ class _Policies:
     def get(self, model: str) -> Any:
         if self.model != model:
             self.release()
-            from leafe.policy import load_policy
+            from leafe.policy import LazyPolicy, load_policy
 
+            if self.cfg.workers.num > 1:  # the Ray workers load their own copies
+                from leafe.workers import check_model
+
+                check_model(model, "policy.model")
+                self.policy, self.model = LazyPolicy(self.cfg.policy, model), model
+                return self.policy
             try:
                 self.policy = load_policy(self.cfg.policy, model)
             except (OSError, ValueError, RuntimeError) as error:
@@ -85,7 +91,7 @@ class _Policies:
 
     def reflector_policy(self) -> Any:
         section = self.cfg.explore
-        if section.reflector != "model" or section.method == "independent":
+        if section.reflector != "model" or section.method == "independent" or self.cfg.workers.num > 1:
             return None
         if self.reflector is None:
             from leafe.policy import load_policy

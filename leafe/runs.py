@@ -57,6 +57,10 @@ RESUMABLE_CHANGES = frozenset(
         "policy.request_timeout_s",
         "policy.max_retries",
         "rollout.max_concurrent_episodes",
+        "workers.num",  # where episodes are played, not what they contain
+        "workers.ray_address",
+        "workers.cpus",
+        "workers.gpus",
         "explore.num_tasks",
         "explore.max_tasks_in_flight",
         "grpo.steps",  # train longer: the steps done so far are the same

@@ -55,7 +55,10 @@ class Throughput:
 
 
 def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[Task]) -> PassAtK:
-    """Play the missing episodes of the evaluation on ``tasks``, then compute and write Pass@k."""
+    """Play the missing episodes of the evaluation on ``tasks``, then compute and write Pass@k.
+
+    With ``workers.num > 1`` the episodes play on Ray workers (:mod:`leafe.workers`) and
+    ``agent`` is not used to play them."""
     jobs = make_jobs(tasks, cfg.eval.samples_per_task, cfg.seed)
     episodes_file = run.path / "episodes.jsonl"
     finished = {(record["task"]["task_id"], record["sample_index"]): record for record in read_jsonl(episodes_file)}
@@ -74,7 +77,11 @@ def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[T
             bar.update(1)
             bar.set_postfix(solved=sum(t.success for t in played))
 
-        if todo:
+        if todo and cfg.workers.num > 1:
+            from leafe.workers import play_on_workers
+
+            play_on_workers(cfg, todo, on_finish=record)
+        elif todo:
             run_episodes(
                 todo,
                 agent.make_env,

@@ -90,6 +90,8 @@ def make_reflector(settings: ExploreSettings, agent: Agent, reflector_policy: Po
 
 
 OnTree = Callable[[ExperienceTree], None]
+# Explores the given tasks (somewhere) and calls back with each finished tree.
+Explorer = Callable[[Sequence[Task], OnTree], None]
 _Plan = Callable[[list[tuple[TaskSearch, TreeNode]]], None]
 
 
@@ -235,6 +237,7 @@ def run_method(
     trees_file: Path,
     reflector: Reflector | None = None,
     on_tree: OnTree | None = None,
+    explorer: Explorer | None = None,
 ) -> list[ExperienceTree]:
     """Run ``method`` on the tasks not yet in ``trees_file``, appending each tree as it finishes.
 
@@ -246,6 +249,9 @@ def run_method(
         reflector: defaults to :func:`make_reflector` of ``settings`` (not used by
             ``independent``).
         on_tree: called with each newly explored tree once it is saved (e.g. a progress bar).
+        explorer: explores the missing tasks elsewhere (e.g. on Ray workers,
+            :func:`leafe.workers.explore_on_workers`), calling back with each tree; default: here,
+            with :func:`explore_tasks`.
 
     Raises:
         ValueError: unknown method, or ``trees_file`` holds trees of another method.
@@ -270,11 +276,28 @@ def run_method(
         if on_tree is not None:
             on_tree(tree)
 
-    if todo and method == "independent":
-        independent_sampling(todo, agent, settings, seed, save)
+    if todo and explorer is not None:
+        explorer(todo, save)
     elif todo:
-        chosen = reflector if reflector is not None else make_reflector(settings, agent)
-        run = explore if method == "leafe" else iterative_refinement
-        run(todo, agent, chosen, settings, seed, save)
+        explore_tasks(method, todo, agent, settings, seed, reflector, save)
     done = load_trees(trees_file)
     return [done[task.task_id] for task in tasks]
+
+
+def explore_tasks(
+    method: str,
+    tasks: Sequence[Task],
+    agent: Agent,
+    settings: ExploreSettings,
+    seed: int,
+    reflector: Reflector | None = None,
+    on_tree: OnTree | None = None,
+) -> list[ExperienceTree]:
+    """Explore ``tasks`` with ``method`` in this process, handing each tree to ``on_tree`` as it
+    finishes (no files: :func:`run_method` saves them). ``reflector`` defaults to
+    :func:`make_reflector` of ``settings`` (not used by ``independent``)."""
+    if method == "independent":
+        return independent_sampling(tasks, agent, settings, seed, on_tree)
+    chosen = reflector if reflector is not None else make_reflector(settings, agent)
+    run = explore if method == "leafe" else iterative_refinement
+    return run(tasks, agent, chosen, settings, seed, on_tree)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 from rich.console import Console
 from rich.table import Table
@@ -35,14 +36,23 @@ TREES_FILE = "trees.jsonl"
 def run_exploration(
     cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[Task], reflector_policy: Policy | None = None
 ) -> ExplorationSummary:
-    """Explore the missing ones of ``tasks`` with ``cfg.explore``, then write the summary files."""
+    """Explore the missing ones of ``tasks`` with ``cfg.explore``, then write the summary files.
+
+    With ``workers.num > 1`` the tasks are explored on Ray workers (:mod:`leafe.workers`), and
+    ``agent.policy`` and ``reflector_policy`` are not used."""
     section = cfg.explore
     settings = section  # an ExploreConfig is the ExploreSettings plus which tasks and method
     trees_file = run.path / TREES_FILE
     wanted = {task.task_id for task in tasks}
     earlier = [tree for task_id, tree in load_trees(trees_file).items() if task_id in wanted]
     solved = sum(tree.summary().solved for tree in earlier)  # tasks solved so far, shown on the bar
-    reflector = None if section.method == "independent" else make_reflector(settings, agent, reflector_policy)
+    distributed = cfg.workers.num > 1  # each Ray worker builds its own policy and reflector
+    reflector = None if section.method == "independent" or distributed else make_reflector(settings, agent, reflector_policy)
+    explorer = None
+    if distributed:
+        from leafe.workers import explore_on_workers
+
+        explorer = partial(explore_on_workers, cfg)
     with tqdm(total=len(tasks), initial=len(earlier), desc=f"explore ({section.method})", unit="task") as bar:
         bar.set_postfix(solved=solved)
 
@@ -52,7 +62,9 @@ def run_exploration(
             bar.update(1)
             bar.set_postfix(solved=solved)
 
-        trees = run_method(section.method, tasks, agent, settings, cfg.seed, trees_file, reflector=reflector, on_tree=finished)
+        trees = run_method(
+            section.method, tasks, agent, settings, cfg.seed, trees_file, reflector=reflector, on_tree=finished, explorer=explorer
+        )
     summary = summarize(trees)
     _write_summary(cfg, run, summary)
     return summary

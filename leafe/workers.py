@@ -1,0 +1,272 @@
+"""Play episodes and explore tasks on Ray actors (``workers.num > 1``).
+
+This process keeps everything that touches the run directory. It deals the tasks out to the
+workers, receives each finished episode (or experience tree) as soon as a worker streams it
+back, and hands it to the same callback a one-process run uses. Progress bars, the files and
+resuming after a kill are therefore unchanged; only where the model runs changes::
+
+    this process                                  Ray actor i (i < workers.num)
+    jobs / tasks --shard_by_task--> share i  -->  EpisodeWorker(config): environments + its own policy
+    on_finish(episode) / on_tree(tree)  <-- one record per finished episode / tree --
+
+Every sample of a task goes to the same worker, so the samples share that worker's prefix
+cache. Workers live for one call (one evaluation, one exploration). Without
+``workers.ray_address`` Ray is started on this machine (and stops when this process exits);
+with it, the running cluster at that address is joined. On a cluster every node needs leafe
+installed and the config's paths (model directory, data) at the same place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from leafe.config import ConfigError, ExperimentConfig, WorkersConfig, config_from_dict
+from leafe.method.tree import ExperienceTree
+from leafe.rollout import EpisodeJob
+from leafe.types import Task, Trajectory
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def shard_by_task(items: Sequence[T], task_id: Callable[[T], str], shards: int) -> list[list[T]]:
+    """``items`` split into at most ``shards`` non-empty lists.
+
+    Tasks are dealt round-robin in the order they first appear; every item of a task lands in
+    the same list, and each list keeps the items' order.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    dealt: dict[str, int] = {}
+    out: list[list[T]] = [[] for _ in range(shards)]
+    for item in items:
+        key = task_id(item)
+        if key not in dealt:
+            dealt[key] = len(dealt) % shards
+        out[dealt[key]].append(item)
+    return [share for share in out if share]
+
+
+def play_on_workers(cfg: ExperimentConfig, jobs: Sequence[EpisodeJob], on_finish: Callable[[Trajectory], None]) -> None:
+    """Play ``jobs`` on ``cfg.workers.num`` Ray actors; ``on_finish`` gets each trajectory here,
+    as soon as its worker finishes it."""
+    shares = shard_by_task(jobs, lambda job: job.task.task_id, cfg.workers.num)
+    _run_on_workers(cfg, "play", shares, lambda record: on_finish(Trajectory.from_dict(record)))
+
+
+def explore_on_workers(cfg: ExperimentConfig, tasks: Sequence[Task], on_tree: Callable[[ExperienceTree], None]) -> None:
+    """Explore ``tasks`` with ``cfg.explore`` on ``cfg.workers.num`` Ray actors; ``on_tree`` gets
+    each tree here, as soon as its worker finishes it."""
+    shares = shard_by_task(tasks, lambda task: task.task_id, cfg.workers.num)
+    _run_on_workers(cfg, "explore", shares, lambda record: on_tree(ExperienceTree.from_dict(record)))
+
+
+def check_model(model: str, field: str) -> None:
+    """Fail here, before any worker starts, on a model no worker could load: a local path that
+    is not a directory. Converts the embedded model once, so the workers find it cached."""
+    from leafe.policy.embedded import resolve_model
+
+    resolved = resolve_model(model)
+    if resolved.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(resolved)):
+        raise ConfigError(f"{field}: {model!r} is not a directory (a local model path, as workers see it)")
+
+
+class EpisodeWorker:
+    """One worker: its own environments and policy, built from the experiment config.
+
+    Run as a Ray actor (:func:`_run_on_workers` wraps it with ``ray.remote``). Its methods are
+    generators: Ray streams each yielded record to the caller as soon as it is yielded.
+    """
+
+    def __init__(self, config: dict[str, Any], threads: int, cwd: str) -> None:
+        if os.path.isdir(cwd):  # relative paths in the config mean what they mean to the caller
+            os.chdir(cwd)
+        import torch
+
+        from leafe.agent import build_agent
+        from leafe.envs import build_env
+
+        torch.set_num_threads(threads)
+        self.cfg = config_from_dict(config, source="workers")
+        # Ray reports an exception raised here only as text; kept, it is raised by the first call,
+        # which Ray hands to the caller as the exception itself.
+        self.error: ConfigError | None = None
+        try:
+            make_env, task_source = build_env(self.cfg.env)
+            self.agent = build_agent(self.cfg, make_env, task_source, _load(self.cfg, self.cfg.policy.model, "policy.model"))
+        except ConfigError as error:
+            self.error = error
+
+    def play(self, jobs: list[EpisodeJob]) -> Iterator[dict[str, Any]]:
+        """Each finished episode of ``jobs`` as a :meth:`Trajectory.to_dict` record."""
+        from leafe.rollout import run_episodes
+
+        if self.error is not None:
+            raise self.error
+        agent = self.agent
+
+        def run(emit: Callable[[Any], None]) -> None:
+            run_episodes(
+                jobs, agent.make_env, agent.policy, agent.prompter, agent.sampling, max_steps=agent.max_steps,
+                max_concurrent=self.cfg.rollout.max_concurrent_episodes, on_finish=lambda t: emit(t.to_dict()),
+            )
+
+        yield from _streamed(run)
+
+    def explore(self, tasks: list[Task]) -> Iterator[dict[str, Any]]:
+        """Each finished experience tree of ``tasks`` as a :meth:`ExperienceTree.to_dict` record."""
+        from leafe.method.explore import explore_tasks, make_reflector
+
+        if self.error is not None:
+            raise self.error
+        settings = self.cfg.explore
+        reflector = None
+        if settings.method != "independent":
+            judge = None
+            if settings.reflector == "model" and settings.reflector_model:
+                judge = _load(self.cfg, settings.reflector_model, "explore.reflector_model")
+            reflector = make_reflector(settings, self.agent, judge)
+
+        def run(emit: Callable[[Any], None]) -> None:
+            explore_tasks(settings.method, tasks, self.agent, settings, self.cfg.seed, reflector, lambda tree: emit(tree.to_dict()))
+
+        yield from _streamed(run)
+
+
+def _load(cfg: ExperimentConfig, model: str, field: str) -> Any:
+    from leafe.policy import load_policy
+
+    try:
+        return load_policy(cfg.policy, model)
+    except (OSError, ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{field}: a worker cannot load {model!r} with backend {cfg.policy.backend!r}: {reason}") from None
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def _streamed(run: Callable[[Callable[[Any], None]], None]) -> Iterator[Any]:
+    """Yield what ``run(emit)`` emits, as it emits it; re-raise what it raises.
+
+    ``run`` works in a thread, because the rollout loop reports through callbacks while a Ray
+    streaming method must yield.
+    """
+    out: queue.Queue[Any] = queue.Queue()
+
+    def target() -> None:
+        try:
+            run(out.put)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            out.put(_Failed(error))
+        else:
+            out.put(_DONE)
+
+    thread = threading.Thread(target=target, name="leafe-worker", daemon=True)
+    thread.start()
+    while (item := out.get()) is not _DONE:
+        if isinstance(item, _Failed):
+            raise item.error
+        yield item
+    thread.join()
+
+
+def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]], handle: Callable[[Any], None]) -> None:
+    """Start one actor per share, call ``method`` on each, and ``handle`` every streamed record
+    in the order they arrive. The actors are stopped on return or error."""
+    if not shares:
+        return
+    ray = _connect(cfg.workers, len(shares))
+    threads = max(1, math.floor(cfg.workers.cpus))
+    env_vars = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env_vars.update({key: value for key, value in os.environ.items() if key.startswith("LEAFE_")})
+    actor = ray.remote(EpisodeWorker).options(
+        num_cpus=cfg.workers.cpus, num_gpus=cfg.workers.gpus, runtime_env={"env_vars": env_vars}
+    )
+    config = cfg.model_dump(mode="json")
+    workers = [actor.remote(config, threads, os.getcwd()) for _ in shares]
+    logger.info("%s on %d Ray workers (%s CPUs, %s GPUs each)", method, len(workers), cfg.workers.cpus, cfg.workers.gpus)
+    try:
+        streams = {getattr(worker, method).remote(share): index for index, (worker, share) in enumerate(zip(workers, shares))}
+        while streams:
+            ready, _ = ray.wait(list(streams), num_returns=1)
+            for stream in ready:
+                try:
+                    ref = next(stream)
+                except StopIteration:
+                    del streams[stream]
+                    continue
+                handle(_fetch(ray, ref, streams[stream]))
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+
+
+def _fetch(ray: Any, ref: Any, index: int) -> Any:
+    """The record behind ``ref``; a worker's failure becomes a readable error (a
+    :class:`ConfigError` stays one)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as error:
+        cause = _cause(error)
+        if isinstance(cause, ConfigError):
+            raise ConfigError(str(cause)) from None
+        if cause is not None:
+            raise RuntimeError(f"Ray worker {index} failed: {type(cause).__name__}: {cause}") from error
+        raise RuntimeError(f"Ray worker {index} failed: {str(error).strip().splitlines()[-1]}") from error
+
+
+def _cause(error: BaseException) -> BaseException | None:
+    """The exception a worker raised, if Ray kept it (task errors, and actors that failed in
+    ``__init__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException) and not type(cause).__module__.startswith("ray."):
+            return cause
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    return None
+
+
+def _connect(workers: WorkersConfig, count: int) -> Any:
+    """Ray, started here or joined at ``workers.ray_address``, checked to have room for
+    ``count`` workers of ``workers.cpus`` CPUs and ``workers.gpus`` GPUs."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            f"workers.num: {workers.num} workers run on Ray, which is not installed: pip install 'leafe[ray]' (or ray)"
+        ) from None
+    # The first worker error is raised here; the others' unread errors need not be printed too.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    if not ray.is_initialized():
+        try:
+            ray.init(address=workers.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            where = workers.ray_address or "this machine"
+            raise ConfigError(f"workers.ray_address: cannot start or join Ray at {where}: {error}") from None
+    total = ray.cluster_resources()
+    for name, each, field in (("CPU", workers.cpus, "workers.cpus"), ("GPU", workers.gpus, "workers.gpus")):
+        need, have = count * each, total.get(name, 0.0)
+        if need > have + 1e-9:
+            message = (f"workers.num: {count} workers x {field}={each:g} need {need:g} {name}s; "
+                       f"the Ray cluster has {have:g} (lower workers.num or {field})")
+            if workers.ray_address is None:
+                raise ConfigError(message)
+            logger.warning("%s; the workers wait until the cluster grows", message)
+    return ray
