@@ -1,0 +1,122 @@
+"""Ray workers (``workers.num > 1``): real Ray on this machine, real models, the real CLI.
+
+Each test that starts Ray runs ``leafe`` in a subprocess, so Ray starts and stops with it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from leafe.config import ConfigError, config_from_dict
+from leafe.policy import LazyPolicy
+from leafe.workers import check_model, shard_by_task
+
+from .test_cli import QUICKSTART, _episodes, _leafe, _tiny_args
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install -e '.[ray]')")
+
+
+def test_shard_by_task_keeps_each_task_on_one_worker_and_deals_tasks_round_robin():
+    items = [("a", 0), ("a", 1), ("b", 0), ("c", 0), ("b", 1), ("d", 0), ("c", 1)]
+    shares = shard_by_task(items, lambda item: item[0], 2)
+    assert shares == [[("a", 0), ("a", 1), ("c", 0), ("c", 1)], [("b", 0), ("b", 1), ("d", 0)]]
+    assert shard_by_task(items[:2], lambda item: item[0], 3) == [[("a", 0), ("a", 1)]]  # no empty shares
+    assert shard_by_task([], lambda item: item[0], 2) == []
+    with pytest.raises(ValueError, match="shards"):
+        shard_by_task(items, lambda item: item[0], 0)
+
+
+def test_workers_section_is_validated_with_the_field_named():
+    assert config_from_dict({"workers": {"num": 3, "cpus": 0.5}}).workers.num == 3
+    for bad in ({"num": 0}, {"cpus": 0}, {"gpus": -1}, {"nodes": 2}):
+        with pytest.raises(ConfigError, match="workers"):
+            config_from_dict({"workers": bad})
+
+
+def test_lazy_policy_loads_on_first_use_only(tiny_model_dir):
+    cfg = config_from_dict({"policy": {"backend": "transformers"}})
+    policy = LazyPolicy(cfg.policy, str(tiny_model_dir))
+    assert not policy.loaded
+    from leafe.policy import GenerationRequest, SamplingParams
+
+    out = policy.generate([GenerationRequest(prompt="Hello", seed=1)], SamplingParams(max_new_tokens=3, temperature=0.0))
+    assert policy.loaded and len(out) == 1 and out[0].completion_tokens <= 3
+
+
+def test_check_model_refuses_a_missing_path_before_any_worker_starts(tmp_path):
+    check_model(str(tmp_path), "policy.model")  # a directory: the workers get to load it
+    with pytest.raises(ConfigError, match="policy.model"):
+        check_model(str(tmp_path / "missing"), "policy.model")
+
+
+@needs_ray
+def test_eval_on_two_workers_plays_the_one_process_episodes_and_resumes(tiny_model_dir, tmp_path):
+    local = _leafe("eval", *_tiny_args(tiny_model_dir, tmp_path, "local"))
+    assert local.returncode == 0, local.stderr[-2000:]
+    workers = _leafe("eval", *_tiny_args(tiny_model_dir, tmp_path, "ray"), "workers.num=2")
+    assert workers.returncode == 0, workers.stderr[-3000:]
+    expected, got = _episodes(tmp_path / "local"), _episodes(tmp_path / "ray")
+    assert len(expected) == 24 and got.keys() == expected.keys()
+    for key, record in expected.items():
+        assert [s["completion"] for s in got[key]["steps"]] == [s["completion"] for s in record["steps"]], key
+    local_metrics = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    ray_metrics = json.loads((tmp_path / "ray" / "metrics.json").read_text())
+    for key in ("mean", "ci_low", "ci_high", "per_task"):
+        assert ray_metrics[key] == local_metrics[key], key
+
+    # A run killed after 10 episodes resumes on the workers (and a one-process run made it).
+    episodes_file = tmp_path / "local" / "episodes.jsonl"
+    episodes_file.write_text("".join(episodes_file.read_text().splitlines(keepends=True)[:10]))
+    resumed = _leafe("eval", *_tiny_args(tiny_model_dir, tmp_path, "local"), "workers.num=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    metrics = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    assert metrics["details"]["throughput_this_invocation"]["episodes"] == 14
+    assert _episodes(tmp_path / "local") == expected
+
+
+@needs_ray
+def test_explore_on_two_workers_grows_the_one_process_trees(tiny_model_dir, tmp_path):
+    args = [
+        str(QUICKSTART), f"output_dir={tmp_path}", f"policy.model={tiny_model_dir}", "explore.reflector=env",
+        "explore.num_tasks=3", "explore.max_env_steps=8", "rollout.max_steps=4", "policy.max_new_tokens=8",
+    ]
+    local = _leafe("explore", *args, "name=local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    workers = _leafe("explore", *args, "name=ray", "workers.num=2")
+    assert workers.returncode == 0, workers.stderr[-3000:]
+
+    def trees(name: str) -> dict[str, dict]:
+        records = [json.loads(line) for line in (tmp_path / name / "trees.jsonl").read_text().splitlines()]
+        return {record["task"]["task_id"]: record for record in records}
+
+    assert len(trees("local")) == 3 and trees("ray") == trees("local")
+    summary = lambda name: json.loads((tmp_path / name / "explore_summary.json").read_text())["summary"]  # noqa: E731
+    assert summary("ray") == summary("local")
+
+
+@needs_ray
+def test_worker_errors_are_clear_and_leave_no_traceback(tiny_model_dir, tmp_path):
+    too_many = _leafe("eval", *_tiny_args(tiny_model_dir, tmp_path, "many"), "workers.num=4", "workers.cpus=1")
+    assert too_many.returncode == 2, too_many.stderr[-2000:]
+    assert "workers.num" in too_many.stderr and "Traceback" not in too_many.stderr
+
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    unloadable = _leafe("eval", *_tiny_args(empty, tmp_path, "empty"), "workers.num=2")
+    assert unloadable.returncode == 2, unloadable.stderr[-2000:]
+    assert "policy.model" in unloadable.stderr and "a worker cannot load" in unloadable.stderr
+    assert "Traceback" not in unloadable.stderr
+
+
+@pytest.mark.parametrize("command, extra", [("grpo", []), ("eval", ["eval.method=reflexion"]), ("early-experience", [])])
+def test_commands_that_play_in_one_process_refuse_workers(tiny_model_dir, tmp_path, command, extra):
+    result = _leafe(command, *_tiny_args(tiny_model_dir, tmp_path, "one"), *extra, "workers.num=2")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "workers.num" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "one").exists()
+
