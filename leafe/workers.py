@@ -191,7 +191,14 @@ def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]],
         return
     ray = _connect(cfg.workers, len(shares))
     threads = max(1, math.floor(cfg.workers.cpus))
-    env_vars = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env_vars = {
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        # Ray forwards the workers' output here: their loading/merging progress bars would
+        # interleave with this process's bars. Warnings and errors still come through.
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TQDM_DISABLE": "1",
+    }
     env_vars.update({key: value for key, value in os.environ.items() if key.startswith("LEAFE_")})
     actor = ray.remote(EpisodeWorker).options(
         num_cpus=cfg.workers.cpus, num_gpus=cfg.workers.gpus, runtime_env={"env_vars": env_vars}
