@@ -131,6 +131,10 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
     reflects = cfg.explore.method != "independent" if command == "explore" else cfg.eval.method == "reflexion"
     if reflects and cfg.explore.reflector == "model" and not distributed:
         reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model")
+    if distributed:  # the workers build their policies now, so a model they cannot load fails here
+        from leafe.workers import start_workers
+
+        start_workers(cfg, len(tasks))
     run = RunDir.open(cfg, command=command, fresh=fresh)
     if run.resumed:
         print(f"resuming {run.path}", file=sys.stderr)

@@ -10,7 +10,9 @@ resuming after a kill are therefore unchanged; only where the model runs changes
     on_finish(episode) / on_tree(tree)  <-- one record per finished episode / tree --
 
 Every sample of a task goes to the same worker, so the samples share that worker's prefix
-cache. Workers live for one call (one evaluation, one exploration). Without
+cache. Workers live for one call (one evaluation, one exploration); a command may start them
+ahead of it (:func:`start_workers`), so that a model they cannot load fails before anything is
+written. Without
 ``workers.ray_address`` Ray is started on this machine (and stops when this process exits);
 with it, the running cluster at that address is joined. On a cluster every node needs leafe
 installed and the config's paths (model directory, data) at the same place.
@@ -105,6 +107,11 @@ class EpisodeWorker:
         except ConfigError as error:
             self.error = error
 
+    def ready(self) -> None:
+        """Return once built; raise what building failed with."""
+        if self.error is not None:
+            raise self.error
+
     def play(self, jobs: list[EpisodeJob]) -> Iterator[dict[str, Any]]:
         """Each finished episode of ``jobs`` as a :meth:`Trajectory.to_dict` record."""
         from leafe.rollout import run_episodes
@@ -184,12 +191,44 @@ def _streamed(run: Callable[[Callable[[Any], None]], None]) -> Iterator[Any]:
     thread.join()
 
 
-def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]], handle: Callable[[Any], None]) -> None:
-    """Start one actor per share, call ``method`` on each, and ``handle`` every streamed record
-    in the order they arrive. The actors are stopped on return or error."""
-    if not shares:
+@dataclass
+class _Started:
+    """Workers started ahead of their first call by :func:`start_workers`."""
+
+    config: dict[str, Any]
+    workers: list[Any]
+
+
+_started: _Started | None = None
+
+
+def start_workers(cfg: ExperimentConfig, count: int) -> None:
+    """Start ``min(count, workers.num)`` workers now and wait until each has built its
+    environments and policy, so that a model no worker can load fails before the command records
+    anything. The next :func:`play_on_workers` or :func:`explore_on_workers` of the same config
+    plays on them.
+
+    Raises:
+        ConfigError: Ray is missing or too small, or a worker could not build (the field named).
+    """
+    global _started
+    count = min(count, cfg.workers.num)
+    if count < 1:
         return
-    ray = _connect(cfg.workers, len(shares))
+    ray = _connect(cfg.workers, count)
+    workers = _spawn(ray, cfg, count)
+    try:
+        for index, worker in enumerate(workers):
+            _fetch(ray, worker.ready.remote(), index)
+    except BaseException:
+        for worker in workers:
+            ray.kill(worker)
+        raise
+    _started = _Started(cfg.model_dump(mode="json"), workers)
+
+
+def _spawn(ray: Any, cfg: ExperimentConfig, count: int) -> list[Any]:
+    """``count`` new :class:`EpisodeWorker` actors built from ``cfg``."""
     threads = max(1, math.floor(cfg.workers.cpus))
     env_vars = {
         "OMP_NUM_THREADS": str(threads),
@@ -203,9 +242,25 @@ def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]],
     actor = ray.remote(EpisodeWorker).options(
         num_cpus=cfg.workers.cpus, num_gpus=cfg.workers.gpus, runtime_env={"env_vars": env_vars}
     )
-    config = cfg.model_dump(mode="json")
-    workers = [actor.remote(config, threads, os.getcwd()) for _ in shares]
-    logger.info("%s on %d Ray workers (%s CPUs, %s GPUs each)", method, len(workers), cfg.workers.cpus, cfg.workers.gpus)
+    return [actor.remote(cfg.model_dump(mode="json"), threads, os.getcwd()) for _ in range(count)]
+
+
+def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]], handle: Callable[[Any], None]) -> None:
+    """Call ``method`` on one actor per share, and ``handle`` every streamed record in the order
+    they arrive. The actors (those :func:`start_workers` left for this config, or new ones) are
+    stopped on return or error."""
+    global _started
+    if not shares:
+        return
+    ray = _connect(cfg.workers, len(shares))
+    taken, _started = _started, None
+    if taken is not None and taken.config == cfg.model_dump(mode="json") and len(taken.workers) >= len(shares):
+        workers = taken.workers
+    else:
+        for worker in taken.workers if taken is not None else []:
+            ray.kill(worker)
+        workers = _spawn(ray, cfg, len(shares))
+    logger.info("%s on %d Ray workers (%s CPUs, %s GPUs each)", method, len(shares), cfg.workers.cpus, cfg.workers.gpus)
     try:
         streams = {getattr(worker, method).remote(share): index for index, (worker, share) in enumerate(zip(workers, shares))}
         while streams:

@@ -111,6 +111,7 @@ def test_worker_errors_are_clear_and_leave_no_traceback(tiny_model_dir, tmp_path
     assert unloadable.returncode == 2, unloadable.stderr[-2000:]
     assert "policy.model" in unloadable.stderr and "a worker cannot load" in unloadable.stderr
     assert "Traceback" not in unloadable.stderr
+    assert not (tmp_path / "empty").exists()  # the workers failed before the run was recorded
 
 
 @pytest.mark.parametrize("command, extra", [("grpo", []), ("eval", ["eval.method=reflexion"]), ("early-experience", [])])
