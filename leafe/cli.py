@@ -24,6 +24,7 @@ import sys
 from leafe.config import ConfigError, ExperimentConfig, load_config
 from leafe.envs.checker import EnvCheckError
 from leafe.policy.errors import BackendError, RequestTooLarge
+from leafe.workers import WorkerError
 
 
 def _positive_int(text: str) -> int:
@@ -299,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     except RequestTooLarge as error:
         print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
         return 2
+    except WorkerError as error:
+        print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
+        return 1
     except BackendError as error:
         print(f"error: the inference server failed: {error}\n  finished episodes are saved; rerun the same "
               "command to resume", file=sys.stderr)

@@ -158,6 +158,11 @@ def _load(cfg: ExperimentConfig, model: str, field: str) -> Any:
         raise ConfigError(f"{field}: a worker cannot load {model!r} with backend {cfg.policy.backend!r}: {reason}") from None
 
 
+class WorkerError(RuntimeError):
+    """A Ray worker died or Ray lost it (killed, out of memory, node gone). The episodes and
+    trees finished before are saved; rerunning the command resumes."""
+
+
 @dataclass(frozen=True)
 class _Failed:
     error: BaseException
@@ -278,8 +283,9 @@ def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]],
 
 
 def _fetch(ray: Any, ref: Any, index: int) -> Any:
-    """The record behind ``ref``; a worker's failure becomes a readable error (a
-    :class:`ConfigError` stays one)."""
+    """The record behind ``ref``. What a worker raised is raised here (a :class:`ConfigError`
+    as itself, anything else as a RuntimeError chained to Ray's error, which holds the worker's
+    traceback); a worker that died becomes a :class:`WorkerError`."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as error:
@@ -288,7 +294,7 @@ def _fetch(ray: Any, ref: Any, index: int) -> Any:
             raise ConfigError(str(cause)) from None
         if cause is not None:
             raise RuntimeError(f"Ray worker {index} failed: {type(cause).__name__}: {cause}") from error
-        raise RuntimeError(f"Ray worker {index} failed: {str(error).strip().splitlines()[-1]}") from error
+        raise WorkerError(f"Ray worker {index} failed: {str(error).strip().splitlines()[-1]}") from None
 
 
 def _cause(error: BaseException) -> BaseException | None:

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,7 @@ from leafe.config import ConfigError, config_from_dict
 from leafe.policy import LazyPolicy
 from leafe.workers import check_model, shard_by_task
 
-from .test_cli import QUICKSTART, _episodes, _leafe, _tiny_args
+from .test_cli import QUICKSTART, REPO, _episodes, _leafe, _tiny_args
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install -e '.[ray]')")
 
@@ -121,3 +126,55 @@ def test_commands_that_play_in_one_process_refuse_workers(tiny_model_dir, tmp_pa
     assert "workers.num" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "one").exists()
 
+
+
+def _descendants_named(pid: int, prefix: str) -> list[int]:
+    """Processes under ``pid`` (children, grandchildren, ...) whose command line starts with
+    ``prefix``; only this test's own Ray, never another test's."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    found = []
+    for child in parents:
+        ancestor = parents.get(child)
+        while ancestor not in (None, 0, 1, pid):
+            ancestor = parents.get(ancestor)
+        if ancestor == pid:
+            try:
+                if open(f"/proc/{child}/cmdline").read().startswith(prefix):
+                    found.append(child)
+            except OSError:
+                continue
+    return found
+
+
+@needs_ray
+def test_a_worker_that_dies_stops_the_command_cleanly_and_a_rerun_finishes(tiny_model_dir, tmp_path):
+    args = [*_tiny_args(tiny_model_dir, tmp_path, "dies"), "eval.samples_per_task=8", "eval.ks=[1,8]",
+            "rollout.max_steps=8", "policy.max_new_tokens=24", "workers.num=2"]
+    log = (tmp_path / "stderr.txt").open("w")  # a file, not a pipe: nobody reads it until the end
+    process = subprocess.Popen([sys.executable, "-m", "leafe.cli", "eval", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+    episodes_file = tmp_path / "dies" / "episodes.jsonl"
+    deadline, victims = time.time() + 300, []
+    while time.time() < deadline and process.poll() is None:
+        victims = _descendants_named(process.pid, "ray::EpisodeWorker.play")
+        if victims and episodes_file.exists() and episodes_file.read_text():
+            break
+        time.sleep(0.1)
+    assert victims, "no worker was playing"
+    os.kill(victims[0], signal.SIGKILL)
+    process.wait(timeout=300)
+    log.close()
+    err = (tmp_path / "stderr.txt").read_text()
+    assert process.returncode == 1, err[-3000:]
+    assert "Ray worker" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    done_before = len(_episodes(tmp_path / "dies"))
+    assert 1 <= done_before < 48
+
+    rerun = _leafe("eval", *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(_episodes(tmp_path / "dies")) == 48
