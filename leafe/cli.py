@@ -24,7 +24,7 @@ import sys
 from leafe.config import ConfigError, ExperimentConfig, load_config
 from leafe.envs.checker import EnvCheckError
 from leafe.policy.errors import BackendError, RequestTooLarge
-from leafe.workers import WorkerError
+from leafe.workers import WorkerError, stop_workers
 
 
 def _positive_int(text: str) -> int:
@@ -117,25 +117,23 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
     make_env, task_source = build_env(cfg.env)
     tasks = select_tasks(task_source, split, count)
     distributed = cfg.workers.num > 1  # Ray workers load their own policies; this process none
-    if distributed:
-        from leafe.policy import LazyPolicy
-        from leafe.workers import check_model
-
-        check_model(cfg.policy.model, "policy.model")
-        if cfg.explore.reflector_model:
-            check_model(cfg.explore.reflector_model, "explore.reflector_model")
-        policy = LazyPolicy(cfg.policy, cfg.policy.model)
-    else:
-        policy = _load_policy(cfg)
-    agent = build_agent(cfg, make_env, task_source, policy)
-    reflector_policy = None
     reflects = cfg.explore.method != "independent" if command == "explore" else cfg.eval.method == "reflexion"
-    if reflects and cfg.explore.reflector == "model" and not distributed:
-        reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model")
-    if distributed:  # the workers build their policies now, so a model they cannot load fails here
-        from leafe.workers import start_workers
+    judged = reflects and cfg.explore.reflector == "model"
+    reflector_policy = None
+    if distributed:
+        from leafe.workers import OnWorkers, check_model, start_workers
 
-        start_workers(cfg, len(tasks))
+        check_model(cfg.policy, cfg.policy.model, "policy.model")
+        if judged and cfg.explore.reflector_model:
+            check_model(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model")
+        RunDir.check(cfg, fresh)  # a refused run dir fails before the workers load anything
+        # The workers build their policies now, so a model they cannot load fails before the run is recorded.
+        start_workers(cfg, len(tasks), explores=command == "explore")
+        agent = build_agent(cfg, make_env, task_source, OnWorkers(cfg.policy.model))
+    else:
+        agent = build_agent(cfg, make_env, task_source, _load_policy(cfg))
+        if judged:
+            reflector_policy = _load_policy(cfg, cfg.explore.reflector_model, "explore.reflector_model")
     run = RunDir.open(cfg, command=command, fresh=fresh)
     if run.resumed:
         print(f"resuming {run.path}", file=sys.stderr)
@@ -307,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the inference server failed: {error}\n  finished episodes are saved; rerun the same "
               "command to resume", file=sys.stderr)
         return 1
+    finally:
+        stop_workers()  # Ray workers started for a call that never came (nothing left to play)
     return 0
 
 

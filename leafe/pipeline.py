@@ -74,13 +74,13 @@ class _Policies:
     def get(self, model: str) -> Any:
         if self.model != model:
             self.release()
-            from leafe.policy import LazyPolicy, load_policy
+            from leafe.policy import load_policy
 
             if self.cfg.workers.num > 1:  # the Ray workers load their own copies
-                from leafe.workers import check_model
+                from leafe.workers import OnWorkers, check_model
 
-                check_model(model, "policy.model")
-                self.policy, self.model = LazyPolicy(self.cfg.policy, model), model
+                check_model(self.cfg.policy, model, "policy.model")
+                self.policy, self.model = OnWorkers(model), model
                 return self.policy
             try:
                 self.policy = load_policy(self.cfg.policy, model)

@@ -170,6 +170,35 @@ class RunDir:
     path: Path
     resumed: bool
 
+    @staticmethod
+    def check(cfg: ExperimentConfig, fresh: bool = False) -> bool:
+        """Whether :meth:`open` would resume ``cfg.run_dir``; touches nothing.
+
+        Raises:
+            ConfigError: as :meth:`open`.
+        """
+        path = cfg.run_dir
+        config_file = path / "config.yaml"
+        if fresh and path.exists():
+            if Path(cfg.output_dir).resolve() not in path.resolve().parents:
+                raise ConfigError(f"name: {cfg.name!r} does not name a directory inside {cfg.output_dir}")
+            return False
+        if not config_file.exists():
+            return False
+        old = yaml.safe_load(config_file.read_text()) or {}
+        try:  # fields added to the schema since that run get their defaults
+            old = config_from_dict(old).model_dump(mode="json")
+        except ConfigError:
+            pass  # a field since removed or renamed: compare as written
+        blocking = [c for c in config_changes(old, cfg.model_dump(mode="json")) if c.split(":")[0] not in RESUMABLE_CHANGES]
+        if blocking:
+            raise ConfigError(
+                f"run directory {path} holds a run with a different config:\n  "
+                + "\n  ".join(blocking)
+                + "\nchoose another name (name=...) or pass --fresh to delete the old run"
+            )
+        return True
+
     @classmethod
     def open(cls, cfg: ExperimentConfig, command: str, fresh: bool = False) -> RunDir:
         """Create or resume ``cfg.run_dir`` for ``command``; set up logging into it.
@@ -180,26 +209,9 @@ class RunDir:
         """
         path = cfg.run_dir
         config_file = path / "config.yaml"
-        new = cfg.model_dump(mode="json")
-        resumed = False
+        resumed = cls.check(cfg, fresh)
         if fresh and path.exists():
-            if Path(cfg.output_dir).resolve() not in path.resolve().parents:
-                raise ConfigError(f"name: {cfg.name!r} does not name a directory inside {cfg.output_dir}")
             shutil.rmtree(path)
-        elif config_file.exists():
-            old = yaml.safe_load(config_file.read_text()) or {}
-            try:  # fields added to the schema since that run get their defaults
-                old = config_from_dict(old).model_dump(mode="json")
-            except ConfigError:
-                pass  # a field since removed or renamed: compare as written
-            blocking = [c for c in config_changes(old, new) if c.split(":")[0] not in RESUMABLE_CHANGES]
-            if blocking:
-                raise ConfigError(
-                    f"run directory {path} holds a run with a different config:\n  "
-                    + "\n  ".join(blocking)
-                    + "\nchoose another name (name=...) or pass --fresh to delete the old run"
-                )
-            resumed = True
         path.mkdir(parents=True, exist_ok=True)
         write_atomic(config_file, config_to_yaml(cfg))
         meta_file = path / "meta.json"

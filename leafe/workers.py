@@ -29,8 +29,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from leafe.config import ConfigError, ExperimentConfig, WorkersConfig, config_from_dict
+from leafe.config import ConfigError, ExperimentConfig, PolicyConfig, WorkersConfig, config_from_dict
 from leafe.method.tree import ExperienceTree
+from leafe.policy.base import Generation, GenerationRequest, GenerationStream, SamplingParams
+from leafe.policy.errors import BackendError, RequestTooLarge
 from leafe.rollout import EpisodeJob
 from leafe.types import Task, Trajectory
 
@@ -71,14 +73,32 @@ def explore_on_workers(cfg: ExperimentConfig, tasks: Sequence[Task], on_tree: Ca
     _run_on_workers(cfg, "explore", shares, lambda record: on_tree(ExperienceTree.from_dict(record)))
 
 
-def check_model(model: str, field: str) -> None:
+def check_model(policy: PolicyConfig, model: str, field: str) -> None:
     """Fail here, before any worker starts, on a model no worker could load: a local path that
-    is not a directory. Converts the embedded model once, so the workers find it cached."""
+    is not a directory. Converts the embedded model once, so the workers find it cached. A model
+    served over HTTP (the ``openai`` backend) is the server's name, not checked."""
     from leafe.policy.embedded import resolve_model
 
+    if policy.backend == "openai" or (policy.backend == "auto" and policy.base_url):
+        return
     resolved = resolve_model(model)
     if resolved.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(resolved)):
         raise ConfigError(f"{field}: {model!r} is not a directory (a local model path, as workers see it)")
+
+
+class OnWorkers:
+    """The policy of a command whose episodes play on Ray workers: this process loads no model,
+    and generating here is a bug (each worker loads its own copy)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.name = f"ray-workers({model})"
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
+        raise RuntimeError(f"workers.num > 1: {self.model!r} generates on the Ray workers, not in this process")
+
+    def stream(self, params: SamplingParams) -> GenerationStream:
+        raise RuntimeError(f"workers.num > 1: {self.model!r} generates on the Ray workers, not in this process")
 
 
 class EpisodeWorker:
@@ -88,7 +108,7 @@ class EpisodeWorker:
     generators: Ray streams each yielded record to the caller as soon as it is yielded.
     """
 
-    def __init__(self, config: dict[str, Any], threads: int, cwd: str) -> None:
+    def __init__(self, config: dict[str, Any], threads: int, cwd: str, explores: bool) -> None:
         if os.path.isdir(cwd):  # relative paths in the config mean what they mean to the caller
             os.chdir(cwd)
         import torch
@@ -98,13 +118,17 @@ class EpisodeWorker:
 
         torch.set_num_threads(threads)
         self.cfg = config_from_dict(config, source="workers")
-        # Ray reports an exception raised here only as text; kept, it is raised by the first call,
-        # which Ray hands to the caller as the exception itself.
-        self.error: ConfigError | None = None
+        # An exception raised here would reach the caller only as "the actor died"; kept, it is
+        # raised by the first call, which Ray hands to the caller as the exception itself.
+        self.error: Exception | None = None
+        self.judge: Any = None
         try:
             make_env, task_source = build_env(self.cfg.env)
             self.agent = build_agent(self.cfg, make_env, task_source, _load(self.cfg, self.cfg.policy.model, "policy.model"))
-        except ConfigError as error:
+            settings = self.cfg.explore
+            if explores and settings.method != "independent" and settings.reflector == "model" and settings.reflector_model:
+                self.judge = _load(self.cfg, settings.reflector_model, "explore.reflector_model")
+        except Exception as error:  # noqa: BLE001 - handed to the caller by the first call
             self.error = error
 
     def ready(self) -> None:
@@ -135,12 +159,7 @@ class EpisodeWorker:
         if self.error is not None:
             raise self.error
         settings = self.cfg.explore
-        reflector = None
-        if settings.method != "independent":
-            judge = None
-            if settings.reflector == "model" and settings.reflector_model:
-                judge = _load(self.cfg, settings.reflector_model, "explore.reflector_model")
-            reflector = make_reflector(settings, self.agent, judge)
+        reflector = None if settings.method == "independent" else make_reflector(settings, self.agent, self.judge)
 
         def run(emit: Callable[[Any], None]) -> None:
             explore_tasks(settings.method, tasks, self.agent, settings, self.cfg.seed, reflector, lambda tree: emit(tree.to_dict()))
@@ -153,7 +172,7 @@ def _load(cfg: ExperimentConfig, model: str, field: str) -> Any:
 
     try:
         return load_policy(cfg.policy, model)
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, AssertionError) as error:  # as the one-process loader
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{field}: a worker cannot load {model!r} with backend {cfg.policy.backend!r}: {reason}") from None
 
@@ -200,39 +219,55 @@ def _streamed(run: Callable[[Callable[[Any], None]], None]) -> Iterator[Any]:
 class _Started:
     """Workers started ahead of their first call by :func:`start_workers`."""
 
-    config: dict[str, Any]
+    key: tuple[Any, ...]  # (config, explores): what the workers were built for
     workers: list[Any]
 
 
 _started: _Started | None = None
 
 
-def start_workers(cfg: ExperimentConfig, count: int) -> None:
+def start_workers(cfg: ExperimentConfig, count: int, explores: bool) -> None:
     """Start ``min(count, workers.num)`` workers now and wait until each has built its
-    environments and policy, so that a model no worker can load fails before the command records
-    anything. The next :func:`play_on_workers` or :func:`explore_on_workers` of the same config
-    plays on them.
+    environments and policy (and, when ``explores``, the explore reflector's model), so that a
+    model no worker can load fails before the command records anything. The next
+    :func:`play_on_workers` (``explores=False``) or :func:`explore_on_workers` (``explores=True``)
+    of the same config plays on them; :func:`stop_workers` stops them if none does.
 
     Raises:
         ConfigError: Ray is missing or too small, or a worker could not build (the field named).
     """
     global _started
+    stop_workers()
     count = min(count, cfg.workers.num)
     if count < 1:
         return
     ray = _connect(cfg.workers, count)
-    workers = _spawn(ray, cfg, count)
+    workers = _spawn(ray, cfg, count, explores)
     try:
         for index, worker in enumerate(workers):
             _fetch(ray, worker.ready.remote(), index)
     except BaseException:
-        for worker in workers:
-            ray.kill(worker)
+        _kill(ray, workers)
         raise
-    _started = _Started(cfg.model_dump(mode="json"), workers)
+    _started = _Started((cfg.model_dump(mode="json"), explores), workers)
 
 
-def _spawn(ray: Any, cfg: ExperimentConfig, count: int) -> list[Any]:
+def stop_workers() -> None:
+    """Stop the workers :func:`start_workers` left unused (a no-op if there are none)."""
+    global _started
+    taken, _started = _started, None
+    if taken is not None:
+        import ray
+
+        _kill(ray, taken.workers)
+
+
+def _kill(ray: Any, workers: Sequence[Any]) -> None:
+    for worker in workers:
+        ray.kill(worker)
+
+
+def _spawn(ray: Any, cfg: ExperimentConfig, count: int, explores: bool) -> list[Any]:
     """``count`` new :class:`EpisodeWorker` actors built from ``cfg``."""
     threads = max(1, math.floor(cfg.workers.cpus))
     env_vars = {
@@ -243,29 +278,39 @@ def _spawn(ray: Any, cfg: ExperimentConfig, count: int) -> list[Any]:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "TQDM_DISABLE": "1",
     }
+    if cfg.workers.gpus == 0:  # Ray no longer hides the GPUs from an actor that asked for none
+        env_vars["CUDA_VISIBLE_DEVICES"] = ""
     env_vars.update({key: value for key, value in os.environ.items() if key.startswith("LEAFE_")})
+    if cfg.policy.api_key_env in os.environ:  # an openai backend's key, as this process has it
+        env_vars[cfg.policy.api_key_env] = os.environ[cfg.policy.api_key_env]
     actor = ray.remote(EpisodeWorker).options(
         num_cpus=cfg.workers.cpus, num_gpus=cfg.workers.gpus, runtime_env={"env_vars": env_vars}
     )
-    return [actor.remote(cfg.model_dump(mode="json"), threads, os.getcwd()) for _ in range(count)]
+    return [actor.remote(cfg.model_dump(mode="json"), threads, os.getcwd(), explores) for _ in range(count)]
 
 
 def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]], handle: Callable[[Any], None]) -> None:
     """Call ``method`` on one actor per share, and ``handle`` every streamed record in the order
-    they arrive. The actors (those :func:`start_workers` left for this config, or new ones) are
-    stopped on return or error."""
+    they arrive. The actors (those :func:`start_workers` left for this call, or new ones) are
+    stopped on return or error.
+
+    A worker that dies does not stop the others: what they finish is still handled, then a
+    :class:`WorkerError` is raised. Any other error stops them all at once.
+    """
     global _started
     if not shares:
         return
     ray = _connect(cfg.workers, len(shares))
+    explores = method == "explore"
     taken, _started = _started, None
-    if taken is not None and taken.config == cfg.model_dump(mode="json") and len(taken.workers) >= len(shares):
+    if taken is not None and taken.key == (cfg.model_dump(mode="json"), explores) and len(taken.workers) >= len(shares):
         workers = taken.workers
     else:
-        for worker in taken.workers if taken is not None else []:
-            ray.kill(worker)
-        workers = _spawn(ray, cfg, len(shares))
+        if taken is not None:
+            _kill(ray, taken.workers)
+        workers = _spawn(ray, cfg, len(shares), explores)
     logger.info("%s on %d Ray workers (%s CPUs, %s GPUs each)", method, len(shares), cfg.workers.cpus, cfg.workers.gpus)
+    died: WorkerError | None = None
     try:
         streams = {getattr(worker, method).remote(share): index for index, (worker, share) in enumerate(zip(workers, shares))}
         while streams:
@@ -276,30 +321,41 @@ def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]],
                 except StopIteration:
                     del streams[stream]
                     continue
-                handle(_fetch(ray, ref, streams[stream]))
+                try:
+                    record = _fetch(ray, ref, streams[stream])
+                except WorkerError as error:
+                    died = died or error
+                    del streams[stream]
+                    continue
+                handle(record)
     finally:
-        for worker in workers:
-            ray.kill(worker)
+        _kill(ray, workers)
+    if died is not None:
+        raise died
 
 
 def _fetch(ray: Any, ref: Any, index: int) -> Any:
-    """The record behind ``ref``. What a worker raised is raised here (a :class:`ConfigError`
-    as itself, anything else as a RuntimeError chained to Ray's error, which holds the worker's
-    traceback); a worker that died becomes a :class:`WorkerError`."""
+    """The record behind ``ref``. What a worker raised is raised here: a :class:`ConfigError`
+    or a backend's error (:class:`~leafe.policy.errors.BackendError`) as one, anything else as
+    a RuntimeError chained to Ray's error, which holds the worker's traceback. A worker that
+    died becomes a :class:`WorkerError`."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as error:
         cause = _cause(error)
         if isinstance(cause, ConfigError):
             raise ConfigError(str(cause)) from None
+        if isinstance(cause, RequestTooLarge):
+            raise RequestTooLarge(f"Ray worker {index}: {cause}") from None
+        if isinstance(cause, BackendError):
+            raise BackendError(f"Ray worker {index}: {cause}") from None
         if cause is not None:
             raise RuntimeError(f"Ray worker {index} failed: {type(cause).__name__}: {cause}") from error
         raise WorkerError(f"Ray worker {index} failed: {str(error).strip().splitlines()[-1]}") from None
 
 
 def _cause(error: BaseException) -> BaseException | None:
-    """The exception a worker raised, if Ray kept it (task errors, and actors that failed in
-    ``__init__``)."""
+    """The exception a worker's method raised, if Ray kept it (None when the worker died)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -324,7 +380,9 @@ def _connect(workers: WorkersConfig, count: int) -> Any:
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if not ray.is_initialized():
         try:
-            ray.init(address=workers.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+            # "local": a new Ray on this machine, even if RAY_ADDRESS or an earlier `ray start` names another
+            address = workers.ray_address or "local"
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = workers.ray_address or "this machine"
             raise ConfigError(f"workers.ray_address: cannot start or join Ray at {where}: {error}") from None

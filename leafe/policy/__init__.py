@@ -17,20 +17,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from leafe.policy.base import (
-    ChatMessages,
-    Generation,
-    GenerationRequest,
-    GenerationStream,
-    Policy,
-    Prompt,
-    SamplingParams,
-    open_stream,
-)
+from leafe.policy.base import ChatMessages, Generation, GenerationRequest, Policy, Prompt, SamplingParams
 from leafe.policy.embedded import DEFAULT_MODEL, resolve_model
 
 if TYPE_CHECKING:
@@ -43,7 +34,6 @@ __all__ = [
     "ChatMessages",
     "Generation",
     "GenerationRequest",
-    "LazyPolicy",
     "Policy",
     "Prompt",
     "SamplingParams",
@@ -166,36 +156,6 @@ def load_policy(cfg: PolicyConfig | None = None, model: str | None = None) -> Po
     cfg = cfg or PolicyConfig()
     model = model or cfg.model
     return BACKENDS[choose_backend(cfg, model)](cfg, model)
-
-
-class LazyPolicy:
-    """The backend ``cfg`` names for ``model``, built on first use.
-
-    A command whose episodes play on Ray workers (``workers.num > 1``) hands its local agent one
-    of these: each worker loads its own copy of the model, and this process loads none.
-    """
-
-    def __init__(self, cfg: PolicyConfig, model: str) -> None:
-        self.cfg = cfg
-        self.model = model
-        self.name = f"lazy({model})"
-        self._policy: Policy | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._policy is not None
-
-    def policy(self) -> Policy:
-        """The backend, loaded now if it was not yet."""
-        if self._policy is None:
-            self._policy = load_policy(self.cfg, self.model)
-        return self._policy
-
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Generation]:
-        return self.policy().generate(requests, params)
-
-    def stream(self, params: SamplingParams) -> GenerationStream:
-        return open_stream(self.policy(), params)
 
 
 def __getattr__(name: str) -> Any:
