@@ -12,10 +12,9 @@ resuming after a kill are therefore unchanged; only where the model runs changes
 Every sample of a task goes to the same worker, so the samples share that worker's prefix
 cache. Workers live for one call (one evaluation, one exploration); a command may start them
 ahead of it (:func:`start_workers`), so that a model they cannot load fails before anything is
-written. Without
-``workers.ray_address`` Ray is started on this machine (and stops when this process exits);
-with it, the running cluster at that address is joined. On a cluster every node needs leafe
-installed and the config's paths (model directory, data) at the same place.
+written. Without ``workers.ray_address`` a new Ray is started on this machine (and stops when
+this process exits); with it, the running cluster at that address is joined. On a cluster every
+node needs leafe installed and the config's paths (model directory, data) at the same place.
 """
 
 from __future__ import annotations
@@ -104,8 +103,9 @@ class OnWorkers:
 class EpisodeWorker:
     """One worker: its own environments and policy, built from the experiment config.
 
-    Run as a Ray actor (:func:`_run_on_workers` wraps it with ``ray.remote``). Its methods are
-    generators: Ray streams each yielded record to the caller as soon as it is yielded.
+    Run as a Ray actor (:func:`_spawn` wraps it with ``ray.remote``). :meth:`play` and
+    :meth:`explore` are generators: Ray streams each yielded record to the caller as soon as it
+    is yielded.
     """
 
     def __init__(self, config: dict[str, Any], threads: int, cwd: str, explores: bool) -> None:
