@@ -94,9 +94,11 @@ def test_eval_on_two_workers_plays_the_one_process_episodes_and_resumes(tiny_mod
 
 
 @needs_ray
-def test_explore_on_two_workers_grows_the_one_process_trees(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("judge", [False, True])  # True: each worker loads the reflector's model too
+def test_explore_on_two_workers_grows_the_one_process_trees(tiny_model_dir, tmp_path, judge):
+    reflector = ["explore.reflector=model", f"explore.reflector_model={tiny_model_dir}"] if judge else ["explore.reflector=env"]
     args = [
-        str(QUICKSTART), f"output_dir={tmp_path}", f"policy.model={tiny_model_dir}", "explore.reflector=env",
+        str(QUICKSTART), f"output_dir={tmp_path}", f"policy.model={tiny_model_dir}", *reflector,
         "explore.num_tasks=3", "explore.max_env_steps=8", "rollout.max_steps=4", "policy.max_new_tokens=8",
     ]
     local = _leafe("explore", *args, "name=local")
@@ -110,6 +112,7 @@ def test_explore_on_two_workers_grows_the_one_process_trees(tiny_model_dir, tmp_
 
     assert "explore on 2 Ray workers" in (tmp_path / "ray" / "leafe.log").read_text()
     assert len(trees("local")) == 3 and trees("ray") == trees("local")
+    assert {tree["reflector"] for tree in trees("ray").values()} == {"model" if judge else "env"}
     summary = lambda name: json.loads((tmp_path / name / "explore_summary.json").read_text())["summary"]  # noqa: E731
     assert summary("ray") == summary("local")
 
