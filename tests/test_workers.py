@@ -34,6 +34,21 @@ def test_shard_by_task_keeps_each_task_on_one_worker_and_deals_tasks_round_robin
         shard_by_task(items, lambda item: item[0], 0)
 
 
+def test_streamed_yields_what_the_callback_loop_emits_then_reraises_its_error():
+    from leafe.workers import _streamed
+
+    def run(emit):
+        for value in range(3):
+            emit(value)
+        raise KeyError("boom")
+
+    stream = _streamed(run)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(KeyError, match="boom"):
+        next(stream)
+    assert list(_streamed(lambda emit: emit("only"))) == ["only"]
+
+
 def test_workers_section_is_validated_with_the_field_named():
     assert config_from_dict({"workers": {"num": 3, "cpus": 0.5}}).workers.num == 3
     for bad in ({"num": 0}, {"cpus": 0}, {"gpus": -1}, {"nodes": 2}):
