@@ -126,9 +126,9 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
         check_model(cfg.policy, cfg.policy.model, "policy.model")
         if judged and cfg.explore.reflector_model:
             check_model(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model")
-        RunDir.check(cfg, fresh)  # a refused run dir fails before the workers load anything
+        resumes = RunDir.check(cfg, fresh)  # a refused run dir fails before the workers load anything
         # The workers build their policies now, so a model they cannot load fails before the run is recorded.
-        start_workers(cfg, len(tasks), explores=command == "explore")
+        start_workers(cfg, _unfinished(cfg, command, tasks) if resumes else len(tasks), explores=command == "explore")
         agent = build_agent(cfg, make_env, task_source, OnWorkers(cfg.policy.model))
     else:
         agent = build_agent(cfg, make_env, task_source, _load_policy(cfg))
@@ -138,6 +138,23 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
     if run.resumed:
         print(f"resuming {run.path}", file=sys.stderr)
     return agent, tasks, run, reflector_policy
+
+
+def _unfinished(cfg: ExperimentConfig, command: str, tasks) -> int:
+    """How many of ``tasks`` the run in ``cfg.run_dir`` has not finished (a finished run's rerun
+    starts no Ray workers)."""
+    if command == "explore":
+        from leafe.method.explore_run import TREES_FILE
+        from leafe.method.tree import load_trees
+
+        done = load_trees(cfg.run_dir / TREES_FILE)
+        return sum(task.task_id not in done for task in tasks)
+    from leafe.rollout import make_jobs
+    from leafe.runs import read_jsonl
+
+    played = {(record["task"]["task_id"], record["sample_index"]) for record in read_jsonl(cfg.run_dir / "episodes.jsonl")}
+    jobs = make_jobs(tasks, cfg.eval.samples_per_task, cfg.seed)
+    return len({job.task.task_id for job in jobs if (job.task.task_id, job.sample_index) not in played})
 
 
 def _one_process(cfg: ExperimentConfig, what: str) -> None:

@@ -106,6 +106,10 @@ def test_eval_on_two_workers_plays_the_one_process_episodes_and_resumes(tiny_mod
     assert metrics["details"]["throughput_this_invocation"]["episodes"] == 14
     assert _episodes(tmp_path / "local") == expected
 
+    # A finished run's rerun starts no workers: these would not fit in Ray and would be refused.
+    again = _leafe("eval", *_tiny_args(tiny_model_dir, tmp_path, "local"), "workers.num=2", "workers.cpus=4096")
+    assert again.returncode == 0, again.stderr[-3000:]
+
 
 @needs_ray
 @pytest.mark.parametrize("judge", [False, True])  # True: each worker loads the reflector's model too
@@ -129,6 +133,8 @@ def test_explore_on_two_workers_grows_the_one_process_trees(tiny_model_dir, tmp_
     assert {tree["reflector"] for tree in trees("ray").values()} == {"model" if judge else "env"}
     summary = lambda name: json.loads((tmp_path / name / "explore_summary.json").read_text())["summary"]  # noqa: E731
     assert summary("ray") == summary("local")
+    again = _leafe("explore", *args, "name=ray", "workers.num=2", "workers.cpus=4096")  # finished: no workers start
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
 @needs_ray
