@@ -93,18 +93,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_policy(cfg: ExperimentConfig, model: str | None = None, field: str = "policy.model"):
     """The policy serving ``model`` (default ``policy.model``); a load failure names ``field``."""
-    from leafe.policy import load_policy
+    from leafe.policy import load_policy_for
 
-    model = model or cfg.policy.model
-    try:
-        return load_policy(cfg.policy, model)
-    except (OSError, ValueError, RuntimeError, AssertionError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(
-            f"{field}: cannot load {model!r} with backend {cfg.policy.backend!r}: {reason}\n"
-            "  use 'smollm2-135m-instruct' (embedded), a local Hugging Face model directory, or a hub id "
-            "that is in the local cache or reachable"
-        ) from None
+    hint = ("\n  use 'smollm2-135m-instruct' (embedded), a local Hugging Face model directory, or a hub id "
+            "that is in the local cache or reachable")
+    return load_policy_for(field, cfg.policy, model or cfg.policy.model, hint=hint)
 
 
 def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh: bool):
@@ -149,12 +142,10 @@ def _unfinished(cfg: ExperimentConfig, command: str, tasks) -> int:
 
         done = load_trees(cfg.run_dir / TREES_FILE)
         return sum(task.task_id not in done for task in tasks)
-    from leafe.rollout import make_jobs
-    from leafe.runs import read_jsonl
+    from leafe.eval.evaluate import pending_jobs
 
-    played = {(record["task"]["task_id"], record["sample_index"]) for record in read_jsonl(cfg.run_dir / "episodes.jsonl")}
-    jobs = make_jobs(tasks, cfg.eval.samples_per_task, cfg.seed)
-    return len({job.task.task_id for job in jobs if (job.task.task_id, job.sample_index) not in played})
+    _jobs, _finished, todo = pending_jobs(cfg, cfg.run_dir, tasks)
+    return len({job.task.task_id for job in todo})
 
 
 def _one_process(cfg: ExperimentConfig, what: str) -> None:

@@ -254,19 +254,14 @@ class RolloutConfig(_Section):
 
 
 class WorkersConfig(_Section):
-    """Where episodes are played: in this process (``num: 1``) or on ``num`` Ray actors.
-
-    Each worker builds its own environments and its own copy of the policy from this config,
-    plays its share of the tasks (every sample of a task on the same worker, so they share its
-    prefix cache) and streams each finished episode or tree back; this process writes them, so a
-    killed run resumes as usual and the episodes are those of a one-process run (same per-request
-    seeds) up to float rounding at the workers' smaller batches. Used by ``leafe eval`` (``eval.method: sample``), ``leafe explore`` and both stages of
-    ``leafe run``. Needs Ray (``pip install -e ".[ray]"``).
+    """Where ``leafe eval`` (sample), ``leafe explore`` and ``leafe run`` play episodes: in this
+    process (``num: 1``) or on ``num`` Ray actors (``pip install -e ".[ray]"``), each with its own
+    environments and model, streaming finished episodes and trees back (:mod:`leafe.workers`).
     """
 
     num: int = Field(1, ge=1, le=100000)
-    # None: start Ray on this machine; "auto" or "head-ip:6379": join a running cluster (from one
-    # of its nodes). Ray Client addresses (ray://) cannot stream the workers' records back.
+    # None: a new Ray on this machine; "auto" or "head-ip:6379": join a running cluster from one
+    # of its nodes (a Ray Client address, ray://, cannot stream the records back).
     ray_address: str | None = None
     cpus: float = Field(1.0, gt=0.0, le=4096.0)  # per worker; its torch threads are max(1, floor(cpus))
     gpus: float = Field(0.0, ge=0.0, le=64.0)  # per worker, e.g. 1 with policy.backend: vllm
@@ -275,10 +270,8 @@ class WorkersConfig(_Section):
     @classmethod
     def _not_ray_client(cls, value: str | None) -> str | None:
         if value is not None and value.startswith("ray://"):
-            raise ValueError(
-                "a Ray Client address (ray://) cannot stream records back; run leafe on a node of the cluster "
-                "with ray_address: auto (or submit it with `ray job submit`)"
-            )
+            raise ValueError("a Ray Client address (ray://) cannot stream records back; run leafe on a node "
+                             "of the cluster with ray_address: auto (or submit it with `ray job submit`)")
         return value
 
 

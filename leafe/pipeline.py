@@ -74,7 +74,7 @@ class _Policies:
     def get(self, model: str) -> Any:
         if self.model != model:
             self.release()
-            from leafe.policy import load_policy
+            from leafe.policy import load_policy_for
 
             if self.cfg.workers.num > 1:  # the Ray workers load their own copies
                 from leafe.workers import OnWorkers, check_model
@@ -82,11 +82,7 @@ class _Policies:
                 check_model(self.cfg.policy, model, "policy.model")
                 self.policy, self.model = OnWorkers(model), model
                 return self.policy
-            try:
-                self.policy = load_policy(self.cfg.policy, model)
-            except (OSError, ValueError, RuntimeError) as error:
-                raise ConfigError(f"policy.model: cannot load {model!r}: {str(error).strip().splitlines()[0]}") from None
-            self.model = model
+            self.policy, self.model = load_policy_for("policy.model", self.cfg.policy, model), model
         return self.policy
 
     def reflector_policy(self) -> Any:
@@ -94,13 +90,9 @@ class _Policies:
         if section.reflector != "model" or section.method == "independent" or self.cfg.workers.num > 1:
             return None
         if self.reflector is None:
-            from leafe.policy import load_policy
+            from leafe.policy import load_policy_for
 
-            try:
-                self.reflector = load_policy(self.cfg.policy, section.reflector_model)
-            except (OSError, ValueError, RuntimeError) as error:
-                reason = str(error).strip().splitlines()[0]
-                raise ConfigError(f"explore.reflector_model: cannot load {section.reflector_model!r}: {reason}") from None
+            self.reflector = load_policy_for("explore.reflector_model", self.cfg.policy, section.reflector_model)
         return self.reflector
 
     def release(self) -> None:

@@ -115,6 +115,7 @@ class EpisodeWorker:
 
         from leafe.agent import build_agent
         from leafe.envs import build_env
+        from leafe.policy import load_policy_for
 
         torch.set_num_threads(threads)
         self.cfg = config_from_dict(config, source="workers")
@@ -124,10 +125,11 @@ class EpisodeWorker:
         self.judge: Any = None
         try:
             make_env, task_source = build_env(self.cfg.env)
-            self.agent = build_agent(self.cfg, make_env, task_source, _load(self.cfg, self.cfg.policy.model, "policy.model"))
+            policy = load_policy_for("policy.model", self.cfg.policy, self.cfg.policy.model, who="a worker ")
+            self.agent = build_agent(self.cfg, make_env, task_source, policy)
             settings = self.cfg.explore
             if explores and settings.method != "independent" and settings.reflector == "model" and settings.reflector_model:
-                self.judge = _load(self.cfg, settings.reflector_model, "explore.reflector_model")
+                self.judge = load_policy_for("explore.reflector_model", self.cfg.policy, settings.reflector_model, who="a worker ")
         except Exception as error:  # noqa: BLE001 - handed to the caller by the first call
             self.error = error
 
@@ -165,16 +167,6 @@ class EpisodeWorker:
             explore_tasks(settings.method, tasks, self.agent, settings, self.cfg.seed, reflector, lambda tree: emit(tree.to_dict()))
 
         yield from _streamed(run)
-
-
-def _load(cfg: ExperimentConfig, model: str, field: str) -> Any:
-    from leafe.policy import load_policy
-
-    try:
-        return load_policy(cfg.policy, model)
-    except (OSError, ValueError, RuntimeError, AssertionError) as error:  # as the one-process loader
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{field}: a worker cannot load {model!r} with backend {cfg.policy.backend!r}: {reason}") from None
 
 
 class WorkerError(RuntimeError):

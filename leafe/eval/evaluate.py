@@ -13,6 +13,7 @@ import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -21,7 +22,7 @@ from leafe.agent import Agent
 from leafe.config import ExperimentConfig
 from leafe.eval.passk import PassAtK, compute_pass_at_k
 from leafe.eval.report import print_table, write_report
-from leafe.rollout import make_jobs, run_episodes
+from leafe.rollout import EpisodeJob, make_jobs, run_episodes
 from leafe.runs import RunDir, append_jsonl, read_jsonl
 from leafe.types import Task, Trajectory
 
@@ -54,15 +55,25 @@ class Throughput:
         }
 
 
+EPISODES_FILE = "episodes.jsonl"
+Finished = dict[tuple[str, int], dict[str, Any]]  # episode records by (task id, sample index)
+
+
+def pending_jobs(cfg: ExperimentConfig, run_path: Path, tasks: Sequence[Task]) -> tuple[list[EpisodeJob], Finished, list[EpisodeJob]]:
+    """(every job of the evaluation on ``tasks``, the episodes already in ``run_path``, the jobs
+    still to play)."""
+    jobs = make_jobs(tasks, cfg.eval.samples_per_task, cfg.seed)
+    finished = {(record["task"]["task_id"], record["sample_index"]): record for record in read_jsonl(run_path / EPISODES_FILE)}
+    return jobs, finished, [job for job in jobs if (job.task.task_id, job.sample_index) not in finished]
+
+
 def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[Task]) -> PassAtK:
     """Play the missing episodes of the evaluation on ``tasks``, then compute and write Pass@k.
 
     With ``workers.num > 1`` the episodes play on Ray workers (:mod:`leafe.workers`) and
     ``agent`` is not used to play them."""
-    jobs = make_jobs(tasks, cfg.eval.samples_per_task, cfg.seed)
-    episodes_file = run.path / "episodes.jsonl"
-    finished = {(record["task"]["task_id"], record["sample_index"]): record for record in read_jsonl(episodes_file)}
-    todo = [job for job in jobs if (job.task.task_id, job.sample_index) not in finished]
+    jobs, finished, todo = pending_jobs(cfg, run.path, tasks)
+    episodes_file = run.path / EPISODES_FILE
     logger.info("eval: %d episodes wanted, %d already finished, %d to play", len(jobs), len(jobs) - len(todo), len(todo))
 
     played: list[Trajectory] = []

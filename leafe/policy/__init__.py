@@ -40,6 +40,7 @@ __all__ = [
     "TransformersPolicy",
     "choose_backend",
     "load_policy",
+    "load_policy_for",
     "resolve_model",
 ]
 
@@ -156,6 +157,18 @@ def load_policy(cfg: PolicyConfig | None = None, model: str | None = None) -> Po
     cfg = cfg or PolicyConfig()
     model = model or cfg.model
     return BACKENDS[choose_backend(cfg, model)](cfg, model)
+
+
+def load_policy_for(field: str, cfg: PolicyConfig, model: str, who: str = "", hint: str = "") -> Policy:
+    """:func:`load_policy`, with a failure to load ``model`` raised as a ConfigError naming
+    ``field`` (``who`` says who could not load it, ``hint`` what to do)."""
+    from leafe.config import ConfigError
+
+    try:
+        return load_policy(cfg, model)
+    except (OSError, ValueError, RuntimeError, AssertionError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{field}: {who}cannot load {model!r} with backend {cfg.backend!r}: {reason}{hint}") from None
 
 
 def __getattr__(name: str) -> Any:
