@@ -6,9 +6,14 @@ view of these tensors, never a gather. A slot's positions past its sequence's le
 zero; attention masks them (they must stay finite: a masked value is multiplied by a zero weight,
 and ``0 * nan`` would poison the row).
 
-Growth is rare by design: the first reservation takes every slot at once, and the capacity grows
-geometrically (an episode's prompt grows turn by turn), because each growth copies the sequences
-in flight and faults in fresh memory, which is most of its cost on a VM.
+On the CPU, the first reservation takes every slot at once and maps room for the model's whole
+context behind each one (:func:`~leafe.policy.memory.lazy_zeros`): the OS maps a page when it is first written, so memory
+follows the positions sequences actually reach, and the capacity grows by widening the view,
+without copying. Where such a mapping is refused (or off the CPU) the slots are plain tensors whose
+capacity grows geometrically (an episode's prompt grows turn by turn), since each growth copies the
+sequences in flight and faults in fresh memory, which is most of its cost on a VM: on the 64-episode
+rollout benchmark the copies faulted in 7 GiB and took 12.7 s of a 91 s run (docs/BENCHMARKS.md,
+session 21).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import torch
 
 from leafe.policy.errors import RequestTooLarge
+from leafe.policy.memory import lazy_zeros
 from leafe.policy.native_forward import LlamaFamilyForward
 
 __all__ = ["KVSlots", "grown"]
@@ -59,8 +65,10 @@ class KVSlots:
         self.net = net
         self.max_slots = int(max_slots)
         self.model_name = model_name
-        self.keys: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []  # views (slots, kv_heads, capacity, head_dim) of the stores
         self.values: list[torch.Tensor] = []
+        self._key_stores: list[torch.Tensor] = []  # (slots, kv_heads, room, head_dim), room >= capacity
+        self._value_stores: list[torch.Tensor] = []
 
     @property
     def count(self) -> int:
@@ -72,12 +80,18 @@ class KVSlots:
         """Positions per slot (0 before the first reservation)."""
         return self.keys[0].shape[2] if self.keys else 0
 
+    @property
+    def room(self) -> int:
+        """Positions per slot the stores hold: the capacity grows without copying up to this."""
+        return self._key_stores[0].shape[2] if self._key_stores else 0
+
     def clear(self) -> None:
         """Give the memory back; the next :meth:`reserve` allocates again."""
-        self.keys, self.values = [], []
+        self.keys, self.values, self._key_stores, self._value_stores = [], [], [], []
 
     def reserve(self, slots: int, capacity: int) -> None:
-        """Make sure ``slots`` slots of ``capacity`` positions exist (allocates only when growing).
+        """Make sure ``slots`` slots of ``capacity`` positions exist (allocates only when the stores
+        are too small).
 
         Raises:
             RequestTooLarge: the model has fewer positions, or the slots would take more than half
@@ -96,27 +110,53 @@ class KVSlots:
             capacity = max(capacity, min(int(have_capacity * CAPACITY_GROWTH), self.net.max_positions))
         capacity = max(min(-(-capacity // CAPACITY_STEP) * CAPACITY_STEP, self.net.max_positions), have_capacity)
         param = self.net.param
-        shape = (slots, self.net.kv_heads, capacity, self.net.head_dim)
-        needed = 2 * len(self.net.layers) * math.prod(shape) * param.element_size()
+        row = self.net.kv_heads * self.net.head_dim * param.element_size()  # bytes per slot position
+        needed = 2 * len(self.net.layers) * slots * capacity * row
         if needed > memory_bytes() // 2:
             raise RequestTooLarge(
                 f"keys/values for {slots} sequences of {capacity} positions need {needed / 2**30:.1f} GiB, more "
                 f"than half of this machine's memory; lower policy.max_batch_size or policy.max_new_tokens"
             )
-        if not self.keys:
-            self.keys = [param.new_zeros(shape) for _ in self.net.layers]
-            self.values = [param.new_zeros(shape) for _ in self.net.layers]
-        for store in (self.keys, self.values):
-            for index, old in enumerate(store):  # one tensor at a time: peak memory grows by one layer
-                if old.shape != shape:
-                    store[index] = grown(old, shape)
-                    del old
+        if slots > self.count or capacity > self.room:
+            self._allocate(slots, capacity, row)
+        self.keys = [store[:, :, :capacity] for store in self._key_stores]
+        self.values = [store[:, :, :capacity] for store in self._value_stores]
         self.net.rope_table(capacity)
 
-    def copy_out(self, slot: int, length: int) -> torch.Tensor:
+    def _allocate(self, slots: int, capacity: int, row: int) -> None:
+        """New stores of ``slots`` slots that keep what the current ones hold: lazily mapped, with
+        room for every position of the model, on the CPU and where the OS grants every mapping (none
+        larger than the machine's memory); else plain tensors of ``capacity`` positions."""
+        net, param, held = self.net, self.net.param, self.capacity
+        room = min(net.max_positions, memory_bytes() // (slots * row))
+        fresh: list[torch.Tensor] | None = None
+        if param.device.type == "cpu" and room >= capacity:
+            fresh = []
+            for _ in range(2 * len(net.layers)):  # address space only: no page is touched yet
+                store = lazy_zeros((slots, net.kv_heads, room, net.head_dim), param.dtype)
+                if store is None:
+                    fresh = None
+                    break
+                fresh.append(store)
+        if fresh is not None:
+            for new, old in zip(fresh, self._key_stores + self._value_stores):
+                new[: old.shape[0], :, :held] = old[:, :, :held]  # sequences in flight
+            self._key_stores, self._value_stores = fresh[: len(net.layers)], fresh[len(net.layers) :]
+            return
+        shape = (slots, net.kv_heads, capacity, net.head_dim)
+        for stores in (self._key_stores, self._value_stores):
+            if not stores:
+                stores.extend(param.new_zeros(shape) for _ in net.layers)
+                continue
+            for index, old in enumerate(stores):  # one at a time: peak memory grows by one layer
+                stores[index] = grown(old[:, :, :held], shape)
+                del old
+
+    def copy_out(self, slot: int, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """A copy of a slot's first ``length`` positions: ``(layers, 2, kv_heads, length, head_dim)``
-        (the layout :meth:`load` takes, and the prefix cache stores)."""
-        kv = self.keys[0].new_empty((len(self.keys), 2, self.net.kv_heads, length, self.net.head_dim))
+        (the layout :meth:`load` takes, and the prefix cache stores), written into ``out`` if given."""
+        shape = (len(self.keys), 2, self.net.kv_heads, length, self.net.head_dim)
+        kv = self.keys[0].new_empty(shape) if out is None else out
         for index, (k, v) in enumerate(zip(self.keys, self.values)):
             kv[index, 0].copy_(k[slot, :, :length])
             kv[index, 1].copy_(v[slot, :, :length])

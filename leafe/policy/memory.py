@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
+import mmap
 import os
 import platform
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -59,3 +63,22 @@ def keep_freed_memory() -> bool:
     if not _applied:  # pragma: no cover - glibc accepts both values
         logger.warning("glibc refused the malloc settings; freed memory goes back to the OS")
     return _applied
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """A CPU tensor of zeros in an anonymous private mapping, or None where the OS refuses one.
+
+    No page is touched here: the OS maps each page, zeroed, when it is first written, so a
+    tensor far larger than what is ever written costs address space, not memory. Transparent
+    huge pages are turned off for it, since one write would otherwise map 2 MiB at a time.
+    """
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes == 0:
+        return None
+    try:
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError, TypeError, AttributeError):  # no memory for it, or not POSIX
+        return None
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return torch.frombuffer(buffer, dtype=dtype).view(shape)  # the tensor keeps the mapping alive

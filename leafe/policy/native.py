@@ -207,7 +207,10 @@ class NativePolicy:
         self.max_prefill_tokens = int(max_prefill_tokens)
         self.speculative_tokens = int(speculative_tokens)
         self.cascade = True  # decode attention reads a prefix common to all rows once
-        self.cache = PrefixCache(int(prefix_cache_mb) << 20)
+        param = self.net.param
+        self.cache = PrefixCache(
+            int(prefix_cache_mb) << 20, len(self.net.layers), self.net.kv_heads, self.net.head_dim, param.dtype, param.device
+        )
         self.stats = EngineStats()
         self.slots = KVSlots(self.net, max_batch_size, name)
         self._queue: deque[_Sequence] = deque()
@@ -234,7 +237,7 @@ class NativePolicy:
             if self._active or self._queue:
                 return
             self.slots.clear()
-            self.cache.clear()
+            self.cache.release()
             self.net.packed.clear()
 
     # ------------------------------------------------------------------ generation
@@ -404,7 +407,7 @@ class NativePolicy:
     def _retire(self, seq: _Sequence) -> None:
         """Cache the finished sequence's keys/values and give its slot to the last active one."""
         tokens = seq.prompt_ids + seq.generated[:-1]  # the last token was sampled, never run
-        self.cache.insert(tokens, lambda: self.slots.copy_out(seq.slot, seq.length))
+        self.cache.insert(tokens, lambda kv: self.slots.copy_out(seq.slot, seq.length, kv))
         self._release(seq)
 
     def _release(self, seq: _Sequence) -> None:
@@ -460,7 +463,7 @@ class NativePolicy:
                 pieces.append((slot, length, prefix[length:]))
             self._run_prompts(pieces)
             for slot, prefix in batch:
-                self.cache.insert(prefix, lambda slot=slot, n=len(prefix): self.slots.copy_out(slot, n))
+                self.cache.insert(prefix, lambda kv, slot=slot, n=len(prefix): self.slots.copy_out(slot, n, kv))
 
     def _run_prompts(self, segments: list[tuple[int, int, list[int]]]) -> torch.Tensor:
         """Prefill ``(slot, start, tokens)`` segments in packed passes of at most

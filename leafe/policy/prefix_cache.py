@@ -6,9 +6,15 @@ where the time goes otherwise: every turn re-sends the same instructions and few
 n samples of a task share their first prompt, and an append-only history repeats the previous
 turn's prompt and completion.
 
-Storage per entry: ``kv`` of shape ``(layers, 2, kv_heads, length, head_dim)`` (keys at index 0,
-values at 1). An entry whose tokens are a prefix of a newly inserted sequence is dropped, since the
-new one answers every lookup at least as well.
+Storage: one store of ``(layers, 2, kv_heads, positions, head_dim)`` (keys at index 0, values at
+1) sized to the byte budget, mapped lazily on the CPU (:func:`~leafe.policy.memory.lazy_zeros`),
+and each entry is a view of a run of consecutive positions in it, so an entry's ``kv`` is
+``(layers, 2, kv_heads, length, head_dim)``. Runs are handed out first-fit and reused as entries
+are dropped, so memory is faulted in once, up to the most the cache ever held, instead of once per
+entry: each turn of each episode replaces its previous entry, and with a tensor per entry the
+64-episode benchmark faulted in 5.8 GiB of fresh pages this way (9 s of a 91 s run on a VM;
+docs/BENCHMARKS.md, session 21). An entry whose tokens are a prefix of a newly inserted sequence is
+dropped, since the new one answers every lookup at least as well.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from leafe.policy.memory import lazy_zeros
+
 
 def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
     """Number of leading positions where the 1-D token arrays ``a`` and ``b`` agree."""
@@ -30,12 +38,44 @@ def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
     return int(differ[0]) if len(differ) else n
 
 
+class FreeRuns:
+    """First-fit allocator of runs of consecutive positions in ``0..size-1``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[list[int]] = [[0, size]] if size else []  # [start, end), sorted, never adjacent
+
+    def take(self, length: int) -> int | None:
+        """The start of a free run of ``length`` positions, now taken (None: no run is long enough)."""
+        for index, (start, end) in enumerate(self._free):
+            if end - start >= length:
+                if end - start == length:
+                    del self._free[index]
+                else:
+                    self._free[index][0] = start + length
+                return start
+        return None
+
+    def give(self, start: int, length: int) -> None:
+        """Free the run ``start..start+length-1`` (taken earlier), merging it with its neighbours."""
+        end = start + length
+        index = next((i for i, run in enumerate(self._free) if run[0] >= end), len(self._free))
+        if index < len(self._free) and self._free[index][0] == end:
+            end = self._free.pop(index)[1]
+        if index > 0 and self._free[index - 1][1] == start:
+            self._free[index - 1][1] = end
+        else:
+            self._free.insert(index, [start, end])
+
+
 @dataclass
 class CacheEntry:
-    """Cached keys/values of ``tokens``: ``kv`` is ``(layers, 2, kv_heads, len(tokens), head_dim)``."""
+    """Cached keys/values of ``tokens``: ``kv`` is ``(layers, 2, kv_heads, len(tokens), head_dim)``,
+    positions ``start..start+len(tokens)-1`` of the cache's store."""
 
     tokens: np.ndarray
     kv: torch.Tensor
+    start: int
 
     @property
     def nbytes(self) -> int:
@@ -46,14 +86,29 @@ class PrefixCache:
     """Token-prefix -> key/value store with a byte budget and LRU eviction.
 
     Args:
-        capacity_bytes: evict least recently used entries once the stored tensors exceed this.
+        capacity_bytes: the store's size; least recently used entries are evicted to make room.
             0 disables the cache (every lookup misses, nothing is stored).
+        layers, kv_heads, head_dim, dtype, device: the keys/values' geometry; the store has
+            ``capacity_bytes // (layers * 2 * kv_heads * head_dim * itemsize)`` positions and is
+            allocated at the first insert (in full off the CPU).
     """
 
-    def __init__(self, capacity_bytes: int) -> None:
+    def __init__(
+        self,
+        capacity_bytes: int,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self.capacity_bytes = int(capacity_bytes)
+        self._geometry = (layers, kv_heads, head_dim, dtype, torch.device(device))
+        position_bytes = 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        self._runs = FreeRuns(self.capacity_bytes // position_bytes)
+        self._store: torch.Tensor | None = None
         self._entries: OrderedDict[int, CacheEntry] = OrderedDict()
         self._next_key = 0
         self.nbytes = 0
@@ -64,7 +119,8 @@ class PrefixCache:
 
     def match(self, tokens: Sequence[int] | np.ndarray) -> tuple[CacheEntry | None, int]:
         """The entry sharing the longest prefix with ``tokens`` and that prefix's length
-        (``(None, 0)`` when nothing matches). A hit becomes the most recently used entry."""
+        (``(None, 0)`` when nothing matches). A hit becomes the most recently used entry. Its
+        ``kv`` stays valid until the next :meth:`insert` or :meth:`clear`."""
         query = np.asarray(tokens, dtype=np.int64)
         best_key, best_len = None, 0
         for key, entry in self._entries.items():
@@ -76,12 +132,13 @@ class PrefixCache:
         self._entries.move_to_end(best_key)
         return self._entries[best_key], best_len
 
-    def insert(self, tokens: Sequence[int] | np.ndarray, make_kv: Callable[[], torch.Tensor]) -> bool:
+    def insert(self, tokens: Sequence[int] | np.ndarray, fill: Callable[[torch.Tensor], None]) -> bool:
         """Store the keys/values of ``tokens`` unless an entry already covers them.
 
-        ``make_kv()`` is called only when the entry is actually stored and must return a tensor
-        that the cache may keep (a copy, not a view of memory that will be overwritten). Entries
-        whose tokens are a prefix of ``tokens`` are dropped. Returns whether it was stored.
+        ``fill(kv)`` is called only when the entry is actually stored, with its place in the store,
+        ``(layers, 2, kv_heads, len(tokens), head_dim)``, and must write every position of it.
+        Entries whose tokens are a prefix of ``tokens`` are dropped first. Returns whether it was
+        stored (False also when the store is too small for it).
         """
         if self.capacity_bytes == 0 or len(tokens) == 0:
             return False
@@ -93,25 +150,38 @@ class PrefixCache:
                 return False
             if shared == len(entry.tokens):  # the new sequence extends this entry
                 self._drop(key)
-        kv = make_kv()
-        if kv.shape[3] != len(new):
-            raise ValueError(f"kv covers {kv.shape[3]} positions but {len(new)} tokens were given")
-        entry = CacheEntry(new, kv)
-        if entry.nbytes > self.capacity_bytes:
+        if len(new) > self._runs.size:
             return False
+        while (start := self._runs.take(len(new))) is None:  # evict until a run is free
+            self._drop(next(iter(self._entries)))
+            self.evictions += 1
+        kv = self._storage()[:, :, :, start : start + len(new)]
+        fill(kv)
+        entry = CacheEntry(new, kv, start)
         self._entries[self._next_key] = entry
         self._next_key += 1
         self.nbytes += entry.nbytes
-        while self.nbytes > self.capacity_bytes:
-            oldest = next(iter(self._entries))
-            self._drop(oldest)
-            self.evictions += 1
         return True
 
     def clear(self) -> None:
-        """Drop every entry (e.g. after the model's weights changed)."""
-        self._entries.clear()
-        self.nbytes = 0
+        """Drop every entry (e.g. after the model's weights changed); the store stays allocated."""
+        for key in list(self._entries):
+            self._drop(key)
+
+    def release(self) -> None:
+        """Drop every entry and give the store's memory back; the next insert allocates it again."""
+        self.clear()
+        self._store = None
+
+    def _storage(self) -> torch.Tensor:
+        if self._store is None:
+            layers, kv_heads, head_dim, dtype, device = self._geometry
+            shape = (layers, 2, kv_heads, self._runs.size, head_dim)
+            store = lazy_zeros(shape, dtype) if device.type == "cpu" else None
+            self._store = store if store is not None else torch.empty(shape, dtype=dtype, device=device)
+        return self._store
 
     def _drop(self, key: int) -> None:
-        self.nbytes -= self._entries.pop(key).nbytes
+        entry = self._entries.pop(key)
+        self.nbytes -= entry.nbytes
+        self._runs.give(entry.start, len(entry.tokens))

@@ -1,4 +1,5 @@
-"""Key/value slots: geometric growth that keeps sequences in flight, copies in and out, refusals."""
+"""Key/value slots: lazily mapped stores that grow without copying, geometric growth with copies where
+no mapping is granted, copies in and out, refusals."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 
 from leafe.policy.errors import RequestTooLarge
+import leafe.policy.kv_slots as kv_slots
 from leafe.policy.kv_slots import KVSlots, grown
+from leafe.policy.memory import lazy_zeros
 from leafe.policy.native_forward import LlamaFamilyForward
 
 
@@ -22,7 +25,10 @@ def test_growing_keeps_sequences_in_flight_and_zeroes_the_rest():
     assert not new[:2, :, 4:].any() and not new[2:].any()
 
 
-def test_capacity_grows_geometrically(net):
+@pytest.mark.parametrize("mapped", [True, False])
+def test_capacity_grows_geometrically(net, mapped, monkeypatch):
+    if not mapped:
+        monkeypatch.setattr(kv_slots, "lazy_zeros", lambda shape, dtype: None)
     slots = KVSlots(net, max_slots=2)
     assert slots.count == slots.capacity == 0
     slots.reserve(1, 100)
@@ -37,7 +43,41 @@ def test_capacity_grows_geometrically(net):
     assert all(k.shape == v.shape == (2, net.kv_heads, 2048, net.head_dim) for k, v in zip(slots.keys, slots.values))
 
 
-def test_growth_keeps_what_the_slots_hold(net):
+def test_lazy_zeros_are_zeros_that_touch_no_memory_until_written():
+    huge = lazy_zeros((1 << 20, 1 << 12), torch.float32)  # 16 GiB of address space
+    assert huge is not None and huge.shape == (1 << 20, 1 << 12) and not huge[-1].any()
+    huge[5, 7] = 3.0
+    assert float(huge[5].sum()) == 3.0
+    assert lazy_zeros((0, 4), torch.float32) is None
+
+
+def test_on_the_cpu_the_capacity_grows_in_place(net):
+    slots = KVSlots(net, max_slots=2)
+    slots.reserve(2, 100)
+    assert slots.room == net.max_positions and slots.capacity == 128
+    slots.keys[0][1, :, :5] = 1.0
+    address = slots.keys[0].data_ptr()
+    slots.reserve(2, 1000)
+    assert slots.capacity == 1024 and slots.keys[0].data_ptr() == address  # a wider view, no copy
+    assert float(slots.keys[0][1].sum()) == net.kv_heads * 5 * net.head_dim
+    slots.reserve(3, 1000)  # more slots: new stores, the sequences in flight copied over
+    assert slots.count == 3 and float(slots.keys[0][1].sum()) == net.kv_heads * 5 * net.head_dim
+
+
+def test_without_a_mapping_the_capacity_grows_by_copying(net, monkeypatch):
+    monkeypatch.setattr(kv_slots, "lazy_zeros", lambda shape, dtype: None)  # the OS refuses the mapping
+    slots = KVSlots(net, max_slots=2)
+    slots.reserve(2, 100)
+    assert slots.room == slots.capacity == 128
+    address = slots.keys[0].data_ptr()
+    slots.reserve(2, 129)
+    assert slots.room == slots.capacity == 256 and slots.keys[0].data_ptr() != address
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_growth_keeps_what_the_slots_hold(net, mapped, monkeypatch):
+    if not mapped:
+        monkeypatch.setattr(kv_slots, "lazy_zeros", lambda shape, dtype: None)
     slots = KVSlots(net, max_slots=2)
     slots.reserve(2, 10)
     for k, v in zip(slots.keys, slots.values):

@@ -1,14 +1,18 @@
-"""PrefixCache: longest-prefix lookup, superseded entries, byte budget."""
+"""PrefixCache: longest-prefix lookup, superseded entries, byte budget, runs of its store reused."""
 
 import numpy as np
 import pytest
 import torch
 
-from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
+from leafe.policy.prefix_cache import FreeRuns, PrefixCache, common_prefix_length
 
 
-def _kv(n, fill=0.0):
-    return torch.full((2, 2, 1, n, 4), fill)  # (layers, k/v, kv_heads, n, head_dim): 64 bytes per position
+def _cache(capacity_bytes):  # (layers, k/v, kv_heads, n, head_dim) = (2, 2, 1, n, 4): 64 bytes per position
+    return PrefixCache(capacity_bytes, layers=2, kv_heads=1, head_dim=4)
+
+
+def _fill(value=0.0):
+    return lambda kv: kv.fill_(value)
 
 
 def test_common_prefix_length():
@@ -20,31 +24,75 @@ def test_common_prefix_length():
 
 
 def test_match_returns_the_longest_shared_prefix():
-    cache = PrefixCache(10_000)
-    cache.insert([1, 2, 3], lambda: _kv(3, 1.0))
-    cache.insert([1, 5, 6, 7], lambda: _kv(4, 2.0))
+    cache = _cache(10_000)
+    cache.insert([1, 2, 3], _fill(1.0))
+    cache.insert([1, 5, 6, 7], _fill(2.0))
     entry, length = cache.match([1, 5, 6, 9, 9])
     assert length == 3 and float(entry.kv[0, 0, 0, 0, 0]) == 2.0
     assert cache.match([8]) == (None, 0)
 
 
 def test_an_extending_sequence_replaces_its_prefix_and_covered_ones_are_skipped():
-    cache = PrefixCache(10_000)
-    assert cache.insert([1, 2], lambda: _kv(2))
-    assert cache.insert([1, 2, 3, 4], lambda: _kv(4))
+    cache = _cache(10_000)
+    assert cache.insert([1, 2], _fill())
+    assert cache.insert([1, 2, 3, 4], _fill())
     assert len(cache) == 1 and cache.nbytes == 4 * 64
-    assert not cache.insert([1, 2, 3], lambda: pytest.fail("covered: must not build kv"))
-    with pytest.raises(ValueError, match="3 positions"):
-        cache.insert([9, 9], lambda: _kv(3))
+    assert not cache.insert([1, 2, 3], lambda kv: pytest.fail("covered: must not build kv"))
 
 
 def test_least_recently_used_entries_are_evicted_past_the_budget():
-    cache = PrefixCache(3 * 64 * 2)  # room for 6 positions
-    cache.insert([1, 1, 1], lambda: _kv(3))
-    cache.insert([2, 2, 2], lambda: _kv(3))
+    cache = _cache(3 * 64 * 2)  # room for 6 positions
+    cache.insert([1, 1, 1], _fill())
+    cache.insert([2, 2, 2], _fill())
     cache.match([1, 1])  # touch: [2,2,2] becomes the oldest
-    cache.insert([3, 3, 3], lambda: _kv(3))
+    cache.insert([3, 3, 3], _fill())
     assert cache.match([2, 2, 2]) == (None, 0)
     assert cache.match([1, 1, 1])[1] == 3 and cache.match([3, 3, 3])[1] == 3
     assert cache.evictions == 1 and cache.nbytes <= cache.capacity_bytes
-    assert not PrefixCache(0).insert([1], lambda: _kv(1))
+    assert not _cache(0).insert([1], _fill())
+
+
+def test_free_runs_are_taken_first_fit_and_merged_when_given_back():
+    runs = FreeRuns(10)
+    assert [runs.take(3), runs.take(3), runs.take(3)] == [0, 3, 6]
+    assert runs.take(2) is None  # one position left
+    runs.give(3, 3)
+    assert runs.take(4) is None  # 3..5 and 9: not consecutive
+    runs.give(0, 3)  # merges with 3..5
+    runs.give(6, 3)  # merges with 0..5 and 9
+    assert runs.take(10) == 0 and runs.take(1) is None
+
+
+def test_entries_are_views_of_one_store_and_dropped_runs_are_reused():
+    cache = _cache(10 * 64)  # a store of 10 positions
+    cache.insert([1, 2, 3], _fill(1.0))
+    first = cache.match([1, 2, 3])[0]
+    cache.insert([1, 2, 3, 4, 5], _fill(2.0))  # drops [1, 2, 3], then takes the same run
+    second = cache.match([1, 2, 3, 4, 5])[0]
+    assert second.start == first.start == 0 and second.kv.shape == (2, 2, 1, 5, 4)
+    assert second.kv.untyped_storage().data_ptr() == first.kv.untyped_storage().data_ptr()
+    assert bool((second.kv == 2.0).all()) and cache.nbytes == 5 * 64
+
+
+def test_a_run_too_fragmented_evicts_until_one_fits_and_an_oversized_entry_is_refused():
+    cache = _cache(10 * 64)
+    for token in (1, 2, 3):
+        cache.insert([token] * 3, _fill(float(token)))  # runs 0..2, 3..5, 6..8
+    cache.match([1])  # [2, 2, 2] and then [3, 3, 3] are now the oldest
+    cache.insert([4] * 5, _fill(4.0))  # needs 5 consecutive positions: 3..7 after two evictions
+    assert cache.evictions == 2 and len(cache) == 2
+    assert cache.match([4] * 5)[0].start == 3 and bool((cache.match([1] * 3)[0].kv == 1.0).all())
+    assert not cache.insert([5] * 11, _fill())  # larger than the store: nothing evicted
+    assert len(cache) == 2
+
+
+def test_clear_keeps_the_store_and_release_gives_it_back():
+    cache = _cache(10 * 64)
+    cache.insert([1, 2], _fill(1.0))
+    store = cache.match([1])[0].kv.untyped_storage().data_ptr()
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0 and cache.match([1, 2]) == (None, 0)
+    cache.insert([7, 8, 9], _fill(2.0))
+    assert cache.match([7])[0].kv.untyped_storage().data_ptr() == store
+    cache.release()
+    assert len(cache) == 0 and cache._store is None
