@@ -7,15 +7,17 @@ zero; attention masks them (they must stay finite: a masked value is multiplied 
 and ``0 * nan`` would poison the row).
 
 On the CPU, the first reservation takes every slot at once and maps room for the model's whole
-context behind each one (:func:`~leafe.policy.memory.lazy_zeros`): the OS maps a page when it is
-first written, so the capacity grows by widening the view, without copying. The positions it grows
-into are written with zeros right away, store by store: on the benchmark below, faulting them in
-this way took 5.0 s, against 8.4 s more for the same pages as scattered first writes of moves,
-prefix loads and decode steps. Where such a mapping is refused (or off the CPU) the slots are plain tensors whose
-capacity grows geometrically (an episode's prompt grows turn by turn), since each growth copies the
-sequences in flight and faults in fresh memory, which is most of its cost on a VM: on the 64-episode
-rollout benchmark the copies faulted in 7 GiB and took 12.7 s of a 91 s run (docs/BENCHMARKS.md,
-session 21).
+context behind each one (:func:`~leafe.policy.memory.lazy_zeros`): the capacity then grows by
+widening a view, without copying, and the positions it grows into are written with zeros right
+away, store by store. Where such a mapping is refused (or off the CPU) the slots are plain tensors
+whose capacity grows geometrically (an episode's prompt grows turn by turn), each growth copying
+the sequences in flight into fresh memory.
+
+Why: on a VM, faulting in fresh memory is most of the cost of growing. On the 64-episode rollout
+benchmark the copying growth faulted in 7 GiB and took 12.7 s of a 91 s run; the lazy stores fault
+in each slot position once (4.2 GiB). Writing the new positions right away took 5.0 s, against
+7.4 s for the same pages faulted in by the first writes of slot moves, prefix loads and decode
+steps (docs/BENCHMARKS.md, session 21).
 """
 
 from __future__ import annotations

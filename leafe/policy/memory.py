@@ -1,8 +1,9 @@
-"""Keep freed memory in the process instead of handing it back to the OS (glibc only).
+"""Memory the native engine faults in once: freed memory kept in the process instead of handed back
+to the OS (glibc only), and lazily mapped zero tensors (:func:`lazy_zeros`).
 
 The native engine allocates and frees tens of megabytes many times a second: logits and their
-float64 CDF (``rows x vocab``), prefix-cache entries (``layers x 2 x kv_heads x length x
-head_dim``), packed-prefill activations. glibc's ``malloc`` serves every request above its mmap
+float64 CDF (``rows x vocab``), packed-prefill activations. (Its key/value slots and prefix-cache
+entries live in stores mapped once, :func:`lazy_zeros`.) glibc's ``malloc`` serves every request above its mmap
 threshold (128 KiB, rising after frees up to 32 MiB) with fresh pages from the kernel and returns
 them on ``free``; the next request faults every page in again and the kernel zeroes it. Inside a
 VM that first touch costs about as much as the copy it precedes. On the 64-episode rollout
