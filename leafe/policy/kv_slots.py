@@ -14,21 +14,19 @@ whose capacity grows geometrically (an episode's prompt grows turn by turn), eac
 the sequences in flight into fresh memory.
 
 Why: on a VM, faulting in fresh memory is most of the cost of growing. On the 64-episode rollout
-benchmark the copying growth faulted in 7 GiB and took 12.7 s of a 91 s run; the lazy stores fault
-in each slot position once (4.2 GiB). Writing the new positions right away took 5.0 s, against
-7.4 s for the same pages faulted in by the first writes of slot moves, prefix loads and decode
-steps (docs/BENCHMARKS.md, session 21).
+benchmark the copying growth faulted in 8.2 GiB and took 12.2 s of a 96 s run; the mapped stores
+fault in each slot position once (4.2 GiB, 5.9 s). Zeroing the new positions at growth is cheaper
+than leaving those pages to the first writes of slot moves, prefix loads and decode steps (5.0 s
+against 7.4 s in one pair of runs; docs/BENCHMARKS.md, session 21).
 """
 
 from __future__ import annotations
 
-import math
-import os
 
 import torch
 
 from leafe.policy.errors import RequestTooLarge
-from leafe.policy.memory import lazy_zeros
+from leafe.policy.memory import lazy_zeros, memory_bytes
 from leafe.policy.native_forward import LlamaFamilyForward
 
 __all__ = ["KVSlots", "grown"]
@@ -46,14 +44,6 @@ def grown(old: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     new[:slots, :, capacity:] = 0
     new[slots:] = 0
     return new
-
-
-def memory_bytes() -> int:
-    """Physical memory of the machine (a large default where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 1 << 40
 
 
 class KVSlots:
@@ -168,6 +158,8 @@ class KVSlots:
         """A copy of a slot's first ``length`` positions: ``(layers, 2, kv_heads, length, head_dim)``
         (the layout :meth:`load` takes, and the prefix cache stores), written into ``out`` if given."""
         shape = (len(self.keys), 2, self.net.kv_heads, length, self.net.head_dim)
+        if out is not None and tuple(out.shape) != shape:
+            raise ValueError(f"copy_out: out has shape {tuple(out.shape)}, expected {shape}")
         kv = self.keys[0].new_empty(shape) if out is None else out
         for index, (k, v) in enumerate(zip(self.keys, self.values)):
             kv[index, 0].copy_(k[slot, :, :length])

@@ -2,10 +2,10 @@
 to the OS (glibc only), and lazily mapped zero tensors (:func:`lazy_zeros`).
 
 The native engine allocates and frees tens of megabytes many times a second: logits and their
-float64 CDF (``rows x vocab``), packed-prefill activations. (Its key/value slots and prefix-cache
-entries live in stores mapped once, :func:`lazy_zeros`.) glibc's ``malloc`` serves every request above its mmap
-threshold (128 KiB, rising after frees up to 32 MiB) with fresh pages from the kernel and returns
-them on ``free``; the next request faults every page in again and the kernel zeroes it. Inside a
+float64 CDF (``rows x vocab``), packed-prefill activations. (On the CPU its key/value slots and
+prefix-cache entries live in stores mapped once, :func:`lazy_zeros`, where the OS grants them.)
+glibc's ``malloc`` serves every request above its mmap threshold (128 KiB, rising after frees up
+to 32 MiB) with fresh pages from the kernel and returns them on ``free``; the next request faults every page in again and the kernel zeroes it. Inside a
 VM that first touch costs about as much as the copy it precedes. On the 64-episode rollout
 benchmark, keeping freed memory cut page faults by 30-40% (4.0 to 2.8 million per run with the
 whole episode in the prompt) and the wall time by about 3% (docs/BENCHMARKS.md, session 13).
@@ -66,6 +66,14 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+def memory_bytes() -> int:
+    """Physical memory of the machine (a large default where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 40
+
+
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
     """A CPU tensor of zeros in an anonymous private mapping, or None where the OS refuses one.
 
@@ -81,5 +89,8 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | Non
     except (OSError, ValueError, TypeError, AttributeError):  # no memory for it, or not POSIX
         return None
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+        try:
+            buffer.madvise(mmap.MADV_NOHUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: nothing to turn off
+            pass
     return torch.frombuffer(buffer, dtype=dtype).view(shape)  # the tensor keeps the mapping alive

@@ -52,7 +52,7 @@ from leafe.policy.kv_slots import KVSlots
 from leafe.policy.memory import keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
-from leafe.policy.sampling import sample_next, seeded_generator
+from leafe.policy.sampling import seeded_generator
 from leafe.policy.speculative import DRAFT_TOKENS, propose_draft, verify_drafts
 from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
 
@@ -438,7 +438,7 @@ class NativePolicy:
         """Compute, once, each prefix that two or more ``prompts`` share beyond what the cache
         holds, and cache it. Recurses so that prefixes shared among those prefixes (say, the
         instructions common to several tasks' prompts) are computed first, also only once."""
-        if len(prompts) < 2 or not free_slots or self.cache.capacity_bytes == 0:
+        if len(prompts) < 2 or not free_slots or not self.cache.enabled:
             return
         ordered = sorted(prompts)
         arrays = [np.asarray(p) for p in ordered]

@@ -12,13 +12,15 @@ and each entry is a view of a run of consecutive positions in it, so an entry's 
 ``(layers, 2, kv_heads, length, head_dim)``. Runs are handed out first-fit and reused as entries
 are dropped, so memory is faulted in once, up to the most the cache ever held, instead of once per
 entry: each turn of each episode replaces its previous entry, and with a tensor per entry the
-64-episode benchmark faulted in 5.8 GiB of fresh pages this way (9 s of a 91 s run on a VM;
-docs/BENCHMARKS.md, session 21). An entry whose tokens are a prefix of a newly inserted sequence is
-dropped, since the new one answers every lookup at least as well.
+64-episode benchmark faulted in 4.7 GiB of fresh pages this way (7.3 s of a 96 s run on a VM,
+against 2 GiB and 5.0 s now; docs/BENCHMARKS.md, session 21). An entry whose tokens are a
+prefix of a newly inserted sequence is dropped, since the new one answers every lookup at least as
+well.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from leafe.policy.memory import lazy_zeros
+from leafe.policy.memory import lazy_zeros, memory_bytes
+
+logger = logging.getLogger(__name__)
 
 
 def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
@@ -86,11 +90,13 @@ class PrefixCache:
     """Token-prefix -> key/value store with a byte budget and LRU eviction.
 
     Args:
-        capacity_bytes: the store's size; least recently used entries are evicted to make room.
-            0 disables the cache (every lookup misses, nothing is stored).
-        layers, kv_heads, head_dim, dtype, device: the keys/values' geometry; the store has
-            ``capacity_bytes // (layers * 2 * kv_heads * head_dim * itemsize)`` positions and is
-            allocated at the first insert (in full off the CPU).
+        capacity_bytes: the store's size (on the CPU at most half of the machine's memory); least
+            recently used entries are evicted to make room. 0 disables the cache (every lookup
+            misses, nothing is stored).
+        layers, kv_heads, head_dim, dtype, device: the keys/values' geometry; the store holds
+            ``capacity_bytes // (layers * 2 * kv_heads * head_dim * itemsize)`` positions. It is
+            allocated at the first insert: mapped lazily on the CPU, in full on other devices. If
+            that allocation fails the cache turns itself off with a warning.
     """
 
     def __init__(
@@ -107,7 +113,9 @@ class PrefixCache:
         self.capacity_bytes = int(capacity_bytes)
         self._geometry = (layers, kv_heads, head_dim, dtype, torch.device(device))
         position_bytes = 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
-        self._runs = FreeRuns(self.capacity_bytes // position_bytes)
+        budget = self.capacity_bytes if self._geometry[-1].type != "cpu" else min(self.capacity_bytes, memory_bytes() // 2)
+        self._position_bytes = position_bytes
+        self._runs = FreeRuns(budget // position_bytes)
         self._store: torch.Tensor | None = None
         self._entries: OrderedDict[int, CacheEntry] = OrderedDict()
         self._next_key = 0
@@ -117,10 +125,17 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether entries can be stored (a budget of at least one position, store allocated or not
+        yet tried)."""
+        return self._runs.size > 0
+
     def match(self, tokens: Sequence[int] | np.ndarray) -> tuple[CacheEntry | None, int]:
         """The entry sharing the longest prefix with ``tokens`` and that prefix's length
         (``(None, 0)`` when nothing matches). A hit becomes the most recently used entry. Its
-        ``kv`` stays valid until the next :meth:`insert` or :meth:`clear`."""
+        ``kv`` is a view of the store: copy from it before the next :meth:`insert`, :meth:`clear`
+        or :meth:`release`, which may hand its positions to another entry."""
         query = np.asarray(tokens, dtype=np.int64)
         best_key, best_len = None, 0
         for key, entry in self._entries.items():
@@ -138,9 +153,10 @@ class PrefixCache:
         ``fill(kv)`` is called only when the entry is actually stored, with its place in the store,
         ``(layers, 2, kv_heads, len(tokens), head_dim)``, and must write every position of it.
         Entries whose tokens are a prefix of ``tokens`` are dropped first. Returns whether it was
-        stored (False also when the store is too small for it).
+        stored (False also when the store is too small for it: then nothing is dropped). If
+        ``fill`` raises, the entry is not stored and its positions stay free.
         """
-        if self.capacity_bytes == 0 or len(tokens) == 0:
+        if len(tokens) == 0 or len(tokens) > self._runs.size or self._storage() is None:
             return False
         new = np.asarray(tokens, dtype=np.int64)
         for key, entry in list(self._entries.items()):
@@ -150,13 +166,17 @@ class PrefixCache:
                 return False
             if shared == len(entry.tokens):  # the new sequence extends this entry
                 self._drop(key)
-        if len(new) > self._runs.size:
-            return False
         while (start := self._runs.take(len(new))) is None:  # evict until a run is free
+            if not self._entries:  # pragma: no cover - an empty store has a run of every size
+                return False
             self._drop(next(iter(self._entries)))
             self.evictions += 1
-        kv = self._storage()[:, :, :, start : start + len(new)]
-        fill(kv)
+        kv = self._store[:, :, :, start : start + len(new)]
+        try:
+            fill(kv)
+        except BaseException:
+            self._runs.give(start, len(new))
+            raise
         entry = CacheEntry(new, kv, start)
         self._entries[self._next_key] = entry
         self._next_key += 1
@@ -173,12 +193,20 @@ class PrefixCache:
         self.clear()
         self._store = None
 
-    def _storage(self) -> torch.Tensor:
-        if self._store is None:
+    def _storage(self) -> torch.Tensor | None:
+        """The store, allocated on first use (None: the cache is off, or the allocation failed)."""
+        if self._store is None and self._runs.size:
             layers, kv_heads, head_dim, dtype, device = self._geometry
             shape = (layers, 2, kv_heads, self._runs.size, head_dim)
             store = lazy_zeros(shape, dtype) if device.type == "cpu" else None
-            self._store = store if store is not None else torch.empty(shape, dtype=dtype, device=device)
+            try:
+                self._store = store if store is not None else torch.empty(shape, dtype=dtype, device=device)
+            except (RuntimeError, MemoryError) as error:  # torch's out-of-memory errors are RuntimeErrors
+                logger.warning(
+                    "prefix cache off: %.1f GiB for it could not be allocated on %s (%s); lower "
+                    "policy.prefix_cache_mb", self._runs.size * self._position_bytes / 2**30, device, error
+                )
+                self._runs = FreeRuns(0)
         return self._store
 
     def _drop(self, key: int) -> None:

@@ -9,7 +9,7 @@ import torch
 from leafe.policy.errors import RequestTooLarge
 import leafe.policy.kv_slots as kv_slots
 from leafe.policy.kv_slots import KVSlots, grown
-from leafe.policy.memory import lazy_zeros
+from leafe.policy.memory import lazy_zeros, memory_bytes
 from leafe.policy.native_forward import LlamaFamilyForward
 
 
@@ -44,8 +44,9 @@ def test_capacity_grows_geometrically(net, mapped, monkeypatch):
 
 
 def test_lazy_zeros_are_zeros_that_touch_no_memory_until_written():
-    huge = lazy_zeros((1 << 20, 1 << 12), torch.float32)  # 16 GiB of address space
-    assert huge is not None and huge.shape == (1 << 20, 1 << 12) and not huge[-1].any()
+    rows = memory_bytes() // 2 // (4 << 12)  # half of the machine's memory in rows of 16 KiB
+    huge = lazy_zeros((rows, 1 << 12), torch.float32)
+    assert huge is not None and huge.shape == (rows, 1 << 12) and not huge[-1].any()
     huge[5, 7] = 3.0
     assert float(huge[5].sum()) == 3.0
     assert lazy_zeros((0, 4), torch.float32) is None
@@ -60,8 +61,22 @@ def test_on_the_cpu_the_capacity_grows_in_place(net):
     slots.reserve(2, 1000)
     assert slots.capacity == 1024 and slots.keys[0].data_ptr() == address  # a wider view, no copy
     assert float(slots.keys[0][1].sum()) == net.kv_heads * 5 * net.head_dim
+    slots.values[-1][0, :, 1000:1024] = 2.0  # a sequence in flight up to the capacity
     slots.reserve(3, 1000)  # more slots: new stores, the sequences in flight copied over
     assert slots.count == 3 and float(slots.keys[0][1].sum()) == net.kv_heads * 5 * net.head_dim
+    assert bool((slots.values[-1][0, :, 1000:1024] == 2.0).all()) and slots.values[-1].shape[2] == 1024
+    assert not slots.keys[0][2].any() and not slots.values[-1][2].any()  # the new slot holds zeros
+
+
+def test_a_mapping_refused_midway_leaves_every_store_plain(net, monkeypatch):
+    granted = iter([True])  # the OS grants one mapping, then refuses
+    monkeypatch.setattr(
+        kv_slots, "lazy_zeros", lambda shape, dtype: lazy_zeros(shape, dtype) if next(granted, False) else None
+    )
+    slots = KVSlots(net, max_slots=2)
+    slots.reserve(2, 100)
+    assert slots.capacity == slots.room == 128
+    assert all(s.shape == slots.keys[0].shape for s in slots.keys + slots.values)
 
 
 def test_without_a_mapping_the_capacity_grows_by_copying(net, monkeypatch):
@@ -97,6 +112,8 @@ def test_copy_out_load_and_move_round_trip(net):
         v[0].normal_()
     kv = slots.copy_out(0, 7)
     assert kv.shape == (len(net.layers), 2, net.kv_heads, 7, net.head_dim)
+    with pytest.raises(ValueError, match="expected"):
+        slots.copy_out(0, 7, out=torch.empty(len(net.layers), 2, net.kv_heads, 6, net.head_dim))
     slots.load(1, kv, 5)
     assert torch.equal(slots.copy_out(1, 5), kv[:, :, :, :5])
     assert not slots.copy_out(1, 7)[:, :, :, 5:].any()  # only ``length`` positions are written

