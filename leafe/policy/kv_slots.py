@@ -22,7 +22,6 @@ against 7.4 s in one pair of runs; docs/BENCHMARKS.md, session 21).
 
 from __future__ import annotations
 
-
 import torch
 
 from leafe.policy.errors import RequestTooLarge

@@ -5,10 +5,11 @@ The native engine allocates and frees tens of megabytes many times a second: log
 float64 CDF (``rows x vocab``), packed-prefill activations. (On the CPU its key/value slots and
 prefix-cache entries live in stores mapped once, :func:`lazy_zeros`, where the OS grants them.)
 glibc's ``malloc`` serves every request above its mmap threshold (128 KiB, rising after frees up
-to 32 MiB) with fresh pages from the kernel and returns them on ``free``; the next request faults every page in again and the kernel zeroes it. Inside a
-VM that first touch costs about as much as the copy it precedes. On the 64-episode rollout
-benchmark, keeping freed memory cut page faults by 30-40% (4.0 to 2.8 million per run with the
-whole episode in the prompt) and the wall time by about 3% (docs/BENCHMARKS.md, session 13).
+to 32 MiB) with fresh pages from the kernel and returns them on ``free``; the next request faults
+every page in again and the kernel zeroes it. Inside a VM that first touch costs about as much as
+the copy it precedes. On the 64-episode rollout benchmark, keeping freed memory cut page faults by
+30-40% (4.0 to 2.8 million per run with the whole episode in the prompt) and the wall time by
+about 3% (docs/BENCHMARKS.md, session 13).
 
 :func:`keep_freed_memory` fixes the mmap threshold at glibc's ceiling (32 MiB: smaller blocks come
 from the heap and are reused) and raises the trim threshold so that freed heap memory stays mapped.
