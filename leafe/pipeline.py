@@ -96,9 +96,13 @@ class _Policies:
         return self.reflector
 
     def release(self) -> None:
-        """Drop the loaded policy (before training, to give its memory back)."""
+        """Drop the loaded policy (before training, to give its memory back) and hand freed memory
+        back to the OS (what training freed must not stay in the process under the next engine)."""
+        from leafe.policy.memory import give_back_freed_memory
+
         self.policy, self.model = None, None
         gc.collect()
+        give_back_freed_memory()
 
 
 def variant_name(cfg: ExperimentConfig) -> str:

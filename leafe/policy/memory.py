@@ -67,6 +67,21 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+
+def give_back_freed_memory() -> None:
+    """Hand the free memory glibc keeps (:func:`keep_freed_memory`) back to the OS (``malloc_trim``).
+
+    For the gaps between phases of one process: a pipeline that trains and then loads a model
+    again must not carry the training's freed heap (10.8 GiB after the quickstart's SFT) into the
+    next engine, whose slots and cache are mapped apart from the heap (docs/BENCHMARKS.md, session
+    21). Does nothing where :func:`keep_freed_memory` is not in effect."""
+    if not _applied:
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - glibc always has it
+        pass
+
 def memory_bytes() -> int:
     """Physical memory of the machine (a large default where the OS does not say)."""
     try:

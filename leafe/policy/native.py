@@ -49,7 +49,7 @@ import torch
 from leafe.policy.base import Generation, GenerationRequest, SamplingParams
 from leafe.policy.embedded import DEFAULT_MODEL
 from leafe.policy.kv_slots import KVSlots
-from leafe.policy.memory import keep_freed_memory
+from leafe.policy.memory import give_back_freed_memory, keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
 from leafe.policy.sampling import seeded_generator
@@ -239,6 +239,7 @@ class NativePolicy:
             self.slots.clear()
             self.cache.release()
             self.net.packed.clear()
+            give_back_freed_memory()
 
     # ------------------------------------------------------------------ generation
 
