@@ -48,3 +48,28 @@ def test_freed_blocks_are_reused_without_page_faults() -> None:
 
 def test_own_malloc_settings_leave_the_allocator_alone() -> None:
     assert _probe(MALLOC_TRIM_THRESHOLD_="1000000")["applied"] is False
+
+
+TRIM_PROBE = """
+import json, torch
+from leafe.policy.memory import give_back_freed_memory, keep_freed_memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+keep_freed_memory()
+held = [torch.empty(20 << 20, dtype=torch.uint8).fill_(1) for _ in range(40)]  # 800 MiB of heap blocks
+keep = torch.ones(1)  # allocated last: the freed blocks below it are not at the heap's top
+del held
+kept = rss()
+give_back_freed_memory()
+print(json.dumps({"kept": kept, "after": rss()}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/statm"), reason="glibc, Linux")
+def test_freed_heap_is_handed_back_between_phases() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LEAFE_KEEP_FREED_MEMORY"}
+    out = subprocess.run(
+        [sys.executable, "-c", TRIM_PROBE], env=clean, capture_output=True, text=True, check=True, timeout=120
+    )
+    sizes = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sizes["kept"] - sizes["after"] > 600, sizes  # most of the 800 MiB goes back to the OS
