@@ -27,9 +27,12 @@ equal (different matmul shapes), so a near-tie can still go the other way.
 
 The forward pass itself is :class:`~leafe.policy.native_forward.LlamaFamilyForward`; the
 key/value slots are :class:`~leafe.policy.kv_slots.KVSlots` (``keys[layer]``, ``values[layer]``:
-``(slots, kv_heads, capacity, head_dim)``). Active sequences always occupy slots
-``0..n_active-1`` (a finishing sequence's slot is refilled by moving the last one down), so the
-decode batch is a contiguous view, never a gather.
+``(slots, kv_heads, capacity, head_dim)``). The decode batch is the slot range ``0..B-1``, a view,
+never a gather. A finished sequence's keys/values stay *parked* in its slot for a few steps: an
+episode's next turn extends its previous prompt and completion, so it continues in that slot with
+nothing copied. A parked slot that nobody claims in time goes to the prefix cache, and the highest
+active sequence moves down into it, so the slots stay packed; until then it is a hole in the
+decode batch, which costs one padded attention row and no linear-layer row.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "EngineStats", "NativePolicy", "NativeStream
 logger = logging.getLogger(__name__)
 
 _MIN_SHARED = 16  # a prefix shared by new prompts is computed once if it is at least this long
+# A finished sequence's slot waits this many scheduler steps for its continuation (an episode's
+# next turn is submitted as soon as its environment steps, i.e. before the next step).
+PARK_STEPS = 2
 _stream_ids = itertools.count()
 
 
@@ -81,6 +87,8 @@ class EngineStats:
         cache_evictions: prefix-cache entries dropped for lack of memory.
         draft_tokens: draft tokens run through the model for verification.
         accepted_draft_tokens: draft tokens kept (the model sampled the same token).
+        slot_reuses: requests that continued in the slot a finished sequence left parked (their
+            reused positions are counted in ``cached_prompt_tokens`` but copied from nowhere).
     """
 
     prompt_tokens: int = 0
@@ -94,12 +102,13 @@ class EngineStats:
     cache_evictions: int = 0
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
+    slot_reuses: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Sequence:
     """A request in flight. ``length`` = positions whose keys/values are in the slot."""
 
@@ -117,6 +126,14 @@ class _Sequence:
 
     def __post_init__(self) -> None:
         self.prompt_array = np.asarray(self.prompt_ids, dtype=np.int64)
+
+
+@dataclass
+class _Parked:
+    """A finished sequence's keys/values left in its slot for a continuation to claim."""
+
+    tokens: np.ndarray  # (length,) the ids whose keys/values the slot's first positions hold
+    step: int  # the scheduler step it was parked at
 
 
 class NativePolicy:
@@ -214,7 +231,9 @@ class NativePolicy:
         self.stats = EngineStats()
         self.slots = KVSlots(self.net, max_batch_size, name)
         self._queue: deque[_Sequence] = deque()
-        self._active: list[_Sequence] = []  # _active[i].slot == i
+        self._active: list[_Sequence] = []  # in slot order
+        self._parked: dict[int, _Parked] = {}  # slot -> what it holds
+        self._steps = 0
         self._ready: dict[int, list[_Sequence]] = {}  # stream.id -> finished, not yet collected
         self._lock = threading.RLock()
 
@@ -228,6 +247,8 @@ class NativePolicy:
         through ``.data`` does not move it.)"""
         with self._lock:
             self.cache.clear()
+            self._parked.clear()
+            self._compact()
             self.net.packed.clear()
 
     def release_memory(self) -> None:
@@ -236,6 +257,7 @@ class NativePolicy:
         with self._lock:
             if self._active or self._queue:
                 return
+            self._parked.clear()
             self.slots.clear()
             self.cache.release()
             self.net.packed.clear()
@@ -301,21 +323,22 @@ class NativePolicy:
         token (or several: with ``speculative_tokens``, its last token and a draft are verified
         in the same pass) and, in the same pass, prefills the prompts of queued sequences that
         fit into free slots (their first token is sampled from it). Admissions too large for one
-        pass (``max_prefill_tokens``) or with nothing to decode get prompt-only passes instead."""
+        pass (``max_prefill_tokens``) or with nothing to decode get prompt-only passes instead.
+        Finished sequences are parked in their slots; parked slots nobody claimed in time go to
+        the prefix cache."""
         slots = self.slots.count
-        decoding = list(self._active)
+        decoding = list(self._active)  # in slot order
         drafts = [self._draft(seq) for seq in decoding]
         admitted: list[_Sequence] = []
         if self._queue and len(decoding) < slots:
             admitted = [self._queue.popleft() for _ in range(min(slots - len(decoding), len(self._queue)))]
-            for offset, seq in enumerate(admitted):
-                seq.slot = len(decoding) + offset
-            # The admitted sequences' slots are still empty: shared prefixes may be computed there.
-            self._load_prefixes(admitted, [seq.slot for seq in admitted] + list(range(len(decoding) + len(admitted), slots)))
+            unclaimed, scratch = self._place(admitted)
+            # The unclaimed sequences' slots are still empty: shared prefixes may be computed there.
+            self._load_prefixes(unclaimed, scratch)
             new_tokens = sum(len(seq.prompt_ids) - seq.length for seq in admitted)
             if not decoding or len(decoding) + sum(map(len, drafts)) + new_tokens > self.max_prefill_tokens:
                 hidden = self._run_prompts([(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted])
-                self._active.extend(admitted)
+                self._activate(admitted)
                 self._advance(admitted, [[] for _ in admitted], self.net.logits(hidden))
                 admitted, decoding = [], []
         if decoding:
@@ -324,19 +347,22 @@ class NativePolicy:
             token_ids: list[int] = []
             token_positions: list[int] = []
             token_slots: list[int] = []
-            for seq, draft in zip(decoding, drafts):  # seq.slot is its row: the decode batch is slots 0..B-1
+            for seq, draft in zip(decoding, drafts):  # rows in slot order; the batch is slots 0..B-1
                 token_ids += [seq.generated[-1], *draft]
                 token_positions += range(seq.length, seq.length + 1 + len(draft))
                 token_slots += [seq.slot] * (1 + len(draft))
             tokens = torch.tensor(token_ids, device=device)
             positions = torch.tensor(token_positions, device=device)
-            decode_slots = torch.tensor(token_slots, device=device) if len(token_ids) > len(decoding) else None
+            holes = decoding[-1].slot + 1 > len(decoding)  # parked or free slots below an active one
+            decode_slots = torch.tensor(token_slots, device=device) if len(token_ids) > len(decoding) or holes else None
             pieces = [(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted]
             shared = self._shared_prefix(decoding) if self.cascade else 0
             logits = self.net.logits(
-                self.net.forward(self.slots.keys, self.slots.values, tokens, positions, pieces, shared, decode_slots)
+                self.net.forward(
+                    self.slots.keys, self.slots.values, tokens, positions, pieces, shared, decode_slots, decoding[0].slot
+                )
             )
-            self._active.extend(admitted)
+            self._activate(admitted)
             self.stats.computed_prompt_tokens += sum(len(toks) for _, _, toks in pieces)
             self.stats.decode_seconds += time.perf_counter() - start
             self.stats.decode_steps += 1
@@ -344,6 +370,79 @@ class NativePolicy:
         for seq in [seq for seq in self._active if seq.done]:
             self._retire(seq)
             self._ready.setdefault(seq.stream.id, []).append(seq)
+        self._steps += 1
+        for slot in [slot for slot, parked in self._parked.items() if self._steps - parked.step >= PARK_STEPS]:
+            self._evict(slot)
+        self._compact()
+
+    def _activate(self, seqs: list[_Sequence]) -> None:
+        """Add placed sequences to the active ones, kept in slot order."""
+        self._active.extend(seqs)
+        self._active.sort(key=lambda seq: seq.slot)
+
+    def _place(self, seqs: list[_Sequence]) -> tuple[list[_Sequence], list[int]]:
+        """Give each admitted sequence a slot: the parked slot it continues (:meth:`_claim`; its
+        ``length`` is then set), else the lowest free slot, else the slot parked longest (sent to
+        the cache first). Returns the sequences without a claim, and the slots that may be
+        written before their prefixes are loaded: theirs, then the free ones left."""
+        claimed = [self._claim(seq) for seq in seqs]
+        unclaimed = [seq for seq, done in zip(seqs, claimed) if not done]
+        taken = {seq.slot for seq in self._active} | {seq.slot for seq, done in zip(seqs, claimed) if done} | set(self._parked)
+        free = [slot for slot in range(self.slots.count) if slot not in taken]
+        for seq in unclaimed:
+            if free:
+                seq.slot = free.pop(0)
+            else:
+                seq.slot = min(self._parked, key=lambda slot: self._parked[slot].step)
+                self._evict(seq.slot)
+        return unclaimed, [seq.slot for seq in unclaimed] + free
+
+    def _claim(self, seq: _Sequence) -> bool:
+        """Continue ``seq`` in the parked slot sharing its longest prompt prefix, with nothing
+        copied, when that prefix is at least ``_MIN_SHARED`` tokens and no shorter than the
+        prefix cache's best match.
+
+        A slot holding ``_MIN_SHARED`` or more tokens past the shared prefix (the new prompt
+        diverges from it: a branch from an earlier turn, or another episode's slot) is claimed
+        only if that saves ``_MIN_SHARED`` or more tokens of compute over the cache's match; what
+        it held goes to the cache first, as :meth:`_evict` would. A shorter tail (an episode's
+        next turn differs from its last completion by a token or two where the text is tokenized
+        anew) is dropped."""
+        best, common = -1, 0
+        for slot, parked in self._parked.items():
+            length = common_prefix_length(parked.tokens, seq.prompt_array)
+            if length > common:
+                best, common = slot, length
+        if common < _MIN_SHARED:
+            return False
+        cached = self.cache.match(seq.prompt_array)[1]
+        diverges = len(self._parked[best].tokens) - common >= _MIN_SHARED
+        if common < cached or (diverges and common - cached < _MIN_SHARED):
+            return False
+        if diverges:
+            self._evict(best)
+        else:
+            del self._parked[best]
+        seq.slot, seq.length = best, min(common, len(seq.prompt_ids) - 1)
+        self.stats.cached_prompt_tokens += seq.length
+        self.stats.slot_reuses += 1
+        return True
+
+    def _evict(self, slot: int) -> None:
+        """Un-park a slot: what it holds goes to the prefix cache; the slot is then free."""
+        tokens = self._parked.pop(slot).tokens
+        self.cache.insert(tokens, lambda kv: self.slots.copy_out(slot, len(tokens), kv))
+
+    def _compact(self) -> None:
+        """Move the highest active sequences down into free slots below them (parked slots stay),
+        so that the decode batch ``0..B-1`` has as few holes as it can."""
+        taken = {seq.slot for seq in self._active} | set(self._parked)
+        free = deque(slot for slot in range(self._active[-1].slot if self._active else 0) if slot not in taken)
+        while free and free[0] < self._active[-1].slot:
+            top, target = self._active.pop(), free.popleft()
+            self.slots.move(top.slot, target, top.length)
+            top.slot = target
+            self._activate([top])
 
     def _shared_prefix(self, seqs: list[_Sequence]) -> int:
         """Length of the prompt prefix every sequence shares and holds in its slot (0 for one)."""
@@ -406,19 +505,19 @@ class NativePolicy:
         return len(seq.generated) >= seq.params.max_new_tokens
 
     def _retire(self, seq: _Sequence) -> None:
-        """Cache the finished sequence's keys/values and give its slot to the last active one."""
-        tokens = seq.prompt_ids + seq.generated[:-1]  # the last token was sampled, never run
-        self.cache.insert(tokens, lambda kv: self.slots.copy_out(seq.slot, seq.length, kv))
-        self._release(seq)
+        """Take a finished sequence out of the batch, its keys/values parked in its slot for a
+        continuation to claim (with the prefix cache off, the slot is simply freed)."""
+        self._active.remove(seq)
+        if self.cache.enabled:
+            tokens = seq.prompt_array if not seq.generated[:-1] else np.concatenate(
+                [seq.prompt_array, np.asarray(seq.generated[:-1], dtype=np.int64)]
+            )  # the last token was sampled, never run
+            self._parked[seq.slot] = _Parked(tokens, self._steps)
 
     def _release(self, seq: _Sequence) -> None:
-        """Free an active sequence's slot by moving the last active sequence into it."""
-        active = self._active
-        last = active.pop()
-        if last is not seq:
-            self.slots.move(last.slot, seq.slot, last.length)
-            last.slot = seq.slot
-            active[seq.slot] = last
+        """Drop an active sequence (its stream was cancelled) and free its slot."""
+        self._active.remove(seq)
+        self._compact()
 
     # ------------------------------------------------------------------ prompts
 

@@ -108,10 +108,12 @@ class DecodeLayout:
     """Where each decode token sits when a slot may decode several tokens in one pass (the last
     sampled token plus draft tokens being verified, see :mod:`leafe.policy.speculative`).
 
-    ``slots: (T,)`` the slot of each decode token, non-decreasing, every slot ``0..B-1`` present;
-    a slot's tokens take consecutive positions ``positions: (T,)``. Derived:
+    ``slots: (T,)`` the slot of each decode token, non-decreasing; a slot's tokens take
+    consecutive positions ``positions: (T,)``. A slot below the last one may have no token (a
+    hole: the engine parks finished sequences in their slots). Derived:
     ``pad_index: (B, Q)`` the token index of each slot's ``j``-th query, the last one repeated
-    past the slot's count (so padded queries see the same keys and stay finite); ``real: (T,)``
+    past the slot's count (so padded queries see the same keys and stay finite; a hole's rows
+    repeat the token before it, and read only its own slot's finite keys); ``real: (T,)``
     the flat ``b * Q + j`` index of every real token; ``query_positions: (B, Q)``; ``ends:
     (B,)`` each slot's last position.
     """
@@ -121,7 +123,7 @@ class DecodeLayout:
         self.batch, self.width = int(counts.shape[0]), int(counts.max())
         firsts = torch.cumsum(counts, 0) - counts
         column = torch.arange(self.width, device=slots.device)
-        self.pad_index = firsts[:, None] + torch.minimum(column[None, :], counts[:, None] - 1)
+        self.pad_index = (firsts[:, None] + torch.minimum(column[None, :], counts[:, None] - 1)).clamp_(min=0)
         self.real = torch.nonzero((column[None, :] < counts[:, None]).reshape(-1)).squeeze(-1)
         self.query_positions = positions[self.pad_index]
         self.ends = self.query_positions[:, -1]
@@ -306,28 +308,30 @@ class LlamaFamilyForward:
         positions: torch.Tensor,
         shared: int,
         chunks: Sequence[tuple[int, int, int]] | None = None,
+        source: int = 0,
     ) -> torch.Tensor:
         """Decode attention that reads a prefix common to all rows once.
 
         ``q: (B, heads, hd)``; ``keys``/``values``: one layer's ``(slots, kv_heads, capacity, hd)``;
         row ``b`` attends to positions ``0..positions[b]`` of slot ``b``, whose first ``shared``
-        positions equal slot 0's. Softmax is split in two parts (the shared prefix, one matmul for
-        all rows; each row's own suffix) and merged with their log-sum-exp, which is exact.
+        positions equal those of slot ``source``, which is read for them. Softmax is split in two
+        parts (the shared prefix, one matmul for all rows; each row's own suffix) and merged with
+        their log-sum-exp, which is exact.
         Memory read per step drops from ``B * span`` to ``shared + B * (span - shared)`` positions;
         in agent rollouts the instructions and few-shot example are a large share of every prompt.
         Returns ``(B, heads, hd)``.
         """
         if self.flash_cascade and q.device.type == "cpu":
-            return self._flash_cascade_attention(q, keys, values, positions, shared, chunks)
+            return self._flash_cascade_attention(q, keys, values, positions, shared, chunks, source=source)
         batch, group = q.shape[0], self.num_heads // self.kv_heads
         span = int(positions.max()) + 1
         grouped = q.view(batch, self.kv_heads, group, self.head_dim) * self.head_dim**-0.5
         # Shared prefix: (kv_heads, B * group, hd) @ (kv_heads, hd, shared) in one batched matmul.
         by_head = grouped.permute(1, 0, 2, 3).reshape(self.kv_heads, batch * group, self.head_dim)
-        shared_scores = torch.matmul(by_head, keys[0, :, :shared].transpose(1, 2))
+        shared_scores = torch.matmul(by_head, keys[source, :, :shared].transpose(1, 2))
         shared_max = shared_scores.amax(dim=-1, keepdim=True)
         shared_weights = torch.exp(shared_scores - shared_max)
-        shared_out = torch.matmul(shared_weights, values[0, :, :shared])  # (kv_heads, B*group, hd)
+        shared_out = torch.matmul(shared_weights, values[source, :, :shared])  # (kv_heads, B*group, hd)
 
         def per_row(t: torch.Tensor) -> torch.Tensor:  # (kv_heads, B*group, x) -> (B, kv_heads, group, x)
             return t.view(self.kv_heads, batch, group, -1).permute(1, 0, 2, 3)
@@ -358,12 +362,13 @@ class LlamaFamilyForward:
         shared: int,
         chunks: Sequence[tuple[int, int, int]] | None = None,
         layout: DecodeLayout | None = None,
+        source: int = 0,
     ) -> torch.Tensor:
         """:meth:`_cascade_attention` on the CPU flash kernel; same shapes and result.
 
         A token's ``group`` query heads that share a key/value head attend to the same keys
         under the same mask, so they are passed as that head's query rows: shared prefix
-        ``(1, kv_heads, T * group, hd)`` against slot 0, own suffix ``(B, kv_heads, Q * group,
+        ``(1, kv_heads, T * group, hd)`` against slot ``source``, own suffix ``(B, kv_heads, Q * group,
         hd)`` against each slot with an additive mask ``(B, 1, Q * group or 1, span - shared)``.
         The two parts are merged with their float32 log-sum-exps ``(T, kv_heads, group)``.
 
@@ -377,7 +382,9 @@ class LlamaFamilyForward:
         scale = hd**-0.5
         grouped = q.view(tokens, kv_heads, group, hd)
         by_head = grouped.permute(1, 0, 2, 3).reshape(1, kv_heads, tokens * group, hd)
-        shared_out, shared_lse = _CPU_FLASH(by_head, keys[:1, :, :shared], values[:1, :, :shared], 0.0, False, scale=scale)
+        shared_out, shared_lse = _CPU_FLASH(
+            by_head, keys[source : source + 1, :, :shared], values[source : source + 1, :, :shared], 0.0, False, scale=scale
+        )
         shared_out = shared_out[0].view(kv_heads, tokens, group, hd).permute(1, 0, 2, 3)
         shared_lse = shared_lse[0].view(kv_heads, tokens, group).permute(1, 0, 2)
         if layout is None:
@@ -439,22 +446,24 @@ class LlamaFamilyForward:
         pieces: Sequence[tuple[int, int, list[int]]] = (),
         shared: int = 0,
         decode_slots: torch.Tensor | None = None,
+        shared_slot: int = 0,
     ) -> torch.Tensor:
         """One packed forward pass: a decode step for slots ``0..B-1`` plus prompt pieces.
 
         Decode: ``decode_tokens``, ``decode_positions`` ``(T,)`` (T may be 0); by default token
         ``b`` belongs to slot ``b`` (``T = B``). ``decode_slots: (T,)`` gives each token's slot
-        instead, so a slot can decode several consecutive positions in one pass (draft tokens
-        being verified; see :class:`DecodeLayout`). Each token writes its key/value at its
-        position and attends to its slot's ``0..position``.
-        Pieces ``(slot, start, token_ids)`` (slots >= B): the tokens take positions
+        instead (non-decreasing), so a slot can decode several consecutive positions in one pass
+        (draft tokens being verified), and slots below the last may have no token (see
+        :class:`DecodeLayout`). Each token writes its key/value at its position and attends to
+        its slot's ``0..position``.
+        Pieces ``(slot, start, token_ids)`` (slots with no decode token): the tokens take positions
         ``start..start+len-1`` of their slot and attend causally to ``0..start+len-1``. Keys/values
         of every row are written before any attention of the same layer, so consecutive pieces of
         one slot may share a pass. All rows share the linear layers (the weights are read once).
 
         ``shared``: the first ``shared`` positions hold the same keys/values in all decode slots
-        (a common prompt prefix); attention then reads them once, from slot 0 (see
-        :meth:`_cascade_attention`).
+        (a common prompt prefix); attention then reads them once, from slot ``shared_slot``, a
+        decode slot (see :meth:`_cascade_attention`).
 
         Returns hidden states ``(T + len(pieces), hidden)``: the decode tokens, then each piece's
         last position.
@@ -462,7 +471,7 @@ class LlamaFamilyForward:
         device = self.param.device
         tokens = int(decode_tokens.shape[0])
         layout = None
-        if decode_slots is not None and tokens and int(decode_slots[-1]) + 1 < tokens:
+        if decode_slots is not None and tokens and not torch.equal(decode_slots, torch.arange(tokens, device=device)):
             layout = DecodeLayout(decode_slots, decode_positions)
         ids = [decode_tokens] + [torch.tensor(toks, device=device) for _, _, toks in pieces]
         positions = [decode_positions] + [
@@ -504,11 +513,11 @@ class LlamaFamilyForward:
             attended = torch.empty_like(q)
             if cascade and layout is not None:
                 attended[:tokens] = self._flash_cascade_attention(
-                    q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks, layout
+                    q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks, layout, shared_slot
                 )
             elif cascade:
                 attended[:tokens] = self._cascade_attention(
-                    q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks
+                    q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks, shared_slot
                 )
             elif layout is not None:  # (B, heads, Q, hd) against each slot, causal within the slot's tokens
                 batch = layout.batch

@@ -368,3 +368,112 @@ def test_fused_rms_norm_is_bitwise_the_models_own(family):
     x = torch.randn(7, 3, 64, generator=gen) * 4
     assert torch.equal(_rms_norm(norm, x), norm(x))
     assert torch.equal(_rms_norm(norm, x.bfloat16()), norm(x.bfloat16()))  # other dtypes: the module itself
+
+
+def _spy(monkeypatch, obj, name, calls):
+    """Record every call of ``obj.name`` (its arguments) in ``calls[name]`` and pass it through."""
+    original = getattr(obj, name)
+    calls[name] = []
+
+    def wrapper(*args, **kwargs):
+        calls[name].append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, wrapper)
+
+
+def test_a_next_turn_continues_in_its_parked_slot_with_nothing_copied(tiny_policy, monkeypatch):
+    """Three episodes of three turns, each next prompt submitted as soon as the last reply is in
+    (as the rollout loop does): every next prompt extends the last prompt and completion, so it
+    claims the slot its last turn left parked. No keys/values are loaded from the cache or copied
+    out for them, and the tokens are transformers' tokens."""
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    calls: dict = {}
+    for name in ("load", "copy_out"):
+        _spy(monkeypatch, engine.slots, name, calls)
+    stream = engine.stream(params)
+    prompts = {episode: [SHARED[episode]] for episode in range(3)}
+    replies: dict = {episode: [] for episode in range(3)}
+    for episode in prompts:
+        stream.submit(episode, GenerationRequest(prompts[episode][0], seed=episode))
+    while stream.pending:
+        for episode, result in stream.next_finished():
+            replies[episode].append(result)
+            if len(replies[episode]) < 3:
+                prompts[episode].append(prompts[episode][-1] + result.generation.text + "\nObservation:\nYou moved.\nThought:")
+                stream.submit(episode, GenerationRequest(prompts[episode][-1], seed=10 * len(replies[episode]) + episode))
+    assert engine.stats.slot_reuses == 6
+    # Loads: the first turns' shared prefix, computed once, copied out and loaded into each slot.
+    assert len(calls["load"]) == 3
+    assert len(calls["copy_out"]) <= 1 + 3  # that prefix, and last turns whose parked slots expired
+    for episode in prompts:
+        expected = tiny_policy.generate_tokens(
+            [GenerationRequest(prompt, seed=10 * turn + episode) for turn, prompt in enumerate(prompts[episode])], params
+        )
+        assert _ids(replies[episode]) == _ids(expected)
+
+
+@pytest.mark.parametrize("speculative_tokens", [0, 4])
+def test_holes_left_by_parked_slots_change_no_token(tiny_policy, monkeypatch, speculative_tokens):
+    """A short request finishes first and stays parked in slot 0 while two others, sharing a long
+    prefix it does not share, decode in slots 1-2: the decode batch has a hole and the shared
+    prefix is read from slot 1. Nobody claims slot 0, so after PARK_STEPS steps what it holds
+    goes to the prefix cache and the highest active sequence moves down into it. The tokens are
+    transformers' throughout."""
+    engine = NativePolicy.from_model(
+        tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4, speculative_tokens=speculative_tokens
+    )
+    calls: dict = {}
+    _spy(monkeypatch, engine.net, "forward", calls)
+    _spy(monkeypatch, engine.slots, "move", calls)
+    short_prompt = "Walls are # and floor is _. " * 8 + "Go."  # long enough to park, shares nothing with SHARED
+    short = engine.stream(SamplingParams(temperature=0.0, max_new_tokens=2))
+    long = engine.stream(SamplingParams(temperature=0.0, max_new_tokens=16))
+    short.submit("short", GenerationRequest(short_prompt, seed=0))
+    for index, prompt in enumerate(SHARED[:2]):
+        long.submit(index, GenerationRequest(prompt, seed=index + 1))
+    (_, short_result), = short.next_finished()
+    parked = engine._parked[0].tokens
+    results = {}
+    while long.pending:
+        results.update(long.next_finished())
+    cascades = [(args[5], args[7]) for args, _ in calls["forward"] if len(args) > 7]  # (shared, shared_slot)
+    assert any(shared >= 64 and slot == 1 for shared, slot in cascades)  # the cascade read slot 1, slot 0 parked
+    assert calls["move"]  # compaction after the park expired
+    assert engine.cache.match(parked)[1] == len(parked)
+    expected = tiny_policy.generate_tokens(
+        [GenerationRequest(prompt, seed=index + 1) for index, prompt in enumerate(SHARED[:2])],
+        SamplingParams(temperature=0.0, max_new_tokens=16),
+    )
+    assert [results[i].completion_token_ids for i in range(2)] == _ids(expected)
+    alone = tiny_policy.generate_tokens([GenerationRequest(short_prompt, seed=0)], SamplingParams(temperature=0.0, max_new_tokens=2))
+    assert short_result.completion_token_ids == alone[0].completion_token_ids
+
+
+def test_a_branch_that_diverges_from_a_parked_slot_keeps_its_content_in_the_cache(tiny_policy):
+    """A prompt that shares only the start of a parked slot's content (a branch from an earlier
+    point) claims the slot, but what the slot held goes to the prefix cache first."""
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
+    params = SamplingParams(temperature=0.0, max_new_tokens=4)
+    episode = SHARED[0] + " I go right.\nAction: right\n\nObservation:\nYou are at 1.\nThought:"
+    engine.generate_tokens([GenerationRequest(episode, seed=0)], params)
+    held = engine._parked[0].tokens
+    branch = SHARED[0] + " I go left."
+    result = engine.generate_tokens([GenerationRequest(branch, seed=1)], params)[0]
+    assert engine.stats.slot_reuses == 1
+    assert engine.cache.match(held)[1] == len(held)
+    assert _ids([result]) == _ids(tiny_policy.generate_tokens([GenerationRequest(branch, seed=1)], params))
+
+
+def test_new_weights_or_released_memory_drop_parked_slots(tiny_policy):
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
+    params = SamplingParams(temperature=0.0, max_new_tokens=4)
+    engine.generate_tokens(_requests(SHARED[:2]), params)
+    assert engine._parked
+    engine.weights_changed()
+    assert not engine._parked and not len(engine.cache)
+    engine.generate_tokens(_requests(SHARED[:2]), params)
+    assert engine._parked and engine.stats.slot_reuses == 0
+    engine.release_memory()
+    assert not engine._parked and engine.slots.count == 0
