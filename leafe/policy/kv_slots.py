@@ -171,8 +171,8 @@ class KVSlots:
             k[slot, :, :length] = kv[index, 0, :, :length]
             v[slot, :, :length] = kv[index, 1, :, :length]
 
-    def move(self, source: int, target: int, length: int) -> None:
-        """Copy a slot's first ``length`` positions into another slot."""
+    def move(self, source: int, target: int, length: int, start: int = 0) -> None:
+        """Copy a slot's positions ``start..length-1`` into the same positions of another slot."""
         for k, v in zip(self.keys, self.values):
-            k[target, :, :length] = k[source, :, :length]
-            v[target, :, :length] = v[source, :, :length]
+            k[target, :, start:length] = k[source, :, start:length]
+            v[target, :, start:length] = v[source, :, start:length]

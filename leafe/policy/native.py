@@ -335,6 +335,7 @@ class NativePolicy:
             unclaimed, scratch = self._place(admitted)
             # The unclaimed sequences' slots are still empty: shared prefixes may be computed there.
             self._load_prefixes(unclaimed, scratch)
+            self._copy_from_slots(admitted, decoding)
             new_tokens = sum(len(seq.prompt_ids) - seq.length for seq in admitted)
             if not decoding or len(decoding) + sum(map(len, drafts)) + new_tokens > self.max_prefill_tokens:
                 hidden = self._run_prompts([(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted])
@@ -427,6 +428,35 @@ class NativePolicy:
         self.stats.cached_prompt_tokens += seq.length
         self.stats.slot_reuses += 1
         return True
+
+    def _copy_from_slots(self, seqs: list[_Sequence], sources: list[_Sequence]) -> None:
+        """Where the slot of a running sequence in ``sources``, or a parked slot, holds a longer
+        prefix of a new prompt than its slot has (``seq.length``), copy the missing positions
+        from there: by ``_MIN_SHARED`` or more. Such prefixes are in no cache entry, since a
+        sequence's keys/values reach the cache only when its slot stops being used. Cases: n
+        samples of a task that drew the same replies so far, one of them a turn ahead; a branch
+        from an episode that is still running."""
+        for seq in seqs:
+            want = len(seq.prompt_ids) - 1  # the last prompt token is always computed
+            best, source = seq.length, -1
+            if want - best < _MIN_SHARED:
+                continue
+            for other in sources:
+                common = common_prefix_length(other.prompt_array, seq.prompt_array)
+                if common == len(other.prompt_array) and other.length > common:  # on into its reply
+                    reply = np.asarray(other.generated[: other.length - common], dtype=np.int64)
+                    common += common_prefix_length(reply, seq.prompt_array[common:])
+                common = min(common, other.length, want)
+                if common > best:
+                    best, source = common, other.slot
+            for slot, parked in self._parked.items():
+                common = min(common_prefix_length(parked.tokens, seq.prompt_array), want)
+                if common > best:
+                    best, source = common, slot
+            if best - seq.length >= _MIN_SHARED:
+                self.slots.move(source, seq.slot, best, start=seq.length)
+                self.stats.cached_prompt_tokens += best - seq.length
+                seq.length = best
 
     def _evict(self, slot: int) -> None:
         """Un-park a slot: what it holds goes to the prefix cache; the slot is then free."""

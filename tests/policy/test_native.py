@@ -477,3 +477,33 @@ def test_new_weights_or_released_memory_drop_parked_slots(tiny_policy):
     assert engine._parked and engine.stats.slot_reuses == 0
     engine.release_memory()
     assert not engine._parked and engine.slots.count == 0
+
+
+def test_a_prompt_extending_a_running_sequence_copies_its_keys_from_that_slot(tiny_policy, monkeypatch):
+    """A branch submitted while the episode it branches from is still generating: the shared
+    history is in no cache entry yet, only in the running sequence's slot, and is copied from
+    there (positions past what the cache gave); the tokens are transformers' tokens."""
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4, speculative_tokens=0)
+    calls: dict = {}
+    _spy(monkeypatch, engine.slots, "move", calls)
+    params = SamplingParams(temperature=0.0, max_new_tokens=30)
+    history = SHARED[0] + " I go right.\nAction: right\n\nObservation:\nYou are at 1.\nThought: I go right again."
+    stream = engine.stream(params)
+    stream.submit("episode", GenerationRequest(history, seed=0))
+    with engine._lock, torch.inference_mode():
+        for _ in range(3):
+            engine._step()  # the episode is running, its history in slot 0 only
+    assert engine._active and not len(engine.cache)
+    branch = history + "\nAction: left\n\nObservation:\nYou are at 0.\nThought:"
+    computed = engine.stats.computed_prompt_tokens
+    stream.submit("branch", GenerationRequest(branch, seed=1))
+    results = {}
+    while stream.pending:
+        results.update(stream.next_finished())
+    assert any(args[:2] == (0, 1) for args, _ in calls["move"])  # slot 0 -> the branch's slot 1
+    history_tokens = len(engine.codec.encode(history, history))
+    assert engine.stats.computed_prompt_tokens - computed <= len(results["branch"].prompt_token_ids) - history_tokens + 2
+    expected = tiny_policy.generate_tokens(
+        [GenerationRequest(history, seed=0), GenerationRequest(branch, seed=1)], params
+    )
+    assert [results[k].completion_token_ids for k in ("episode", "branch")] == _ids(expected)
