@@ -1,8 +1,9 @@
 """Key/value slots of the native engine: one fixed slot per running sequence, in every layer.
 
 Shapes: ``keys[layer]`` and ``values[layer]`` are ``(slots, kv_heads, capacity, head_dim)``. The
-engine keeps its active sequences in slots ``0..n_active-1``, so a decode batch is a contiguous
-view of these tensors, never a gather. A slot's positions past its sequence's length are stale or
+engine's decode batch is the slot range ``0..B-1``, a view of these tensors, never a gather; it
+keeps its active sequences packed at the bottom, with holes only where a finished sequence's slot
+is parked for a step. A slot's positions past its sequence's length are stale or
 zero; attention masks them (they must stay finite: a masked value is multiplied by a zero weight,
 and ``0 * nan`` would poison the row).
 

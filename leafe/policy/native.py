@@ -32,7 +32,8 @@ never a gather. A finished sequence's keys/values stay *parked* in its slot for 
 episode's next turn extends its previous prompt and completion, so it continues in that slot with
 nothing copied. A parked slot that nobody claims in time goes to the prefix cache, and the highest
 active sequence moves down into it, so the slots stay packed; until then it is a hole in the
-decode batch, which costs one padded attention row and no linear-layer row.
+decode batch, which costs one padded attention row and no linear-layer row (off the CPU flash
+kernel, a step with a hole reads the shared prefix per row: no cascade).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "EngineStats", "NativePolicy", "NativeStream
 logger = logging.getLogger(__name__)
 
 _MIN_SHARED = 16  # a prefix shared by new prompts is computed once if it is at least this long
-# A finished sequence's slot waits this many scheduler steps for its continuation (an episode's
-# next turn is submitted as soon as its environment steps, i.e. before the next step).
+# A slot parked in step s can be claimed in steps s+1 .. s+PARK_STEPS-1 and is evicted at the end
+# of step s+PARK_STEPS-1: with 2, the next step only, which is when an episode's next turn comes
+# (the rollout loop submits it as soon as its environment steps, before the next step).
 PARK_STEPS = 2
 _stream_ids = itertools.count()
 
@@ -76,7 +78,8 @@ class EngineStats:
 
     Attributes:
         prompt_tokens: prompt tokens of all requests.
-        cached_prompt_tokens: prompt positions copied from the prefix cache instead of computed.
+        cached_prompt_tokens: prompt positions not computed: copied from the prefix cache or from
+            another slot, or kept in a claimed parked slot.
         computed_prompt_tokens: prompt positions run through the model (includes shared prefixes
             computed once for several prompts).
         generated_tokens: sampled tokens.
@@ -123,6 +126,7 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     stopped: bool = False  # ended by eos or a stop string (else by max_new_tokens)
     done: bool = False  # ended: retired at the end of the step
+    current: bool = True  # its keys/values come from the current weights (see weights_changed)
 
     def __post_init__(self) -> None:
         self.prompt_array = np.asarray(self.prompt_ids, dtype=np.int64)
@@ -244,10 +248,13 @@ class NativePolicy:
     def weights_changed(self) -> None:
         """Forget cached prefixes and the weights' oneDNN copies: they were made from the old
         weights. (A copy is also remade when its weight's version counter moves, but an update
-        through ``.data`` does not move it.)"""
+        through ``.data`` does not move it.) Sequences still running keep the keys/values they
+        have, but these are neither parked nor copied for other prompts."""
         with self._lock:
             self.cache.clear()
             self._parked.clear()
+            for seq in self._active:
+                seq.current = False
             self._compact()
             self.net.packed.clear()
 
@@ -335,7 +342,8 @@ class NativePolicy:
             unclaimed, scratch = self._place(admitted)
             # The unclaimed sequences' slots are still empty: shared prefixes may be computed there.
             self._load_prefixes(unclaimed, scratch)
-            self._copy_from_slots(admitted, decoding)
+            if self.cache.enabled:  # prefix_cache_mb=0 turns every reuse off
+                self._copy_from_slots(admitted, [seq for seq in decoding if seq.current])
             new_tokens = sum(len(seq.prompt_ids) - seq.length for seq in admitted)
             if not decoding or len(decoding) + sum(map(len, drafts)) + new_tokens > self.max_prefill_tokens:
                 hidden = self._run_prompts([(seq.slot, seq.length, seq.prompt_ids[seq.length :]) for seq in admitted])
@@ -538,7 +546,7 @@ class NativePolicy:
         """Take a finished sequence out of the batch, its keys/values parked in its slot for a
         continuation to claim (with the prefix cache off, the slot is simply freed)."""
         self._active.remove(seq)
-        if self.cache.enabled:
+        if self.cache.enabled and seq.current:
             tokens = seq.prompt_array if not seq.generated[:-1] else np.concatenate(
                 [seq.prompt_array, np.asarray(seq.generated[:-1], dtype=np.int64)]
             )  # the last token was sampled, never run

@@ -113,7 +113,8 @@ class DecodeLayout:
     hole: the engine parks finished sequences in their slots). Derived:
     ``pad_index: (B, Q)`` the token index of each slot's ``j``-th query, the last one repeated
     past the slot's count (so padded queries see the same keys and stay finite; a hole's rows
-    repeat the token before it, and read only its own slot's finite keys); ``real: (T,)``
+    repeat the token before it, or token 0 for a hole at slot 0, and read only its own slot's
+    finite keys); ``real: (T,)``
     the flat ``b * Q + j`` index of every real token; ``query_positions: (B, Q)``; ``ends:
     (B,)`` each slot's last position.
     """

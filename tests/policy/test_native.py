@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from leafe.policy.base import GenerationRequest, SamplingParams
-from leafe.policy.native import NativePolicy, UnsupportedModel
+from leafe.policy.native import NativePolicy, UnsupportedModel, _Sequence
+from leafe.policy.prefix_cache import common_prefix_length
 from leafe.policy.transformers_backend import TransformersPolicy
 
 PROMPTS = [
@@ -469,8 +471,10 @@ def test_a_branch_that_diverges_from_a_parked_slot_keeps_its_content_in_the_cach
 def test_new_weights_or_released_memory_drop_parked_slots(tiny_policy):
     engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
     params = SamplingParams(temperature=0.0, max_new_tokens=4)
-    engine.generate_tokens(_requests(SHARED[:2]), params)
-    assert engine._parked
+    results = engine.generate_tokens(_requests(SHARED[:2]), params)
+    # A parked slot holds every position but the last sampled token's, which was never run.
+    held = sorted(parked.tokens.tolist() for parked in engine._parked.values())
+    assert held == sorted(r.prompt_token_ids + r.completion_token_ids[:-1] for r in results)
     engine.weights_changed()
     assert not engine._parked and not len(engine.cache)
     engine.generate_tokens(_requests(SHARED[:2]), params)
@@ -507,3 +511,83 @@ def test_a_prompt_extending_a_running_sequence_copies_its_keys_from_that_slot(ti
         [GenerationRequest(history, seed=0), GenerationRequest(branch, seed=1)], params
     )
     assert [results[k].completion_token_ids for k in ("episode", "branch")] == _ids(expected)
+
+
+def test_a_prompt_extending_a_running_reply_copies_into_the_reply(tiny_policy):
+    """The shared part may run on into a running sequence's reply (a sibling sample a turn
+    ahead): the positions its reply holds are copied too, but not its last sampled token, whose
+    keys/values are not written yet."""
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4, speculative_tokens=0)
+    params = SamplingParams(temperature=0.0, max_new_tokens=30)
+    stream = engine.stream(params)
+    stream.submit("episode", GenerationRequest(SHARED[0], seed=0))
+    with engine._lock, torch.inference_mode():
+        for _ in range(8):
+            engine._step()
+    (running,) = engine._active
+    written = running.length  # = prompt + reply - 1
+    ahead = running.prompt_ids + running.generated  # the whole reply so far, its last token unwritten
+    probe = _Sequence(stream, "probe", "", ahead + [5, 6, 7], params, torch.Generator())
+    probe.slot = 3
+    with engine._lock, torch.inference_mode():
+        engine._copy_from_slots([probe], [running])
+    assert probe.length == written  # every written position, not the unwritten last one
+    branch = GenerationRequest(engine.tokenizer.decode(ahead) + "\nAction: left", seed=1)
+    request_ids = engine.codec.encode(branch.prompt, engine.codec.render(branch.prompt))
+    shared = common_prefix_length(np.asarray(request_ids), np.asarray(ahead))
+    assert shared > len(running.prompt_ids) + 2  # the test's premise: the text re-encodes into the reply
+    cached = engine.stats.cached_prompt_tokens
+    stream.submit("branch", branch)
+    results = {}
+    while stream.pending:
+        results.update(stream.next_finished())
+    assert engine.stats.cached_prompt_tokens - cached == min(shared, written, len(request_ids) - 1)
+    expected = tiny_policy.generate_tokens([GenerationRequest(SHARED[0], seed=0), branch], params)
+    assert [results[k].completion_token_ids for k in ("episode", "branch")] == _ids(expected)
+
+
+def test_without_a_prefix_cache_nothing_is_reused_or_parked(tiny_policy):
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4, prefix_cache_mb=0)
+    stream = engine.stream(SamplingParams(temperature=0.0, max_new_tokens=12))
+    stream.submit(0, GenerationRequest(SHARED[0], seed=0))
+    with engine._lock, torch.inference_mode():
+        engine._step()
+        engine._step()
+    stream.submit(1, GenerationRequest(SHARED[0] + " more", seed=1))
+    while stream.pending:
+        stream.next_finished()
+    assert engine.stats.cached_prompt_tokens == 0 and not engine._parked
+
+
+def test_sequences_running_across_new_weights_are_neither_parked_nor_copied(tiny_policy):
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4)
+    stream = engine.stream(SamplingParams(temperature=0.0, max_new_tokens=12))
+    stream.submit(0, GenerationRequest(SHARED[0], seed=0))
+    with engine._lock, torch.inference_mode():
+        engine._step()
+        engine._step()
+    engine.weights_changed()  # (the same weights here; what counts is that the engine was told)
+    cached = engine.stats.cached_prompt_tokens
+    stream.submit(1, GenerationRequest(SHARED[0] + " more", seed=1))
+    while stream.pending:
+        stream.next_finished()
+    assert engine.stats.cached_prompt_tokens == cached  # nothing copied from the old-weights slot
+    assert len(engine._parked) == 1  # only the sequence started after the change
+
+
+def test_shared_prefixes_are_never_computed_in_a_parked_slot(tiny_policy):
+    """New prompts sharing a prefix with each other are warmed in scratch slots while a slot is
+    parked; the parked slot's keys/values survive (its continuation's tokens are transformers')."""
+    engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=6)
+    params = SamplingParams(temperature=0.0, max_new_tokens=4)
+    first = engine.generate_tokens(_requests(SHARED[:2]), params)
+    assert len(engine._parked) == 2
+    other = "Count the boxes, then push each one onto its goal square, never into a corner. " * 3
+    continuation = SHARED[1] + first[1].generation.text + "\nObservation:\nYou moved.\nThought:"
+    batch = [GenerationRequest(continuation, seed=5)] + [GenerationRequest(other + f"Room {i}.", seed=6 + i) for i in range(2)]
+    got = engine.generate_tokens(batch, params)
+    assert engine.stats.slot_reuses == 1
+    assert _ids(got) == _ids(tiny_policy.generate_tokens(batch, params))
+    later = SHARED[0] + first[0].generation.text + "\nObservation:\nYou moved.\nThought:"
+    result = engine.generate_tokens([GenerationRequest(later, seed=9)], params)
+    assert _ids(result) == _ids(tiny_policy.generate_tokens([GenerationRequest(later, seed=9)], params))
