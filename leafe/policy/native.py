@@ -25,7 +25,9 @@ Sampling is the same seeded sampler as the transformers backend (:mod:`leafe.pol
 so for the same logits both backends draw the same tokens for the same seed. Logits are not bitwise
 equal (different matmul shapes), so a near-tie can still go the other way.
 
-The forward pass itself is :class:`~leafe.policy.native_forward.LlamaFamilyForward`; the
+The requests in flight, the counters and the client stream are in
+:mod:`leafe.policy.native_requests`. The forward pass itself is
+:class:`~leafe.policy.native_forward.LlamaFamilyForward`; the
 key/value slots are :class:`~leafe.policy.kv_slots.KVSlots` (``keys[layer]``, ``values[layer]``:
 ``(slots, kv_heads, capacity, head_dim)``). The decode batch is the slot range ``0..B-1``, a view,
 never a gather. A finished sequence's keys/values stay *parked* in its slot for a few steps: an
@@ -38,13 +40,11 @@ kernel, a step with a hole reads the shared prefix per row: no cascade).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -55,8 +55,8 @@ from leafe.policy.embedded import DEFAULT_MODEL
 from leafe.policy.kv_slots import KVSlots
 from leafe.policy.memory import give_back_freed_memory, keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
+from leafe.policy.native_requests import EngineStats, NativeStream, _Parked, _Sequence
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
-from leafe.policy.sampling import seeded_generator
 from leafe.policy.speculative import DRAFT_TOKENS, propose_draft, verify_drafts
 from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
 
@@ -69,75 +69,6 @@ _MIN_SHARED = 16  # a prefix shared by new prompts is computed once if it is at 
 # of step s+PARK_STEPS-1: with 2, the next step only, which is when an episode's next turn comes
 # (the rollout loop submits it as soon as its environment steps, before the next step).
 PARK_STEPS = 2
-_stream_ids = itertools.count()
-
-
-@dataclass
-class EngineStats:
-    """Token and time counters, cumulative over the engine's life.
-
-    Attributes:
-        prompt_tokens: prompt tokens of all requests.
-        cached_prompt_tokens: prompt positions not computed: copied from the prefix cache or from
-            another slot, or kept in a claimed parked slot.
-        computed_prompt_tokens: prompt positions run through the model (includes shared prefixes
-            computed once for several prompts).
-        generated_tokens: sampled tokens.
-        prefill_seconds: wall time in prompt-only forward passes (first admissions, big ones).
-        decode_seconds: wall time in decode passes, including the prompts admitted into them.
-        requests: requests served.
-        decode_steps: batched decode forward passes (generated tokens / steps = mean batch).
-        cache_evictions: prefix-cache entries dropped for lack of memory.
-        draft_tokens: draft tokens run through the model for verification.
-        accepted_draft_tokens: draft tokens kept (the model sampled the same token).
-        slot_reuses: requests that continued in the slot a finished sequence left parked (their
-            reused positions are counted in ``cached_prompt_tokens`` but copied from nowhere).
-    """
-
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    computed_prompt_tokens: int = 0
-    generated_tokens: int = 0
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    requests: int = 0
-    decode_steps: int = 0
-    cache_evictions: int = 0
-    draft_tokens: int = 0
-    accepted_draft_tokens: int = 0
-    slot_reuses: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
-
-
-@dataclass(eq=False)  # compared by identity
-class _Sequence:
-    """A request in flight. ``length`` = positions whose keys/values are in the slot."""
-
-    stream: NativeStream
-    key: Hashable
-    prompt_text: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    generator: torch.Generator
-    slot: int = -1
-    length: int = 0
-    generated: list[int] = field(default_factory=list)
-    stopped: bool = False  # ended by eos or a stop string (else by max_new_tokens)
-    done: bool = False  # ended: retired at the end of the step
-    current: bool = True  # its keys/values come from the current weights (see weights_changed)
-
-    def __post_init__(self) -> None:
-        self.prompt_array = np.asarray(self.prompt_ids, dtype=np.int64)
-
-
-@dataclass
-class _Parked:
-    """A finished sequence's keys/values left in its slot for a continuation to claim."""
-
-    tokens: np.ndarray  # (length,) the ids whose keys/values the slot's first positions hold
-    step: int  # the scheduler step it was parked at
 
 
 class NativePolicy:
@@ -417,11 +348,7 @@ class NativePolicy:
         it held goes to the cache first, as :meth:`_evict` would. A shorter tail (an episode's
         next turn differs from its last completion by a token or two where the text is tokenized
         anew) is dropped."""
-        best, common = -1, 0
-        for slot, parked in self._parked.items():
-            length = common_prefix_length(parked.tokens, seq.prompt_array)
-            if length > common:
-                best, common = slot, length
+        best, common = self._longest_parked(seq.prompt_array)
         if common < _MIN_SHARED:
             return False
         cached = self.cache.match(seq.prompt_array)[1]
@@ -457,14 +384,23 @@ class NativePolicy:
                 common = min(common, other.length, want)
                 if common > best:
                     best, source = common, other.slot
-            for slot, parked in self._parked.items():
-                common = min(common_prefix_length(parked.tokens, seq.prompt_array), want)
-                if common > best:
-                    best, source = common, slot
+            slot, common = self._longest_parked(seq.prompt_array)
+            if min(common, want) > best:
+                best, source = min(common, want), slot
             if best - seq.length >= _MIN_SHARED:
                 self.slots.move(source, seq.slot, best, start=seq.length)
                 self.stats.cached_prompt_tokens += best - seq.length
                 seq.length = best
+
+    def _longest_parked(self, prompt: np.ndarray) -> tuple[int, int]:
+        """The parked slot sharing the longest prefix with ``prompt`` and that length (``(-1, 0)``
+        when none shares any)."""
+        best, common = -1, 0
+        for slot, parked in self._parked.items():
+            length = common_prefix_length(parked.tokens, prompt)
+            if length > common:
+                best, common = slot, length
+        return best, common
 
     def _evict(self, slot: int) -> None:
         """Un-park a slot: what it holds goes to the prefix cache; the slot is then free."""
@@ -547,10 +483,8 @@ class NativePolicy:
         continuation to claim (with the prefix cache off, the slot is simply freed)."""
         self._active.remove(seq)
         if self.cache.enabled and seq.current:
-            tokens = seq.prompt_array if not seq.generated[:-1] else np.concatenate(
-                [seq.prompt_array, np.asarray(seq.generated[:-1], dtype=np.int64)]
-            )  # the last token was sampled, never run
-            self._parked[seq.slot] = _Parked(tokens, self._steps)
+            reply = np.asarray(seq.generated[:-1], dtype=np.int64)  # the last token was sampled, never run
+            self._parked[seq.slot] = _Parked(np.concatenate([seq.prompt_array, reply]), self._steps)
 
     def _release(self, seq: _Sequence) -> None:
         """Drop an active sequence (its stream was cancelled) and free its slot."""
@@ -636,42 +570,3 @@ class NativePolicy:
         self.stats.computed_prompt_tokens += sum(len(tokens) for _, _, tokens in segments)
         self.stats.prefill_seconds += time.perf_counter() - start_time
         return torch.stack([h for h in last_hidden if h is not None])
-
-
-class NativeStream:
-    """Requests with one set of sampling parameters, submitted at any time and collected as they
-    finish (continuous batching across the turns of many episodes: an episode submits its next
-    turn as soon as its environment has stepped, without waiting for the others)."""
-
-    def __init__(self, engine: NativePolicy, params: SamplingParams) -> None:
-        self.engine = engine
-        self.params = params
-        self.pending = 0
-        self.id = next(_stream_ids)
-
-    def submit(self, key: Hashable, request: GenerationRequest) -> None:
-        """Queue ``request``; :meth:`next_finished` returns it under ``key``."""
-        codec = self.engine.codec
-        text = codec.render(request.prompt)
-        ids = codec.encode(request.prompt, text)
-        generator = seeded_generator(request.seed, self.engine.net.param.device)
-        self.engine._enqueue(_Sequence(self, key, text, ids, self.params, generator))
-        self.pending += 1
-
-    def close(self) -> None:
-        """Abandon whatever is still pending (e.g. after an error); the engine forgets it."""
-        self.engine._cancel(self)
-        self.pending = 0
-
-    def next_finished(self) -> list[tuple[Hashable, TokenGeneration]]:
-        """Generate until at least one submitted request is complete; return every complete one
-        (``[]`` when nothing is pending)."""
-        if self.pending == 0:
-            return []
-        done = self.engine._collect(self)
-        self.pending -= len(done)
-        codec = self.engine.codec
-        return [
-            (seq.key, codec.finish(seq.prompt_text, seq.prompt_ids, seq.generated, seq.stopped, self.params))
-            for seq in done
-        ]
