@@ -4,7 +4,7 @@
 
 A packed pass of the window-8 Sokoban workload carries ~6 prompt pieces of ~66 new tokens whose
 slots already hold 260-980 positions. Each layer attends every piece to its slot. This times one
-pass's worth of that (30 layers, the embedded model's 9 query / 3 key-value heads of 64) in the two
+pass's worth of that (30 layers, the embedded model's 9 query / 3 key-value heads of 64) in three
 forms, interleaved, on slot tensors shaped like the engine's (64 slots x 1,536 positions; pieces
 read a prefix of their slot):
 
@@ -12,10 +12,12 @@ read a prefix of their slot):
   causal mask, ``enable_gqa=True`` (the engine before session 19);
 - ``grouped``: :meth:`LlamaFamilyForward._piece_attention`, the query heads of a key/value head as
   that head's rows, on the CPU flash kernel with an additive mask made once per pass (the engine
-  now).
+  now);
+- ``matmul``: the same grouped rows on two batched matmuls (``baddbmm`` adding the mask, softmax,
+  ``bmm``), a candidate measured against the flash kernel (docs/BENCHMARKS.md, session 23).
 
 Prints the median time per pass, the attention GFLOP/s (4 x query x key positions x heads x hd,
-causal part halved) and the ratio; checks that the outputs agree.
+causal part halved) and the ratios; checks that the outputs agree.
 """
 
 from __future__ import annotations
@@ -81,8 +83,21 @@ def main() -> None:
                 net._piece_attention(q[lo : lo + n], k[slot : slot + 1, :, : s + n], v[slot : slot + 1, :, : s + n], mask, out[lo : lo + n])
         return out
 
+    def matmul_pass() -> torch.Tensor:
+        masks = [piece_mask(s, n, group, q.dtype, "cpu") for _, s, n in pieces]
+        out = torch.empty_like(q)
+        for layer in range(LAYERS):
+            k, v = keys[layer % 4], values[layer % 4]
+            for (slot, s, n), lo, mask in zip(pieces, offsets, masks):
+                rows = q[lo : lo + n].view(n, kv_heads, group, hd).permute(1, 0, 2, 3).reshape(kv_heads, n * group, hd)
+                scores = torch.baddbmm(mask, rows, k[slot, :, : s + n].transpose(1, 2), alpha=hd**-0.5)
+                attended = torch.bmm(scores.softmax(-1), v[slot, :, : s + n])
+                out[lo : lo + n].view(n, kv_heads, group, hd).copy_(attended.view(kv_heads, n, group, hd).permute(1, 0, 2, 3))
+        return out
+
     difference = (sdpa_pass() - grouped_pass()).abs().max().item()
-    forms = {"sdpa": sdpa_pass, "grouped": grouped_pass}
+    print("matmul vs grouped max |difference|", (matmul_pass() - grouped_pass()).abs().max().item())
+    forms = {"sdpa": sdpa_pass, "grouped": grouped_pass, "matmul": matmul_pass}
     times: dict[str, list[float]] = {name: [] for name in forms}
     for _ in range(args.repeats):
         for name, form in forms.items():
@@ -96,6 +111,7 @@ def main() -> None:
         print(f"{name:8s} {median * 1e3:7.1f} ms per pass  {flops / median / 1e9:5.1f} GFLOP/s")
     ratio = statistics.median(times["grouped"]) / statistics.median(times["sdpa"])
     print(f"grouped / sdpa: {ratio:.3f}")
+    print(f"matmul / grouped: {statistics.median(times['matmul']) / statistics.median(times['grouped']):.3f}")
 
 
 if __name__ == "__main__":
