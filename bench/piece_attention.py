@@ -1,4 +1,4 @@
-"""Prompt-piece attention of the native engine: SDPA with ``enable_gqa`` against grouped query rows.
+"""Prompt-piece attention of the native engine: SDPA with ``enable_gqa``, grouped query rows, batched matmuls.
 
     .venv/bin/python bench/piece_attention.py [--repeats 12]
 
