@@ -14,9 +14,15 @@ from __future__ import annotations
 import argparse
 import ctypes
 import mmap
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from leafe.policy.memory import lazy_zeros  # noqa: E402
 
 MADV_POPULATE_WRITE = 23  # linux/mman.h; not exposed by Python 3.11's mmap module
 
@@ -27,9 +33,14 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=2.0)
     args = parser.parse_args()
     nbytes = int(args.gib * (1 << 30)) // 4096 * 4096
-    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buffer.madvise(mmap.MADV_HUGEPAGE if args.form == "thp" else mmap.MADV_NOHUGEPAGE)
-    tensor = torch.frombuffer(buffer, dtype=torch.float32)
+    if args.form == "thp":
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+        tensor = torch.frombuffer(buffer, dtype=torch.float32)
+    else:  # the engine's own mapping of its slots and cache (huge pages off)
+        tensor = lazy_zeros((nbytes // 4,), torch.float32)
+        if tensor is None:
+            raise SystemExit(f"the OS refused a mapping of {args.gib:g} GiB")
     start = time.perf_counter()
     if args.form == "populate":
         libc = ctypes.CDLL(None, use_errno=True)
