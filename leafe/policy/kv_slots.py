@@ -9,16 +9,19 @@ and ``0 * nan`` would poison the row).
 
 On the CPU, the first reservation takes every slot at once and maps room for the model's whole
 context behind each one (:func:`~leafe.policy.memory.lazy_zeros`): the capacity then grows by
-widening a view, without copying, and the positions it grows into are written with zeros right
-away, store by store. Where such a mapping is refused (or off the CPU) the slots are plain tensors
-whose capacity grows geometrically (an episode's prompt grows turn by turn), each growth copying
-the sequences in flight into fresh memory.
+widening a view, without copying. Each slot's positions are written with zeros, in one pass per
+store, when a sequence that may reach them takes the slot (:meth:`KVSlots.prepare`), so a slot
+faults in only what its own sequences need. Where such a mapping is refused (or off the CPU) the
+slots are plain tensors whose capacity grows geometrically (an episode's prompt grows turn by
+turn), each growth copying the sequences in flight into fresh memory.
 
 Why: on a VM, faulting in fresh memory is most of the cost of growing. On the 64-episode rollout
 benchmark the copying growth faulted in 8.2 GiB and took 12.2 s of a 96 s run; the mapped stores
-fault in each slot position once (4.2 GiB, 5.9 s). Zeroing the new positions at growth is cheaper
-than leaving those pages to the first writes of slot moves, prefix loads and decode steps (5.0 s
-against 7.4 s in one pair of runs; docs/BENCHMARKS.md, session 21).
+fault in each slot position once (4.2 GiB, 5.9 s). Zeroing positions ahead of use is cheaper than
+leaving those pages to the first writes of slot moves, prefix loads and decode steps (5.0 s
+against 7.4 s in one pair of runs; docs/BENCHMARKS.md, session 21). Zeroing them per slot, up to
+what the slot's sequence may reach, rather than every slot up to the longest one:
+docs/BENCHMARKS.md, session 25.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class KVSlots:
         self.values: list[torch.Tensor] = []
         self._key_stores: list[torch.Tensor] = []  # (slots, kv_heads, room, head_dim), room >= capacity
         self._value_stores: list[torch.Tensor] = []
+        self._written: list[int] | None = None  # mapped stores: per slot, positions faulted in so far
 
     @property
     def count(self) -> int:
@@ -82,6 +86,7 @@ class KVSlots:
     def clear(self) -> None:
         """Give the memory back; the next :meth:`reserve` allocates again."""
         self.keys, self.values, self._key_stores, self._value_stores = [], [], [], []
+        self._written = None
 
     def reserve(self, slots: int, capacity: int) -> None:
         """Make sure ``slots`` slots of ``capacity`` positions exist (allocates only when the stores
@@ -113,9 +118,6 @@ class KVSlots:
             )
         if slots > self.count or capacity > self.room:
             self._allocate(slots, capacity, row)
-        elif capacity > have_capacity:  # a wider view of lazily mapped stores: fault the new positions in
-            for store in self._key_stores + self._value_stores:
-                store[:, :, have_capacity:capacity].zero_()
         self.keys = [store[:, :, :capacity] for store in self._key_stores]
         self.values = [store[:, :, :capacity] for store in self._value_stores]
         self.net.rope_table(capacity)
@@ -138,13 +140,13 @@ class KVSlots:
                 fresh.append(store)
         if fresh is not None:
             count, stores = self.count, self._key_stores + self._value_stores
-            for index, new in enumerate(fresh):  # every slot's first ``capacity`` positions written once
+            for index, new in enumerate(fresh):
                 if stores:
                     new[:count, :, :held] = stores[index][:, :, :held]  # sequences in flight
-                new[:count, :, held:capacity].zero_()
-                new[count:, :, :capacity].zero_()
             self._key_stores, self._value_stores = fresh[: len(net.layers)], fresh[len(net.layers) :]
+            self._written = [held] * count + [0] * (slots - count)
             return
+        self._written = None
         shape = (slots, net.kv_heads, capacity, net.head_dim)
         for stores in (self._key_stores, self._value_stores):
             if not stores:
@@ -153,6 +155,23 @@ class KVSlots:
             for index, old in enumerate(stores):  # one at a time: peak memory grows by one layer
                 stores[index] = grown(old[:, :, :held], shape)
                 del old
+
+    def prepare(self, slot: int, length: int) -> None:
+        """Fault in a slot's first ``length`` positions (rounded up to ``CAPACITY_STEP``) when a
+        sequence that may reach that length takes the slot, before it writes anything: zeros are
+        written from the end of what earlier calls prepared. Only for lazily mapped stores (plain
+        tensors are written in full when allocated). Unprepared positions read as zeros too, so
+        a missed call costs time, not correctness; but what was written past the prepared
+        positions without a call (a scratch slot's leftovers) is zeroed by the next one."""
+        if self._written is None or not 0 <= slot < len(self._written):
+            return
+        have = self._written[slot]
+        length = min(-(-int(length) // CAPACITY_STEP) * CAPACITY_STEP, self.capacity)
+        if length <= have:
+            return
+        for store in self._key_stores + self._value_stores:
+            store[slot, :, have:length].zero_()
+        self._written[slot] = length
 
     def copy_out(self, slot: int, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """A copy of a slot's first ``length`` positions: ``(layers, 2, kv_heads, length, head_dim)``

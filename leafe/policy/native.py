@@ -32,10 +32,14 @@ key/value slots are :class:`~leafe.policy.kv_slots.KVSlots` (``keys[layer]``, ``
 ``(slots, kv_heads, capacity, head_dim)``). The decode batch is the slot range ``0..B-1``, a view,
 never a gather. A finished sequence's keys/values stay *parked* in its slot for a few steps: an
 episode's next turn extends its previous prompt and completion, so it continues in that slot with
-nothing copied. A parked slot that nobody claims in time goes to the prefix cache, and the highest
-active sequence moves down into it, so the slots stay packed; until then it is a hole in the
-decode batch, which costs one padded attention row and no linear-layer row (off the CPU flash
-kernel, a step with a hole reads the shared prefix per row: no cascade).
+nothing copied. A parked slot is a hole in the decode batch: it costs no linear-layer row. On the
+CPU flash kernel, decode attention leaves runs of holes out of its calls
+(:func:`~leafe.policy.native_forward.split_rows`), so a slot stays parked until a new sequence
+needs it, and only then goes to the prefix cache: an episode's last turn, which nothing
+continues, is never copied out (on the 64-episode benchmark that was 79 copies, 3.7 s). Elsewhere
+a hole costs a whole attention row and turns the cascade off, so a parked slot nobody claims
+within ``PARK_STEPS`` steps goes to the prefix cache and the highest active sequence moves down
+into it, keeping the slots packed.
 """
 
 from __future__ import annotations
@@ -65,9 +69,9 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "EngineStats", "NativePolicy", "NativeStream
 logger = logging.getLogger(__name__)
 
 _MIN_SHARED = 16  # a prefix shared by new prompts is computed once if it is at least this long
-# A slot parked in step s can be claimed in steps s+1 .. s+PARK_STEPS-1 and is evicted at the end
-# of step s+PARK_STEPS-1: with 2, the next step only, which is when an episode's next turn comes
-# (the rollout loop submits it as soon as its environment steps, before the next step).
+# Off the CPU flash kernel, a slot parked in step s can be claimed in steps s+1 .. s+PARK_STEPS-1
+# and is evicted at the end of step s+PARK_STEPS-1: with 2, the next step only, which is when an
+# episode's next turn comes (the rollout loop submits it as soon as its environment steps).
 PARK_STEPS = 2
 
 
@@ -168,6 +172,9 @@ class NativePolicy:
         self._queue: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []  # in slot order
         self._parked: dict[int, _Parked] = {}  # slot -> what it holds
+        # How long a slot stays parked: until its slot is needed where decode attention leaves
+        # holes out (the CPU flash kernel), else PARK_STEPS steps (holes cost whole rows there).
+        self.park_steps: int | None = None if self.net.flash_cascade and param.device.type == "cpu" else PARK_STEPS
         self._steps = 0
         self._ready: dict[int, list[_Sequence]] = {}  # stream.id -> finished, not yet collected
         self._lock = threading.RLock()
@@ -229,7 +236,7 @@ class NativePolicy:
 
     def _enqueue(self, seq: _Sequence) -> None:
         with self._lock:
-            self.slots.reserve(self.max_batch_size, len(seq.prompt_ids) + seq.params.max_new_tokens)
+            self.slots.reserve(self.max_batch_size, seq.reach)
             self.stats.requests += 1
             self.stats.prompt_tokens += len(seq.prompt_ids)
             if seq.params.max_new_tokens == 0:
@@ -262,8 +269,8 @@ class NativePolicy:
         in the same pass) and, in the same pass, prefills the prompts of queued sequences that
         fit into free slots (their first token is sampled from it). Admissions too large for one
         pass (``max_prefill_tokens``) or with nothing to decode get prompt-only passes instead.
-        Finished sequences are parked in their slots; parked slots nobody claimed in time go to
-        the prefix cache."""
+        Finished sequences are parked in their slots; with ``park_steps``, parked slots nobody
+        claimed in time go to the prefix cache."""
         slots = self.slots.count
         decoding = list(self._active)  # in slot order
         drafts = [self._draft(seq) for seq in decoding]
@@ -271,6 +278,8 @@ class NativePolicy:
         if self._queue and len(decoding) < slots:
             admitted = [self._queue.popleft() for _ in range(min(slots - len(decoding), len(self._queue)))]
             unclaimed, scratch = self._place(admitted)
+            for seq in admitted:
+                self.slots.prepare(seq.slot, seq.reach)
             # The unclaimed sequences' slots are still empty: shared prefixes may be computed there.
             self._load_prefixes(unclaimed, scratch)
             if self.cache.enabled:  # prefix_cache_mb=0 turns every reuse off
@@ -311,8 +320,9 @@ class NativePolicy:
             self._retire(seq)
             self._ready.setdefault(seq.stream.id, []).append(seq)
         self._steps += 1
-        for slot in [slot for slot, parked in self._parked.items() if self._steps - parked.step >= PARK_STEPS]:
-            self._evict(slot)
+        if self.park_steps is not None:
+            for slot in [slot for slot, parked in self._parked.items() if self._steps - parked.step >= self.park_steps]:
+                self._evict(slot)
         self._compact()
 
     def _activate(self, seqs: list[_Sequence]) -> None:
@@ -414,6 +424,7 @@ class NativePolicy:
         free = deque(slot for slot in range(self._active[-1].slot if self._active else 0) if slot not in taken)
         while free and free[0] < self._active[-1].slot:
             top, target = self._active.pop(), free.popleft()
+            self.slots.prepare(target, top.reach)
             self.slots.move(top.slot, target, top.length)
             top.slot = target
             self._activate([top])

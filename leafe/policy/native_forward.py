@@ -47,45 +47,65 @@ def _rms_norm(module: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def split_rows(
-    positions: np.ndarray, start: int, max_chunks: int, call_cost: int = CALL_COST
+    positions: np.ndarray,
+    start: int,
+    max_chunks: int,
+    call_cost: int = CALL_COST,
+    holes: np.ndarray | None = None,
 ) -> list[tuple[int, int]]:
     """Contiguous row ranges for decode attention over key positions ``start..positions[b]``.
 
     One call over all ``B`` rows reads ``B x (max(positions) + 1 - start)`` key positions, the
     short rows' tails masked. Splitting the rows into ranges that each read up to their own
-    longest row saves those reads at ``call_cost`` per extra call. Returns the split into at most
-    ``max_chunks`` ranges ``[(lo, hi), ...]`` (covering ``0..B`` in order) that minimizes
-    ``sum((hi - lo) x (max(positions[lo:hi]) + 1 - start)) + call_cost x ranges`` (exact dynamic
-    program; ``positions: (B,)`` ints >= start).
+    longest row saves those reads at ``call_cost`` per extra call. ``holes: (B,)`` bools marks rows
+    with no query (a parked or free slot below an active one): they need no call, so a range of
+    holes only may be left out, and a hole inside a range adds a row but not to its width.
+    Returns the at most ``max_chunks`` ranges ``[(lo, hi), ...]``, in order, covering every row
+    that is not a hole, that minimize ``sum((hi - lo) x (max(positions[lo:hi] of non-holes) + 1 -
+    start)) + call_cost x ranges`` (exact dynamic program; ``positions: (B,)`` ints >= start).
     """
     batch = len(positions)
-    if max_chunks <= 1 or batch < 2:
-        return [(0, batch)]
-    width = np.asarray(positions, dtype=np.int64) + 1 - start  # (B,)
+    hole = np.zeros(batch, dtype=bool) if holes is None else np.asarray(holes, dtype=bool)
+    width = np.where(hole, 0, np.asarray(positions, dtype=np.int64) + 1 - start)  # (B,)
     rows = np.arange(batch)
     later = rows[None, :] >= rows[:, None]  # (i, j): j >= i
     # cost[i, j]: one call over rows i..j = (j - i + 1) x max(width[i..j]) + call_cost.
     run = np.maximum.accumulate(np.where(later, width[None, :], 0), axis=1)
     never = np.iinfo(np.int64).max // 4
     cost = np.where(later, (rows[None, :] + 1 - rows[:, None]) * run + call_cost, never)
-    best = cost[0].copy()  # best[j]: rows 0..j in at most k calls (k = 1 here)
-    starts: list[np.ndarray] = []  # per k >= 2: where the last call starts, or -1 (k - 1 calls do as well)
-    totals = [int(best[-1])]
-    for _ in range(max_chunks - 1):
-        candidate = best[:-1, None] + cost[1:, :]  # (i, j): rows 0..i in k - 1 calls, then i + 1..j
+    # best[m]: the first m rows in at most k calls (k = 0 here: only if they are all holes).
+    best = np.where(np.concatenate([[True], np.logical_and.accumulate(hole)]), 0, never)
+    choices: list[np.ndarray] = []  # per k: for m, the first row of the last call, or -1 (k - 1 calls do as well), or -2 (row m - 1 is a hole left out)
+    skippable = np.flatnonzero(hole) + 1
+    for _ in range(max(max_chunks, 1)):
+        candidate = best[:-1, None] + cost  # (i, j): rows 0..i-1 in k - 1 calls, then one over i..j
         first = candidate.argmin(axis=0)
-        split = candidate[first, rows]
-        starts.append(np.where(split < best, first + 1, -1))
-        best = np.minimum(best, split)
-        totals.append(int(best[-1]))
-    ranges, end = [], batch
-    for k in range(int(np.argmin(totals)), 0, -1):
-        lo = int(starts[k - 1][end - 1])
-        if lo > 0:
+        called = candidate[first, rows]
+        better = called < best[1:]
+        best, choice = best.copy(), np.full(batch + 1, -1)
+        best[1:][better], choice[1:][better] = called[better], first[better]
+        for m in skippable:  # in order: best[m - 1] is final when row m - 1 is considered
+            if best[m - 1] < best[m]:
+                best[m], choice[m] = best[m - 1], -2
+        choices.append(choice)
+    ranges, end, k = [], batch, len(choices)
+    while end > 0 and k > 0:
+        lo = int(choices[k - 1][end])
+        if lo == -2:
+            end -= 1
+            continue
+        if lo >= 0:
             ranges.append((lo, end))
             end = lo
-    ranges.append((0, end))
+        k -= 1
     return ranges[::-1]
+
+
+def hole_runs(holes: np.ndarray | None) -> int:
+    """How many runs of consecutive holes ``holes: (B,)`` has (0 for None)."""
+    if holes is None or not len(holes):
+        return 0
+    return int(holes[0]) + int(np.count_nonzero(holes[1:] & ~holes[:-1]))
 
 
 def causal_seen(start: int, count: int, device: torch.device | str) -> torch.Tensor:
@@ -116,7 +136,7 @@ class DecodeLayout:
     repeat the token before it, or token 0 for a hole at slot 0, and read only its own slot's
     finite keys); ``real: (T,)``
     the flat ``b * Q + j`` index of every real token; ``query_positions: (B, Q)``; ``ends:
-    (B,)`` each slot's last position.
+    (B,)`` each slot's last position; ``holes: (B,)`` bools, the slots with no token.
     """
 
     def __init__(self, slots: torch.Tensor, positions: torch.Tensor) -> None:
@@ -128,6 +148,7 @@ class DecodeLayout:
         self.real = torch.nonzero((column[None, :] < counts[:, None]).reshape(-1)).squeeze(-1)
         self.query_positions = positions[self.pad_index]
         self.ends = self.query_positions[:, -1]
+        self.holes = counts == 0
 
     def padded(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (T, ...)`` -> ``(B, Q, ...)``."""
@@ -377,7 +398,8 @@ class LlamaFamilyForward:
         default one token per slot, ``T = B``, ``Q = 1``); ``q: (T, heads, hd)``,
         ``positions: (T,)``. ``chunks``: ``(lo, hi, end)``: slots ``lo..hi-1`` read their own
         suffixes in a call of their own, up to position ``end - 1`` (their longest row; see
-        :func:`split_rows`); default one call over all slots.
+        :func:`split_rows`); default one call over all slots. With a layout, slots with no token
+        (holes) may be in no chunk.
         """
         tokens, group, kv_heads, hd = q.shape[0], self.num_heads // self.kv_heads, self.kv_heads, self.head_dim
         scale = hd**-0.5
@@ -406,8 +428,15 @@ class LlamaFamilyForward:
                 own_q[lo:hi], keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False,
                 attn_mask=mask[lo:hi, ..., : end - shared], scale=scale,
             ))
-        own_out = parts[0][0] if len(parts) == 1 else torch.cat([out for out, _ in parts])
-        own_lse = parts[0][1] if len(parts) == 1 else torch.cat([lse for _, lse in parts])
+        ranges = [(lo, hi) for lo, hi, _ in chunks or [(0, batch, span)]]
+        if sum(hi - lo for lo, hi in ranges) == batch:  # every slot called
+            own_out = parts[0][0] if len(parts) == 1 else torch.cat([out for out, _ in parts])
+            own_lse = parts[0][1] if len(parts) == 1 else torch.cat([lse for _, lse in parts])
+        else:  # holes left out (only with a layout): their rows are never read, zeros stand in
+            own_out = parts[0][0].new_zeros((batch, *parts[0][0].shape[1:]))
+            own_lse = parts[0][1].new_zeros((batch, *parts[0][1].shape[1:]))
+            for (lo, hi), (out, lse) in zip(ranges, parts):
+                own_out[lo:hi], own_lse[lo:hi] = out, lse
         if layout is not None:  # (B, kv_heads, Q * group, ...) -> (T, kv_heads, group, ...)
             own_out = layout.packed(own_out.view(batch, kv_heads, width, group, hd).permute(0, 2, 1, 3, 4))
             own_lse = layout.packed(own_lse.view(batch, kv_heads, width, group).permute(0, 2, 1, 3))
@@ -496,8 +525,12 @@ class LlamaFamilyForward:
             ends = decode_positions if layout is None else layout.ends  # (B,) each slot's last position
             span = int(ends.max()) + 1
             if cascade and flash:
-                last = ends.cpu().numpy()
-                chunks = [(lo, hi, int(last[lo:hi].max()) + 1) for lo, hi in split_rows(last, shared, self.max_own_chunks)]
+                holes = None if layout is None else layout.holes.cpu().numpy()
+                last = ends.cpu().numpy() if holes is None else np.where(holes, shared, ends.cpu().numpy())
+                chunks = [
+                    (lo, hi, int(last[lo:hi].max()) + 1)
+                    for lo, hi in split_rows(last, shared, self.max_own_chunks + hole_runs(holes), holes=holes)
+                ]
             query_positions = decode_positions[:, None] if layout is None else layout.query_positions  # (B, Q)
             decode_mask = (torch.arange(span, device=device)[None, None, :] <= query_positions[:, :, None])[:, None]
         rope = self._rope(torch.cat(positions))

@@ -82,6 +82,11 @@ class _Sequence:
     def __post_init__(self) -> None:
         self.prompt_array = np.asarray(self.prompt_ids, dtype=np.int64)
 
+    @property
+    def reach(self) -> int:
+        """Positions its slot may need: the prompt and ``max_new_tokens``."""
+        return len(self.prompt_ids) + self.params.max_new_tokens
+
 
 @dataclass
 class _Parked:

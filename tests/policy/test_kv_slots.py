@@ -3,6 +3,8 @@ no mapping is granted, copies in and out, refusals."""
 
 from __future__ import annotations
 
+import resource
+
 import pytest
 import torch
 
@@ -66,6 +68,37 @@ def test_on_the_cpu_the_capacity_grows_in_place(net):
     assert slots.count == 3 and float(slots.keys[0][1].sum()) == net.kv_heads * 5 * net.head_dim
     assert bool((slots.values[-1][0, :, 1000:1024] == 2.0).all()) and slots.values[-1].shape[2] == 1024
     assert not slots.keys[0][2].any() and not slots.values[-1][2].any()  # the new slot holds zeros
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def test_prepare_faults_in_one_slot_up_to_its_length_once(net):
+    slots = KVSlots(net, max_slots=2)
+    slots.reserve(2, net.max_positions)
+    pages = 2 * len(net.layers) * net.kv_heads * net.max_positions * net.head_dim * 4 // 4096  # one slot
+    before = _minor_faults()
+    slots.prepare(0, 100)  # rounded up to 128 positions
+    slots.keys[0][0, :, :100] = 1.0
+    slots.prepare(0, net.max_positions)
+    first = _minor_faults() - before
+    before = _minor_faults()
+    slots.prepare(0, net.max_positions)
+    slots.prepare(0, 50)
+    again = _minor_faults() - before
+    assert first >= 0.9 * pages and again < 0.1 * pages
+    assert float(slots.keys[0][0].sum()) == net.kv_heads * 100 * net.head_dim  # what it held is kept
+    assert not slots.keys[0][1].any()  # the other slot reads as zeros, prepared or not
+
+
+def test_prepare_does_nothing_to_plain_tensors(net, monkeypatch):
+    monkeypatch.setattr(kv_slots, "lazy_zeros", lambda shape, dtype: None)
+    slots = KVSlots(net, max_slots=2)
+    slots.reserve(2, 100)
+    slots.keys[0][1, :, 3] = 1.0
+    slots.prepare(1, 128)
+    assert float(slots.keys[0][1].sum()) == net.kv_heads * net.head_dim
 
 
 def test_a_mapping_refused_midway_leaves_every_store_plain(net, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from leafe.policy.base import GenerationRequest, SamplingParams
-from leafe.policy.native import NativePolicy, UnsupportedModel, _Sequence
+from leafe.policy.native import PARK_STEPS, NativePolicy, UnsupportedModel, _Sequence
 from leafe.policy.prefix_cache import common_prefix_length
 from leafe.policy.transformers_backend import TransformersPolicy
 
@@ -416,16 +416,19 @@ def test_a_next_turn_continues_in_its_parked_slot_with_nothing_copied(tiny_polic
         assert _ids(replies[episode]) == _ids(expected)
 
 
+@pytest.mark.parametrize("park_steps", [PARK_STEPS, None])
 @pytest.mark.parametrize("speculative_tokens", [0, 4])
-def test_holes_left_by_parked_slots_change_no_token(tiny_policy, monkeypatch, speculative_tokens):
+def test_holes_left_by_parked_slots_change_no_token(tiny_policy, monkeypatch, speculative_tokens, park_steps):
     """A short request finishes first and stays parked in slot 0 while two others, sharing a long
     prefix it does not share, decode in slots 1-2: the decode batch has a hole and the shared
-    prefix is read from slot 1. Nobody claims slot 0, so after PARK_STEPS steps what it holds
-    goes to the prefix cache and the highest active sequence moves down into it. The tokens are
-    transformers' throughout."""
+    prefix is read from slot 1. Nobody claims slot 0. With ``park_steps`` (off the CPU flash
+    kernel), after that many steps what it holds goes to the prefix cache and the highest active
+    sequence moves down into it; without (the default on the CPU), it stays parked and the hole
+    stays in the batch. The tokens are transformers' throughout."""
     engine = NativePolicy.from_model(
         tiny_policy.model, tiny_policy.tokenizer, max_batch_size=4, speculative_tokens=speculative_tokens
     )
+    engine.park_steps = park_steps
     calls: dict = {}
     _spy(monkeypatch, engine.net, "forward", calls)
     _spy(monkeypatch, engine.slots, "move", calls)
@@ -442,8 +445,12 @@ def test_holes_left_by_parked_slots_change_no_token(tiny_policy, monkeypatch, sp
         results.update(long.next_finished())
     cascades = [(args[5], args[7]) for args, _ in calls["forward"] if len(args) > 7]  # (shared, shared_slot)
     assert any(shared >= 64 and slot == 1 for shared, slot in cascades)  # the cascade read slot 1, slot 0 parked
-    assert calls["move"]  # compaction after the park expired
-    assert engine.cache.match(parked)[1] == len(parked)
+    if park_steps is None:
+        assert not calls["move"] and engine._parked[0].tokens is parked  # still parked in its slot
+        assert engine.cache.match(parked)[1] < len(parked)
+    else:
+        assert calls["move"]  # compaction after the park expired
+        assert engine.cache.match(parked)[1] == len(parked)
     expected = tiny_policy.generate_tokens(
         [GenerationRequest(prompt, seed=index + 1) for index, prompt in enumerate(SHARED[:2])],
         SamplingParams(temperature=0.0, max_new_tokens=16),

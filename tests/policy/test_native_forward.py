@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from leafe.policy import native_forward
-from leafe.policy.native_forward import LlamaFamilyForward, piece_mask, split_rows
+from leafe.policy.native_forward import DecodeLayout, LlamaFamilyForward, hole_runs, piece_mask, split_rows
 
 
 def _reads(positions, start, ranges, call_cost):
@@ -39,6 +39,53 @@ def test_split_rows_is_the_cheapest_contiguous_split():
         assert _reads(positions, start, ranges, call_cost) == _best_by_enumeration(positions, start, max_chunks, call_cost)
 
 
+def _reads_with_holes(positions, start, holes, ranges, call_cost):
+    return sum(
+        (hi - lo) * max([p + 1 - start for p, h in zip(positions[lo:hi], holes[lo:hi]) if not h] or [0]) + call_cost
+        for lo, hi in ranges
+    )
+
+
+def _best_with_holes_by_enumeration(positions, start, holes, max_chunks, call_cost):
+    """Every partition of the rows into ranges, each one called or, if it holds holes only, left out."""
+    rows, best = len(positions), None
+    for k in range(1, rows + 1):
+        for cuts in itertools.combinations(range(1, rows), k - 1):
+            bounds = [0, *cuts, rows]
+            segments = list(zip(bounds, bounds[1:]))
+            for called in itertools.product([True, False], repeat=len(segments)):
+                if sum(called) > max_chunks or any(not c and not all(holes[lo:hi]) for c, (lo, hi) in zip(called, segments)):
+                    continue
+                chosen = [seg for seg, c in zip(segments, called) if c]
+                cost = _reads_with_holes(positions, start, holes, chosen, call_cost)
+                best = cost if best is None else min(best, cost)
+    return best
+
+
+def test_split_rows_with_holes_is_the_cheapest_split_that_calls_every_row_with_a_query():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        rows, start = int(rng.integers(1, 8)), int(rng.integers(0, 50))
+        positions = rng.integers(start, start + 300, rows)
+        holes = rng.random(rows) < 0.4
+        holes[rng.integers(rows)] = False  # a decode step has at least one token
+        max_chunks, call_cost = int(rng.integers(1, 5)), int(rng.integers(0, 400))
+        ranges = split_rows(positions, start, max_chunks, call_cost, holes)
+        assert len(ranges) <= max_chunks and all(lo < hi for lo, hi in ranges)
+        assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
+        covered = {row for lo, hi in ranges for row in range(lo, hi)}
+        assert all(row in covered for row in range(rows) if not holes[row])
+        assert _reads_with_holes(positions, start, holes, ranges, call_cost) == _best_with_holes_by_enumeration(
+            positions, start, holes, max_chunks, call_cost
+        )
+
+
+def test_split_rows_leaves_out_runs_of_holes():
+    holes = np.array([False, True, True, True, True, False])
+    assert split_rows(np.array([300, 900, 900, 900, 900, 310]), 0, 4, call_cost=256, holes=holes) == [(0, 1), (5, 6)]
+    assert split_rows(np.array([300, 900, 900, 900, 900, 310]), 0, 1, call_cost=256, holes=holes) == [(0, 6)]
+
+
 def test_split_rows_separates_long_rows_only_when_it_pays():
     assert split_rows(np.array([900, 910, 100, 105]), 0, 4, call_cost=256) == [(0, 2), (2, 4)]
     assert split_rows(np.array([900, 910, 100, 105]), 0, 1) == [(0, 4)]
@@ -61,6 +108,38 @@ def test_chunked_own_suffix_attention_matches_one_call(tiny_policy):
     assert len(ranges) > 1
     chunks = [(lo, hi, int(positions[lo:hi].max()) + 1) for lo, hi in ranges]
     torch.testing.assert_close(net._cascade_attention(q, keys, values, positions, shared, chunks), whole, atol=1e-6, rtol=1e-6)
+
+
+def test_holes_left_out_of_own_suffix_calls_change_no_token_s_attention(tiny_policy):
+    """Slots 1, 3 and 4 have no token (parked): chunks that leave them out give the real tokens
+    the attention of one call over every slot."""
+    if native_forward._CPU_FLASH is None:
+        pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    net = LlamaFamilyForward(tiny_policy.model)
+    gen = torch.Generator().manual_seed(0)
+    slots, capacity, shared = 6, 400, 70
+    keys = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
+    values = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
+    keys[1:, :, :shared], values[1:, :, :shared] = keys[0, :, :shared], values[0, :, :shared]
+    token_slots = torch.tensor([0, 0, 2, 5, 5, 5])
+    positions = torch.tensor([300, 301, 120, 390, 391, 392])
+    layout = DecodeLayout(token_slots, positions)
+    holes = layout.holes.numpy()
+    assert holes.tolist() == [False, True, False, True, True, False]
+    q = torch.randn(len(positions), net.num_heads, net.head_dim, generator=gen)
+    whole = net._flash_cascade_attention(q, keys, values, positions, shared, None, layout)
+    last = np.where(holes, shared, layout.ends.numpy())
+    ranges = split_rows(last, shared, 4 + hole_runs(holes), call_cost=0, holes=holes)
+    assert ranges == [(0, 1), (2, 3), (5, 6)]
+    chunks = [(lo, hi, int(last[lo:hi].max()) + 1) for lo, hi in ranges]
+    got = net._flash_cascade_attention(q, keys, values, positions, shared, chunks, layout)
+    torch.testing.assert_close(got, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_hole_runs_counts_runs_of_consecutive_holes():
+    assert hole_runs(None) == 0
+    assert hole_runs(np.array([False, True, True, False, True])) == 2
+    assert hole_runs(np.array([True, False, False])) == 1
 
 
 def test_piece_mask_lets_each_grouped_row_see_up_to_its_own_position():
