@@ -75,7 +75,8 @@ def split_rows(
     cost = np.where(later, (rows[None, :] + 1 - rows[:, None]) * run + call_cost, never)
     # best[m]: the first m rows in at most k calls (k = 0 here: only if they are all holes).
     best = np.where(np.concatenate([[True], np.logical_and.accumulate(hole)]), 0, never)
-    choices: list[np.ndarray] = []  # per k: for m, the first row of the last call, or -1 (k - 1 calls do as well), or -2 (row m - 1 is a hole left out)
+    # choices[k - 1][m]: the first row of the last call, -1 (k - 1 calls do as well) or -2 (hole m - 1 left out).
+    choices: list[np.ndarray] = []
     skippable = np.flatnonzero(hole) + 1
     for _ in range(max(max_chunks, 1)):
         candidate = best[:-1, None] + cost  # (i, j): rows 0..i-1 in k - 1 calls, then one over i..j

@@ -13,17 +13,30 @@ from leafe.policy import native_forward
 from leafe.policy.native_forward import DecodeLayout, LlamaFamilyForward, hole_runs, piece_mask, split_rows
 
 
-def _reads(positions, start, ranges, call_cost):
-    return sum((hi - lo) * (max(positions[lo:hi]) + 1 - start) + call_cost for lo, hi in ranges)
+def _reads(positions, start, ranges, call_cost, holes=None):
+    """What a split costs: per range, its rows times its widest row that is not a hole, plus a call."""
+    holes = [False] * len(positions) if holes is None else holes
+    return sum(
+        (hi - lo) * max([p + 1 - start for p, h in zip(positions[lo:hi], holes[lo:hi]) if not h] or [0]) + call_cost
+        for lo, hi in ranges
+    )
 
 
-def _best_by_enumeration(positions, start, max_chunks, call_cost):
+def _best_by_enumeration(positions, start, max_chunks, call_cost, holes=None):
+    """Every partition of the rows into ranges, each one called or, if it holds holes only, left out."""
     rows, best = len(positions), None
-    for k in range(1, max_chunks + 1):
+    holes = [False] * rows if holes is None else holes
+    for k in range(1, rows + 1):
         for cuts in itertools.combinations(range(1, rows), k - 1):
             bounds = [0, *cuts, rows]
-            cost = _reads(positions, start, list(zip(bounds, bounds[1:])), call_cost)
-            best = cost if best is None else min(best, cost)
+            segments = list(zip(bounds, bounds[1:]))
+            options = [[True, False] if all(holes[lo:hi]) else [True] for lo, hi in segments]
+            for called in itertools.product(*options):
+                if sum(called) > max_chunks:
+                    continue
+                chosen = [seg for seg, c in zip(segments, called) if c]
+                cost = _reads(positions, start, chosen, call_cost, holes)
+                best = cost if best is None else min(best, cost)
     return best
 
 
@@ -39,29 +52,6 @@ def test_split_rows_is_the_cheapest_contiguous_split():
         assert _reads(positions, start, ranges, call_cost) == _best_by_enumeration(positions, start, max_chunks, call_cost)
 
 
-def _reads_with_holes(positions, start, holes, ranges, call_cost):
-    return sum(
-        (hi - lo) * max([p + 1 - start for p, h in zip(positions[lo:hi], holes[lo:hi]) if not h] or [0]) + call_cost
-        for lo, hi in ranges
-    )
-
-
-def _best_with_holes_by_enumeration(positions, start, holes, max_chunks, call_cost):
-    """Every partition of the rows into ranges, each one called or, if it holds holes only, left out."""
-    rows, best = len(positions), None
-    for k in range(1, rows + 1):
-        for cuts in itertools.combinations(range(1, rows), k - 1):
-            bounds = [0, *cuts, rows]
-            segments = list(zip(bounds, bounds[1:]))
-            for called in itertools.product([True, False], repeat=len(segments)):
-                if sum(called) > max_chunks or any(not c and not all(holes[lo:hi]) for c, (lo, hi) in zip(called, segments)):
-                    continue
-                chosen = [seg for seg, c in zip(segments, called) if c]
-                cost = _reads_with_holes(positions, start, holes, chosen, call_cost)
-                best = cost if best is None else min(best, cost)
-    return best
-
-
 def test_split_rows_with_holes_is_the_cheapest_split_that_calls_every_row_with_a_query():
     rng = np.random.default_rng(1)
     for _ in range(300):
@@ -75,8 +65,8 @@ def test_split_rows_with_holes_is_the_cheapest_split_that_calls_every_row_with_a
         assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
         covered = {row for lo, hi in ranges for row in range(lo, hi)}
         assert all(row in covered for row in range(rows) if not holes[row])
-        assert _reads_with_holes(positions, start, holes, ranges, call_cost) == _best_with_holes_by_enumeration(
-            positions, start, holes, max_chunks, call_cost
+        assert _reads(positions, start, ranges, call_cost, holes) == _best_by_enumeration(
+            positions, start, max_chunks, call_cost, holes
         )
 
 
