@@ -160,6 +160,81 @@ class DecodeLayout:
         return x.reshape(self.batch * self.width, *x.shape[2:])[self.real]
 
 
+class OwnSuffixPlan:
+    """What the flash cascade's own-suffix calls (:meth:`LlamaFamilyForward._flash_cascade_attention`)
+    need that is the same in every layer of a pass: the calls, their additive masks, and where
+    each token's query and output rows go. Made once per pass.
+
+    ``query_positions: (B, Q)`` (``Q = 1`` without a layout); the called slots, chunk after
+    chunk, are ``C`` rows of the own-suffix batch (holes left out of every chunk are not among
+    them). ``masks[i]``: chunk ``i``'s ``(hi - lo, 1, Q * group or 1, end - shared)``, 0 up to
+    each query's position and -inf past it.
+    """
+
+    def __init__(
+        self,
+        positions: torch.Tensor,
+        shared: int,
+        chunks: Sequence[tuple[int, int, int]] | None,
+        layout: DecodeLayout | None,
+        kv_heads: int,
+        group: int,
+        dtype: torch.dtype,
+    ) -> None:
+        device = positions.device
+        query_positions = positions[:, None] if layout is None else layout.query_positions  # (B, Q)
+        batch, width = query_positions.shape
+        span = int(query_positions.max()) + 1
+        self.chunks = list(chunks or [(0, batch, span)])
+        self.offsets = np.cumsum([0] + [hi - lo for lo, hi, _ in self.chunks])[:-1].tolist()
+        beyond = torch.arange(shared, span, device=device)[None, None, :] > query_positions[:, :, None]  # (B, Q, S)
+        mask = torch.zeros(beyond.shape, dtype=dtype, device=device).masked_fill_(beyond, float("-inf"))
+        if width == 1:
+            mask = mask[:, None]  # (B, 1, 1, S): broadcast over the group's heads
+        else:  # query row j * group + g is token j's head g
+            mask = mask[:, :, None, :].expand(batch, width, group, span - shared).reshape(batch, 1, width * group, -1)
+        self.masks = [mask[lo:hi, ..., : end - shared] for lo, hi, end in self.chunks]
+        self.kv_heads, self.group, self.width = kv_heads, group, width
+        self.q_index: tuple[torch.Tensor, ...] | None = None
+        self.out_index: torch.Tensor | None = None
+        if layout is None and self.offsets == [lo for lo, _, _ in self.chunks]:
+            return  # one query per slot, every slot called in order: rows are the tokens'
+        called = torch.cat([torch.arange(lo, hi, device=device) for lo, hi, _ in self.chunks])  # (C,)
+        pad_index = called[:, None] if layout is None else layout.pad_index[called]  # (C, Q): token of each query
+        heads = torch.arange(kv_heads, device=device)[:, None, None]  # (kv_heads, 1, 1)
+        within = torch.arange(group, device=device)  # (group,)
+        # Row (c, h, j * group + g) of the own-suffix queries is (token, h, g) of (T, kv_heads, group).
+        self.q_index = (pad_index[:, None, :, None], heads, within)
+        # Token t (slot b, column j) reads row (position of b among the called, h, j * group + g).
+        real = torch.arange(batch, device=device) if layout is None else layout.real  # (T,): b * Q + j
+        at = torch.full((batch,), -1, dtype=torch.long, device=device)
+        at[called] = torch.arange(len(called), device=device)  # each called slot's row
+        slot_rows = at[real // width][:, None, None]  # (T, 1, 1)
+        columns = (real % width)[:, None, None]
+        self.out_index = ((slot_rows * kv_heads + heads[:, 0]) * width + columns) * group + within  # (T, kv_heads, group)
+
+    def queries(self, grouped: torch.Tensor) -> torch.Tensor:
+        """``grouped: (T, kv_heads, group, hd)`` -> the own-suffix queries ``(C, kv_heads, Q * group, hd)``."""
+        if self.q_index is None:
+            return grouped
+        rows = grouped[self.q_index]  # (C, kv_heads, Q, group, hd), on any strides
+        return rows.view(-1, self.kv_heads, self.width * self.group, grouped.shape[-1])
+
+    def unpack(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The calls' outputs ``(hi - lo, kv_heads, Q * group, hd)`` and log-sum-exps ``(hi - lo,
+        kv_heads, Q * group)`` -> each token's ``(T, kv_heads, group, hd)`` and ``(T, kv_heads, group)``."""
+        out = parts[0][0] if len(parts) == 1 else torch.cat([o for o, _ in parts])
+        lse = parts[0][1] if len(parts) == 1 else torch.cat([s for _, s in parts])
+        if self.out_index is None:
+            return out, lse
+        hd = out.shape[-1]
+        index = self.out_index.reshape(-1)
+        return (
+            out.reshape(-1, hd).index_select(0, index).view(*self.out_index.shape, hd),
+            lse.reshape(-1).index_select(0, index).view(self.out_index.shape),
+        )
+
+
 class UnsupportedModel(ValueError):
     """The model's architecture is not one the native engine implements."""
 
@@ -302,6 +377,10 @@ class LlamaFamilyForward:
             fused = linear(x, *self._qkv[index], packed=self.packed)
             parts = fused.split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
             q, k, v = self._with_adapters(self._qkv_wrapped[index], parts, x)
+            if self._qkv_wrapped[index] is None and not self.qk_norm:
+                # q and k are adjacent in each row of the fused output: one rotation for both.
+                qk = self._rotate(fused[:, : -kv_width].view(n, self.num_heads + self.kv_heads, self.head_dim), rope)
+                return qk[:, : self.num_heads], qk[:, self.num_heads :], v.view(n, self.kv_heads, self.head_dim)
         else:
             q, k, v = (apply_linear(m, x, self.packed) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
         q = q.view(n, self.num_heads, self.head_dim)
@@ -321,7 +400,7 @@ class LlamaFamilyForward:
             gate, up = self._with_adapters(self._gate_up_wrapped[index], fused.chunk(2, dim=-1), x)
         else:
             gate, up = apply_linear(mlp.gate_proj, x, self.packed), apply_linear(mlp.up_proj, x, self.packed)
-        return h + apply_linear(mlp.down_proj, mlp.act_fn(gate) * up, self.packed)
+        return h + apply_linear(mlp.down_proj, mlp.act_fn(gate).mul_(up), self.packed)  # inference only: in place
 
     def _cascade_attention(
         self,
@@ -386,6 +465,7 @@ class LlamaFamilyForward:
         chunks: Sequence[tuple[int, int, int]] | None = None,
         layout: DecodeLayout | None = None,
         source: int = 0,
+        plan: OwnSuffixPlan | None = None,
     ) -> torch.Tensor:
         """:meth:`_cascade_attention` on the CPU flash kernel; same shapes and result.
 
@@ -400,8 +480,11 @@ class LlamaFamilyForward:
         ``positions: (T,)``. ``chunks``: ``(lo, hi, end)``: slots ``lo..hi-1`` read their own
         suffixes in a call of their own, up to position ``end - 1`` (their longest row; see
         :func:`split_rows`); default one call over all slots. With a layout, slots with no token
-        (holes) may be in no chunk.
+        (holes) may be in no chunk. ``plan``: :class:`OwnSuffixPlan` of these arguments, made
+        once per pass for every layer (made here when None).
         """
+        if plan is None:
+            plan = OwnSuffixPlan(positions, shared, chunks, layout, self.kv_heads, self.num_heads // self.kv_heads, q.dtype)
         tokens, group, kv_heads, hd = q.shape[0], self.num_heads // self.kv_heads, self.kv_heads, self.head_dim
         scale = hd**-0.5
         grouped = q.view(tokens, kv_heads, group, hd)
@@ -411,36 +494,15 @@ class LlamaFamilyForward:
         )
         shared_out = shared_out[0].view(kv_heads, tokens, group, hd).permute(1, 0, 2, 3)
         shared_lse = shared_lse[0].view(kv_heads, tokens, group).permute(1, 0, 2)
-        if layout is None:
-            batch, width, own_q, query_positions = tokens, 1, grouped, positions[:, None]
-        else:
-            batch, width, query_positions = layout.batch, layout.width, layout.query_positions
-            own_q = layout.padded(grouped).permute(0, 2, 1, 3, 4).reshape(batch, kv_heads, width * group, hd)
-        span = int(query_positions.max()) + 1
-        beyond = torch.arange(shared, span, device=q.device)[None, None, :] > query_positions[:, :, None]  # (B, Q, S)
-        mask = torch.zeros(beyond.shape, dtype=q.dtype, device=q.device).masked_fill_(beyond, float("-inf"))
-        if width == 1:
-            mask = mask[:, None]  # (B, 1, 1, S): broadcast over the group's heads
-        else:  # query row j * group + g is token j's head g
-            mask = mask[:, :, None, :].expand(batch, width, group, span - shared).reshape(batch, 1, width * group, -1)
-        parts = []
-        for lo, hi, end in chunks or [(0, batch, span)]:
-            parts.append(_CPU_FLASH(
-                own_q[lo:hi], keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False,
-                attn_mask=mask[lo:hi, ..., : end - shared], scale=scale,
-            ))
-        ranges = [(lo, hi) for lo, hi, _ in chunks or [(0, batch, span)]]
-        if sum(hi - lo for lo, hi in ranges) == batch:  # every slot called
-            own_out = parts[0][0] if len(parts) == 1 else torch.cat([out for out, _ in parts])
-            own_lse = parts[0][1] if len(parts) == 1 else torch.cat([lse for _, lse in parts])
-        else:  # holes left out (only with a layout): their rows are never read, zeros stand in
-            own_out = parts[0][0].new_zeros((batch, *parts[0][0].shape[1:]))
-            own_lse = parts[0][1].new_zeros((batch, *parts[0][1].shape[1:]))
-            for (lo, hi), (out, lse) in zip(ranges, parts):
-                own_out[lo:hi], own_lse[lo:hi] = out, lse
-        if layout is not None:  # (B, kv_heads, Q * group, ...) -> (T, kv_heads, group, ...)
-            own_out = layout.packed(own_out.view(batch, kv_heads, width, group, hd).permute(0, 2, 1, 3, 4))
-            own_lse = layout.packed(own_lse.view(batch, kv_heads, width, group).permute(0, 2, 1, 3))
+        own_q = plan.queries(grouped)
+        parts = [
+            _CPU_FLASH(
+                own_q[at : at + hi - lo], keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False,
+                attn_mask=mask, scale=scale,
+            )
+            for (lo, hi, end), at, mask in zip(plan.chunks, plan.offsets, plan.masks)
+        ]
+        own_out, own_lse = plan.unpack(parts)
         top = torch.maximum(shared_lse, own_lse)
         shared_weight, own_weight = torch.exp(shared_lse - top)[..., None], torch.exp(own_lse - top)[..., None]
         out = (shared_out.float() * shared_weight + own_out.float() * own_weight) / (shared_weight + own_weight)
@@ -521,6 +583,7 @@ class LlamaFamilyForward:
             for (_, start, toks), is_grouped in zip(pieces, grouped)
         ]
         cascade = tokens > 0 and shared >= MIN_CASCADE and (layout is None or flash)
+        plan = None  # the flash cascade's per-pass constants
         if tokens:
             rows = torch.arange(tokens, device=device) if decode_slots is None else decode_slots
             ends = decode_positions if layout is None else layout.ends  # (B,) each slot's last position
@@ -532,6 +595,7 @@ class LlamaFamilyForward:
                     (lo, hi, int(last[lo:hi].max()) + 1)
                     for lo, hi in split_rows(last, shared, self.max_own_chunks + hole_runs(holes), holes=holes)
                 ]
+                plan = OwnSuffixPlan(decode_positions, shared, chunks, layout, self.kv_heads, group, self.param.dtype)
             query_positions = decode_positions[:, None] if layout is None else layout.query_positions  # (B, Q)
             decode_mask = (torch.arange(span, device=device)[None, None, :] <= query_positions[:, :, None])[:, None]
         rope = self._rope(torch.cat(positions))
@@ -546,9 +610,9 @@ class LlamaFamilyForward:
                 layer_keys[slot, :, start : start + len(toks)] = k[lo : lo + len(toks)].transpose(0, 1)
                 layer_values[slot, :, start : start + len(toks)] = v[lo : lo + len(toks)].transpose(0, 1)
             attended = torch.empty_like(q)
-            if cascade and layout is not None:
+            if plan is not None:
                 attended[:tokens] = self._flash_cascade_attention(
-                    q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks, layout, shared_slot
+                    q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks, layout, shared_slot, plan
                 )
             elif cascade:
                 attended[:tokens] = self._cascade_attention(
