@@ -13,9 +13,9 @@ robust to drift. The current version's result is the one used.
 
 Only for changes that keep the forward pass's output bitwise the same (then the second run of a
 pass writes the same keys and values as the first; the script compares every pass's hidden states
-and stops at the first difference). The episodes are then normally those of a plain run; one of
-four paired runs in session 26 played slightly different ones (the rare divergence that depends on
-rows' order in a batch, see docs/BENCHMARKS.md), which does not bias the ratio. The old version
+and stops at the first difference). The episodes may still differ from a plain run's: three of
+five paired runs in session 26 played slightly different ones, by the rare divergence that depends
+on rows' order in a batch (docs/BENCHMARKS.md), which does not bias the ratio. The old version
 runs on the same object's state (weights, fused projections, packed weights, rotary table): its
 attributes must be the ones it expects. Prints the sums of both versions' times, their ratio and
 the median of the per-pass ratios; ``--json`` writes every pass's times.

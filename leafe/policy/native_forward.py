@@ -585,7 +585,6 @@ class LlamaFamilyForward:
         cascade = tokens > 0 and shared >= MIN_CASCADE and (layout is None or flash)
         plan = None  # the flash cascade's per-pass constants
         if tokens:
-            rows = torch.arange(tokens, device=device) if decode_slots is None else decode_slots
             ends = decode_positions if layout is None else layout.ends  # (B,) each slot's last position
             span = int(ends.max()) + 1
             if cascade and flash:
@@ -598,17 +597,19 @@ class LlamaFamilyForward:
                 plan = OwnSuffixPlan(decode_positions, shared, chunks, layout, self.kv_heads, group, self.param.dtype)
             query_positions = decode_positions[:, None] if layout is None else layout.query_positions  # (B, Q)
             decode_mask = (torch.arange(span, device=device)[None, None, :] <= query_positions[:, :, None])[:, None]
-        rope = self._rope(torch.cat(positions))
+        all_positions = torch.cat(positions)
+        # Where each row's key/value goes: (slot (N, 1), kv head (1, kv_heads), position (N, 1)) indices.
+        row_slots = [decode_slots if decode_slots is not None else torch.arange(tokens, device=device)] + [
+            torch.full((len(toks),), slot, device=device) for slot, _, toks in pieces
+        ]
+        written = (torch.cat(row_slots)[:, None], torch.arange(self.kv_heads, device=device)[None, :], all_positions[:, None])
+        rope = self._rope(all_positions)
         h = self.inner.embed_tokens(torch.cat(ids))
         for index, layer in enumerate(self.layers):
             q, k, v = self._project(index, layer, h, rope)
             layer_keys, layer_values = keys[index], values[index]
-            if tokens:
-                layer_keys[rows, :, decode_positions] = k[:tokens]
-                layer_values[rows, :, decode_positions] = v[:tokens]
-            for (slot, start, toks), lo in zip(pieces, offsets):
-                layer_keys[slot, :, start : start + len(toks)] = k[lo : lo + len(toks)].transpose(0, 1)
-                layer_values[slot, :, start : start + len(toks)] = v[lo : lo + len(toks)].transpose(0, 1)
+            layer_keys[written] = k  # every row's key/value at its slot and position, in one op each
+            layer_values[written] = v
             attended = torch.empty_like(q)
             if plan is not None:
                 attended[:tokens] = self._flash_cascade_attention(
