@@ -165,10 +165,12 @@ class OwnSuffixPlan:
     need that is the same in every layer of a pass: the calls, their additive masks, and where
     each token's query and output rows go. Made once per pass.
 
-    ``query_positions: (B, Q)`` (``Q = 1`` without a layout); the called slots, chunk after
-    chunk, are ``C`` rows of the own-suffix batch (holes left out of every chunk are not among
-    them). ``masks[i]``: chunk ``i``'s ``(hi - lo, 1, Q * group or 1, end - shared)``, 0 up to
-    each query's position and -inf past it.
+    Call ``i`` covers slots ``lo..hi-1`` (``chunks[i] = (lo, hi, end)``) with ``widths[i]``
+    queries per slot: the most tokens any of its slots has this pass (with a layout; else 1), so a
+    call is not padded to the widest slot of the whole batch. Its queries are ``(hi - lo,
+    kv_heads, widths[i] * group, hd)``, its mask ``masks[i]: (hi - lo, 1, widths[i] * group or 1,
+    end - shared)``, 0 up to each query's position and -inf past it. Holes left out of every call
+    have no rows.
     """
 
     def __init__(
@@ -186,53 +188,68 @@ class OwnSuffixPlan:
         batch, width = query_positions.shape
         span = int(query_positions.max()) + 1
         self.chunks = list(chunks or [(0, batch, span)])
-        self.offsets = np.cumsum([0] + [hi - lo for lo, hi, _ in self.chunks])[:-1].tolist()
+        self.kv_heads, self.group = kv_heads, group
+        real = torch.arange(batch, device=device) if layout is None else layout.real  # (T,): b * Q + j
+        counts = torch.bincount(real // width, minlength=batch).tolist()  # tokens per slot
+        self.widths = [max(1, *counts[lo:hi]) for lo, hi, _ in self.chunks]
         beyond = torch.arange(shared, span, device=device)[None, None, :] > query_positions[:, :, None]  # (B, Q, S)
         mask = torch.zeros(beyond.shape, dtype=dtype, device=device).masked_fill_(beyond, float("-inf"))
-        if width == 1:
-            mask = mask[:, None]  # (B, 1, 1, S): broadcast over the group's heads
-        else:  # query row j * group + g is token j's head g
-            mask = mask[:, :, None, :].expand(batch, width, group, span - shared).reshape(batch, 1, width * group, -1)
-        self.masks = [mask[lo:hi, ..., : end - shared] for lo, hi, end in self.chunks]
-        self.kv_heads, self.group, self.width = kv_heads, group, width
+        self.masks = []
+        for (lo, hi, end), w in zip(self.chunks, self.widths):
+            part = mask[lo:hi, :w, : end - shared]  # (n, w, S)
+            if w == 1:
+                self.masks.append(part[:, None])  # (n, 1, 1, S): broadcast over the group's heads
+            else:  # query row j * group + g is token j's head g
+                self.masks.append(part[:, :, None, :].expand(-1, w, group, -1).reshape(hi - lo, 1, w * group, -1))
+        sizes = [(hi - lo) * kv_heads * w * group for (lo, hi, _), w in zip(self.chunks, self.widths)]
+        self.offsets = np.cumsum([0] + sizes)[:-1].tolist()  # each call's first query row
         self.q_index: tuple[torch.Tensor, ...] | None = None
         self.out_index: torch.Tensor | None = None
-        if layout is None and self.offsets == [lo for lo, _, _ in self.chunks]:
+        if layout is None and [lo for lo, _, _ in self.chunks] == np.cumsum([0] + [hi - lo for lo, hi, _ in self.chunks])[:-1].tolist():
             return  # one query per slot, every slot called in order: rows are the tokens'
-        called = torch.cat([torch.arange(lo, hi, device=device) for lo, hi, _ in self.chunks])  # (C,)
-        pad_index = called[:, None] if layout is None else layout.pad_index[called]  # (C, Q): token of each query
-        heads = torch.arange(kv_heads, device=device)[:, None, None]  # (kv_heads, 1, 1)
-        within = torch.arange(group, device=device)  # (group,)
-        # Row (c, h, j * group + g) of the own-suffix queries is (token, h, g) of (T, kv_heads, group).
-        self.q_index = (pad_index[:, None, :, None], heads, within)
-        # Token t (slot b, column j) reads row (position of b among the called, h, j * group + g).
-        real = torch.arange(batch, device=device) if layout is None else layout.real  # (T,): b * Q + j
-        at = torch.full((batch,), -1, dtype=torch.long, device=device)
-        at[called] = torch.arange(len(called), device=device)  # each called slot's row
-        slot_rows = at[real // width][:, None, None]  # (T, 1, 1)
-        columns = (real % width)[:, None, None]
-        self.out_index = ((slot_rows * kv_heads + heads[:, 0]) * width + columns) * group + within  # (T, kv_heads, group)
+        heads = torch.arange(kv_heads, device=device)
+        within = torch.arange(group, device=device)
+        tokens, head_of, member = [], [], []  # per query row: (token, kv head, head within the group)
+        row_of_slot = torch.full((batch,), -1, dtype=torch.long, device=device)  # first row of a called slot
+        for (lo, hi, _), w, first in zip(self.chunks, self.widths, self.offsets):
+            pad = (torch.arange(lo, hi, device=device)[:, None] if layout is None else layout.pad_index[lo:hi, :w])  # (n, w)
+            n = hi - lo
+            tokens.append(pad[:, None, :, None].expand(n, kv_heads, w, group).reshape(-1))
+            head_of.append(heads[None, :, None, None].expand(n, kv_heads, w, group).reshape(-1))
+            member.append(within.expand(n, kv_heads, w, group).reshape(-1))
+            row_of_slot[lo:hi] = first + torch.arange(n, device=device) * kv_heads * w * group
+        self.q_index = (torch.cat(tokens), torch.cat(head_of), torch.cat(member))
+        # Token t (slot b, column j) reads row first(b) + (h * w + j) * group + g of its call.
+        slot, column = real // width, real % width
+        slot_width = torch.zeros(batch, dtype=torch.long, device=device)
+        for (lo, hi, _), w in zip(self.chunks, self.widths):
+            slot_width[lo:hi] = w
+        base = (row_of_slot[slot] + column * group)[:, None, None]  # (T, 1, 1)
+        self.out_index = base + (heads[:, None] * slot_width[slot][:, None, None] * group) + within  # (T, kv_heads, group)
 
-    def queries(self, grouped: torch.Tensor) -> torch.Tensor:
-        """``grouped: (T, kv_heads, group, hd)`` -> the own-suffix queries ``(C, kv_heads, Q * group, hd)``."""
+    def queries(self, grouped: torch.Tensor) -> list[torch.Tensor]:
+        """``grouped: (T, kv_heads, group, hd)`` -> each call's queries ``(hi - lo, kv_heads, w * group, hd)``."""
+        hd = grouped.shape[-1]
         if self.q_index is None:
-            return grouped
-        rows = grouped[self.q_index]  # (C, kv_heads, Q, group, hd), on any strides
-        return rows.view(-1, self.kv_heads, self.width * self.group, grouped.shape[-1])
+            return [grouped[lo:hi] for lo, hi, _ in self.chunks]
+        rows = grouped[self.q_index]  # (R, hd), on any strides
+        return [
+            rows[first : first + (hi - lo) * self.kv_heads * w * self.group].view(hi - lo, self.kv_heads, w * self.group, hd)
+            for (lo, hi, _), w, first in zip(self.chunks, self.widths, self.offsets)
+        ]
 
     def unpack(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The calls' outputs ``(hi - lo, kv_heads, Q * group, hd)`` and log-sum-exps ``(hi - lo,
-        kv_heads, Q * group)`` -> each token's ``(T, kv_heads, group, hd)`` and ``(T, kv_heads, group)``."""
-        out = parts[0][0] if len(parts) == 1 else torch.cat([o for o, _ in parts])
-        lse = parts[0][1] if len(parts) == 1 else torch.cat([s for _, s in parts])
+        """The calls' outputs ``(hi - lo, kv_heads, w * group, hd)`` and log-sum-exps ``(hi - lo,
+        kv_heads, w * group)`` -> each token's ``(T, kv_heads, group, hd)`` and ``(T, kv_heads, group)``."""
         if self.out_index is None:
+            out = parts[0][0] if len(parts) == 1 else torch.cat([o for o, _ in parts])
+            lse = parts[0][1] if len(parts) == 1 else torch.cat([s for _, s in parts])
             return out, lse
-        hd = out.shape[-1]
+        hd = parts[0][0].shape[-1]
+        out = torch.cat([o.reshape(-1, hd) for o, _ in parts])
+        lse = torch.cat([s.reshape(-1) for _, s in parts])
         index = self.out_index.reshape(-1)
-        return (
-            out.reshape(-1, hd).index_select(0, index).view(*self.out_index.shape, hd),
-            lse.reshape(-1).index_select(0, index).view(self.out_index.shape),
-        )
+        return out.index_select(0, index).view(*self.out_index.shape, hd), lse.index_select(0, index).view(self.out_index.shape)
 
 
 class UnsupportedModel(ValueError):
@@ -494,13 +511,11 @@ class LlamaFamilyForward:
         )
         shared_out = shared_out[0].view(kv_heads, tokens, group, hd).permute(1, 0, 2, 3)
         shared_lse = shared_lse[0].view(kv_heads, tokens, group).permute(1, 0, 2)
-        own_q = plan.queries(grouped)
         parts = [
             _CPU_FLASH(
-                own_q[at : at + hi - lo], keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False,
-                attn_mask=mask, scale=scale,
+                own_q, keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False, attn_mask=mask, scale=scale
             )
-            for (lo, hi, end), at, mask in zip(plan.chunks, plan.offsets, plan.masks)
+            for (lo, hi, end), own_q, mask in zip(plan.chunks, plan.queries(grouped), plan.masks)
         ]
         own_out, own_lse = plan.unpack(parts)
         top = torch.maximum(shared_lse, own_lse)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from leafe.policy import native_forward
-from leafe.policy.native_forward import DecodeLayout, LlamaFamilyForward, hole_runs, piece_mask, split_rows
+from leafe.policy.native_forward import DecodeLayout, LlamaFamilyForward, OwnSuffixPlan, hole_runs, piece_mask, split_rows
 
 
 def _reads(positions, start, ranges, call_cost, holes=None):
@@ -124,6 +124,25 @@ def test_holes_left_out_of_own_suffix_calls_change_no_token_s_attention(tiny_pol
     chunks = [(lo, hi, int(last[lo:hi].max()) + 1) for lo, hi in ranges]
     got = net._flash_cascade_attention(q, keys, values, positions, shared, chunks, layout)
     torch.testing.assert_close(got, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_own_suffix_calls_are_only_as_wide_as_their_own_slots():
+    """Each call's queries are padded to the most tokens one of its slots has, not the batch's most,
+    and every token's rows come back in place: token t's query rows are its own."""
+    token_slots = torch.tensor([0, 0, 2, 5, 5, 5])  # slot 0: 2 tokens, slot 2: 1, slot 5: 3; 1, 3, 4 are holes
+    positions = torch.tensor([300, 301, 120, 390, 391, 392])
+    layout = DecodeLayout(token_slots, positions)
+    kv_heads, group, hd = 2, 3, 4
+    plan = OwnSuffixPlan(positions, 70, [(0, 1, 302), (2, 3, 121), (5, 6, 393)], layout, kv_heads, group, torch.float32)
+    assert plan.widths == [2, 1, 3]
+    grouped = torch.arange(len(positions) * kv_heads * group * hd, dtype=torch.float32).view(-1, kv_heads, group, hd)
+    calls = plan.queries(grouped)
+    assert [tuple(q.shape) for q in calls] == [(1, kv_heads, 2 * group, hd), (1, kv_heads, group, hd), (1, kv_heads, 3 * group, hd)]
+    assert [tuple(m.shape) for m in plan.masks] == [(1, 1, 2 * group, 232), (1, 1, 1, 51), (1, 1, 3 * group, 323)]
+    # The calls' "outputs" are their queries, log-sum-exps their first column: unpacking gives each token its own.
+    out, lse = plan.unpack([(q, q[..., 0]) for q in calls])
+    torch.testing.assert_close(out, grouped, rtol=0, atol=0)
+    torch.testing.assert_close(lse, grouped[..., 0], rtol=0, atol=0)
 
 
 def test_hole_runs_counts_runs_of_consecutive_holes():
