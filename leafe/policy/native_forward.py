@@ -205,15 +205,14 @@ class OwnSuffixPlan:
         self.offsets = np.cumsum([0] + sizes)[:-1].tolist()  # each call's first query row
         self.q_index: tuple[torch.Tensor, ...] | None = None
         self.out_index: torch.Tensor | None = None
-        if layout is None and [lo for lo, _, _ in self.chunks] == np.cumsum([0] + [hi - lo for lo, hi, _ in self.chunks])[:-1].tolist():
-            return  # one query per slot, every slot called in order: rows are the tokens'
+        if layout is None:
+            return  # one query per slot, no holes (every slot called, in order): rows are the tokens'
         heads = torch.arange(kv_heads, device=device)
         within = torch.arange(group, device=device)
         tokens, head_of, member = [], [], []  # per query row: (token, kv head, head within the group)
         row_of_slot = torch.full((batch,), -1, dtype=torch.long, device=device)  # first row of a called slot
         for (lo, hi, _), w, first in zip(self.chunks, self.widths, self.offsets):
-            pad = (torch.arange(lo, hi, device=device)[:, None] if layout is None else layout.pad_index[lo:hi, :w])  # (n, w)
-            n = hi - lo
+            pad, n = layout.pad_index[lo:hi, :w], hi - lo  # (n, w): the token of each query
             tokens.append(pad[:, None, :, None].expand(n, kv_heads, w, group).reshape(-1))
             head_of.append(heads[None, :, None, None].expand(n, kv_heads, w, group).reshape(-1))
             member.append(within.expand(n, kv_heads, w, group).reshape(-1))
