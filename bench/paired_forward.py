@@ -13,7 +13,7 @@ robust to drift. The current version's result is the one used.
 
 Only for changes that keep the forward pass's output bitwise the same (then the second run of a
 pass writes the same keys and values as the first; the script compares every pass's hidden states
-and stops at the first difference). The episodes may still differ from a plain run's: three of
+and stops at the first difference). The episodes may still differ from a plain run's: two of
 five paired runs in session 26 played slightly different ones, by the rare divergence that depends
 on rows' order in a batch (docs/BENCHMARKS.md), which does not bias the ratio. The old version
 runs on the same object's state (weights, fused projections, packed weights, rotary table): its
