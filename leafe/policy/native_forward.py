@@ -487,8 +487,9 @@ class LlamaFamilyForward:
 
         A token's ``group`` query heads that share a key/value head attend to the same keys
         under the same mask, so they are passed as that head's query rows: shared prefix
-        ``(1, kv_heads, T * group, hd)`` against slot ``source``, own suffix ``(B, kv_heads, Q * group,
-        hd)`` against each slot with an additive mask ``(B, 1, Q * group or 1, span - shared)``.
+        ``(1, kv_heads, T * group, hd)`` against slot ``source``, own suffix per call ``(hi - lo,
+        kv_heads, w * group, hd)`` against each slot with an additive mask (``w``: the call's most
+        tokens in a slot; see :class:`OwnSuffixPlan`).
         The two parts are merged with their float32 log-sum-exps ``(T, kv_heads, group)``.
 
         ``layout``: several tokens per slot (``T`` tokens in ``B`` slots, at most ``Q`` per slot;
