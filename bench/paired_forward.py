@@ -17,8 +17,10 @@ and stops at the first difference). The episodes may still differ from a plain r
 five paired runs in session 26 played slightly different ones, by the rare divergence that depends
 on rows' order in a batch (docs/BENCHMARKS.md), which does not bias the ratio. The old version
 runs on the same object's state (weights, fused projections, packed weights, rotary table): its
-attributes must be the ones it expects. Prints the sums of both versions' times, their ratio and
-the median of the per-pass ratios; ``--json`` writes every pass's times.
+attributes must be the ones it expects. Only that one file is taken from ``--old``: the modules it
+imports (``native_layout``, ``native_linear``) are this tree's for both versions. Prints the sums
+of both versions' times, their ratio and the median of the per-pass ratios; ``--json`` writes
+every pass's times.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leafe.policy.native_forward import _CPU_FLASH, LlamaFamilyForward, causal_seen, piece_mask  # noqa: E402
+from leafe.policy.native_forward import _CPU_FLASH, LlamaFamilyForward  # noqa: E402
+from leafe.policy.native_layout import causal_seen, piece_mask  # noqa: E402
 
 LAYERS, SLOTS, CAPACITY, COUNT = 30, 64, 1536, 66
 STARTS = (260, 400, 550, 700, 850, 980)

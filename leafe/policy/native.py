@@ -34,7 +34,7 @@ never a gather. A finished sequence's keys/values stay *parked* in its slot for 
 episode's next turn extends its previous prompt and completion, so it continues in that slot with
 nothing copied. A parked slot is a hole in the decode batch: it costs no linear-layer row. On the
 CPU flash kernel, decode attention leaves runs of holes out of its calls
-(:func:`~leafe.policy.native_forward.split_rows`), so a slot stays parked until a new sequence
+(:func:`~leafe.policy.native_layout.split_rows`), so a slot stays parked until a new sequence
 needs it, and only then goes to the prefix cache: an episode's last turn, which nothing
 continues, is never copied out (on the 64-episode benchmark that was 79 copies, 3.7 s). Elsewhere
 a hole costs a whole attention row and turns the cascade off, so a parked slot nobody claims

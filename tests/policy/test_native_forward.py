@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from leafe.policy import native_forward
-from leafe.policy.native_forward import DecodeLayout, LlamaFamilyForward, OwnSuffixPlan, hole_runs, piece_mask, split_rows
+from leafe.policy.native_forward import LlamaFamilyForward
+from leafe.policy.native_layout import DecodeLayout, OwnSuffixPlan, hole_runs, piece_mask, split_rows
 
 
 def _reads(positions, start, ranges, call_cost, holes=None):
@@ -82,15 +83,22 @@ def test_split_rows_separates_long_rows_only_when_it_pays():
     assert split_rows(np.array([500, 501, 502, 503]), 0, 4) == [(0, 4)]  # nothing to save
 
 
+def _slots_sharing_a_prefix(net, shared, gen, slots=6, capacity=400):
+    """Random keys and values ``(slots, kv_heads, capacity, head_dim)`` whose first ``shared``
+    positions are the same in every slot."""
+    keys = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
+    values = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
+    keys[1:, :, :shared], values[1:, :, :shared] = keys[0, :, :shared], values[0, :, :shared]
+    return keys, values
+
+
 def test_chunked_own_suffix_attention_matches_one_call(tiny_policy):
     if native_forward._CPU_FLASH is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
     net = LlamaFamilyForward(tiny_policy.model)
     gen = torch.Generator().manual_seed(0)
-    slots, capacity, shared = 6, 400, 70
-    keys = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
-    values = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
-    keys[1:, :, :shared], values[1:, :, :shared] = keys[0, :, :shared], values[0, :, :shared]
+    shared = 70
+    keys, values = _slots_sharing_a_prefix(net, shared, gen)
     positions = torch.tensor([390, 371, 80, 95, 90, 399])
     q = torch.randn(len(positions), net.num_heads, net.head_dim, generator=gen)
     whole = net._cascade_attention(q, keys, values, positions, shared)
@@ -107,10 +115,8 @@ def test_holes_left_out_of_own_suffix_calls_change_no_token_s_attention(tiny_pol
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
     net = LlamaFamilyForward(tiny_policy.model)
     gen = torch.Generator().manual_seed(0)
-    slots, capacity, shared = 6, 400, 70
-    keys = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
-    values = torch.randn(slots, net.kv_heads, capacity, net.head_dim, generator=gen)
-    keys[1:, :, :shared], values[1:, :, :shared] = keys[0, :, :shared], values[0, :, :shared]
+    shared = 70
+    keys, values = _slots_sharing_a_prefix(net, shared, gen)
     token_slots = torch.tensor([0, 0, 2, 5, 5, 5])
     positions = torch.tensor([300, 301, 120, 390, 391, 392])
     layout = DecodeLayout(token_slots, positions)
