@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leafe.policy.native_forward import _CPU_FLASH, MAX_OWN_CHUNKS  # noqa: E402
-from leafe.policy.native_layout import DecodeLayout, OwnSuffixPlan, hole_runs, split_rows  # noqa: E402
+from leafe.policy.native_layout import DecodeLayout, OwnSuffixPlan, split_rows  # noqa: E402
 
 LAYERS, SLOTS, CAPACITY, SHARED = 30, 64, 1536, 210
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
@@ -68,10 +68,7 @@ def main() -> None:
 
     layout = DecodeLayout(slots, positions)
     last = layout.ends.numpy()
-    chunks = [
-        (lo, hi, int(last[lo:hi].max()) + 1)
-        for lo, hi in split_rows(last, SHARED, MAX_OWN_CHUNKS + hole_runs(None))
-    ]
+    chunks = [(lo, hi, int(last[lo:hi].max()) + 1) for lo, hi in split_rows(last, SHARED, MAX_OWN_CHUNKS)]
     plan = OwnSuffixPlan(positions, SHARED, chunks, layout, KV_HEADS, group, torch.float32)
 
     def flash_pass() -> tuple[torch.Tensor, torch.Tensor]:
