@@ -21,11 +21,12 @@ and the largest difference between their outputs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from interleaved import interleaved_medians  # bench/, the script's own directory
 
 LAYERS, HIDDEN, INTERMEDIATE = 30, 576, 1536
 
@@ -70,14 +71,8 @@ def main() -> None:
         for rows in args.rows:
             h, attended = torch.randn(rows, HIDDEN), torch.randn(rows, HIDDEN)
             difference = (engine(h, attended) - epilogues(h, attended)).abs().max().item()
-            forms = {"engine": engine, "epilogues": epilogues}
-            times: dict[str, list[float]] = {name: [] for name in forms}
-            for _ in range(args.repeats):
-                for name, form in forms.items():
-                    start = time.perf_counter()
-                    form(h, attended)
-                    times[name].append(time.perf_counter() - start)
-            medians = {name: statistics.median(bucket) for name, bucket in times.items()}
+            forms = {name: partial(form, h, attended) for name, form in (("engine", engine), ("epilogues", epilogues))}
+            medians = interleaved_medians(forms, args.repeats)
             print(
                 f"rows {rows:4d}: engine {medians['engine'] * 1e3:7.1f} ms, epilogues {medians['epilogues'] * 1e3:7.1f} ms,"
                 f" epilogues / engine {medians['epilogues'] / medians['engine']:.3f}, max |difference| {difference:.2e}"

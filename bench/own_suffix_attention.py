@@ -25,9 +25,7 @@ ratios; checks that outputs and log-sum-exps agree.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from interleaved import interleaved_medians  # noqa: E402
 from leafe.policy.native_forward import _CPU_FLASH, MAX_OWN_CHUNKS  # noqa: E402
 from leafe.policy.native_layout import DecodeLayout, OwnSuffixPlan, split_rows  # noqa: E402
 
@@ -113,24 +112,17 @@ def main() -> None:
     out_diff = (flash_out - matmul_out).abs().max().item()
     lse_diff = (flash_lse - matmul_lse).abs().max().item()
     forms = {"flash": flash_pass, "matmul": matmul_pass, "flash-1": first_token_pass, "read": read_pass}
-    times: dict[str, list[float]] = {name: [] for name in forms}
-    for _ in range(args.repeats):
-        for name, form in forms.items():
-            start = time.perf_counter()
-            form()
-            times[name].append(time.perf_counter() - start)
+    medians = interleaved_medians(forms, args.repeats)
     read = LAYERS * sum((hi - lo) * (end - SHARED) for lo, hi, end in chunks) * KV_HEADS * HEAD_DIM * 4 * 2
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(slots)} tokens in {SLOTS} slots, "
         f"{len(chunks)} calls per layer, {read / 1e9:.2f} GB of keys/values per pass; "
         f"max |difference| out {out_diff:.2e}, lse {lse_diff:.2e}"
     )
-    for name, bucket in times.items():
-        median = statistics.median(bucket)
+    for name, median in medians.items():
         print(f"{name:8s} {median * 1e3:7.1f} ms per pass  {read / median / 1e9:5.1f} GB/s")
-    flash = statistics.median(times["flash"])
     for name in ("matmul", "flash-1", "read"):
-        print(f"{name} / flash: {statistics.median(times[name]) / flash:.3f}")
+        print(f"{name} / flash: {medians[name] / medians['flash']:.3f}")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ causal part halved) and the ratios; checks that the outputs agree.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from interleaved import interleaved_medians  # noqa: E402
 from leafe.policy.native_forward import _CPU_FLASH, LlamaFamilyForward  # noqa: E402
 from leafe.policy.native_layout import causal_seen, piece_mask  # noqa: E402
 
@@ -99,20 +98,13 @@ def main() -> None:
     difference = (sdpa_pass() - grouped_pass()).abs().max().item()
     print("matmul vs grouped max |difference|", (matmul_pass() - grouped_pass()).abs().max().item())
     forms = {"sdpa": sdpa_pass, "grouped": grouped_pass, "matmul": matmul_pass}
-    times: dict[str, list[float]] = {name: [] for name in forms}
-    for _ in range(args.repeats):
-        for name, form in forms.items():
-            start = time.perf_counter()
-            form()
-            times[name].append(time.perf_counter() - start)
+    medians = interleaved_medians(forms, args.repeats)
     flops = LAYERS * sum(4 * n * (s + n / 2) * heads * hd for _, s, n in pieces)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; max |difference| {difference:.2e}")
-    for name, bucket in times.items():
-        median = statistics.median(bucket)
+    for name, median in medians.items():
         print(f"{name:8s} {median * 1e3:7.1f} ms per pass  {flops / median / 1e9:5.1f} GFLOP/s")
-    ratio = statistics.median(times["grouped"]) / statistics.median(times["sdpa"])
-    print(f"grouped / sdpa: {ratio:.3f}")
-    print(f"matmul / grouped: {statistics.median(times['matmul']) / statistics.median(times['grouped']):.3f}")
+    print(f"grouped / sdpa: {medians['grouped'] / medians['sdpa']:.3f}")
+    print(f"matmul / grouped: {medians['matmul'] / medians['grouped']:.3f}")
 
 
 if __name__ == "__main__":
