@@ -113,6 +113,7 @@ class NativePolicy:
             hf_model, tokenizer, max_batch_size, prefix_cache_mb, max_prefill_tokens, model, speculative_tokens, packed_linear
         )
         self.net.fuse_projections()  # the model is the engine's own: nothing else holds its parameters
+        self.net.pack_weights()
 
     @classmethod
     def from_model(

@@ -12,6 +12,13 @@ which is an exact sample of the filtered, tempered softmax. Two backends that co
 logits therefore draw the same tokens for the same seed. (Earlier versions used the Gumbel-max
 trick, which needs a whole vocabulary of noise per token: ~0.3 ms per row and step on 2 cores, ~3%
 of a rollout; one uniform per row costs next to nothing. Same seeds give other samples than then.)
+
+The search runs in two levels (:func:`inverse_cdf`): the sums of blocks of ``CDF_BLOCK`` tokens
+find the block that holds the target, and a float64 cumulative sum of that block alone finds the
+token. A float64 cumulative sum over the whole vocabulary (the earlier form) writes a tensor twice
+the size of the logits: 51 MB for 130 rows of a 49,152-token vocabulary, which glibc maps fresh on
+every call. The two levels took 6-9 ms there against 9-44 ms (docs/BENCHMARKS.md, session 29). The
+token is the same except where a uniform falls within float rounding of an interval's edge.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+
+CDF_BLOCK = 512  # tokens per block of the two-level search (inverse_cdf)
 
 
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -51,13 +61,27 @@ def filter_top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """The token whose cumulative-probability interval holds each row's uniform.
 
-    ``probs: (batch, vocab)`` (need not sum to exactly 1), ``uniforms: (batch,)`` in [0, 1) ->
-    ``(batch,)`` int64. The cumulative sum is taken in float64; a zero-probability token is never
-    returned (its interval is empty).
+    ``probs: (batch, vocab)`` non-negative (need not sum to 1), ``uniforms: (batch,)`` in [0, 1) ->
+    ``(batch,)`` int64. Two levels (module docstring): float32 block sums (summed pairwise by
+    torch), their running sum and the chosen block's in float64. A zero-probability token is
+    never returned (its interval is empty).
     """
-    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-    targets = uniforms.to(torch.float64) * cdf[:, -1]
-    return torch.searchsorted(cdf, targets[:, None], right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    batch, vocab = probs.shape
+    blocks = -(-vocab // CDF_BLOCK)
+    padded = F.pad(probs, (0, blocks * CDF_BLOCK - vocab)) if vocab % CDF_BLOCK else probs
+    by_block = padded.reshape(batch, blocks, CDF_BLOCK)
+    block_cdf = by_block.sum(dim=-1).double().cumsum_(dim=-1)  # (batch, blocks)
+    targets = uniforms.to(torch.float64) * block_cdf[:, -1]
+    block = torch.searchsorted(block_cdf, targets[:, None], right=True).clamp_(max=blocks - 1)  # (batch, 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp_(min=0)), 0.0)
+    inside = by_block[torch.arange(batch, device=probs.device), block[:, 0]]  # (batch, CDF_BLOCK)
+    cdf = inside.cumsum(dim=-1, dtype=torch.float64).add_(before)
+    index = torch.searchsorted(cdf, targets[:, None], right=True)[:, 0]
+    # Rounding may leave the block's own running sum just short of the target: take its last
+    # token of non-zero probability then (the block has one: its sum is positive).
+    last = CDF_BLOCK - 1 - (inside > 0).flip(-1).to(torch.uint8).argmax(dim=-1)
+    index = torch.where(index >= CDF_BLOCK, last, index)
+    return (block[:, 0] * CDF_BLOCK + index).clamp_(max=vocab - 1)
 
 
 def sample_next(
@@ -69,5 +93,7 @@ def sample_next(
     """
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_top_p(logits.float() / temperature, top_p), dim=-1)
-    return inverse_cdf(probs, next_uniforms(generators, logits.device))
+    scores = filter_top_p(logits.float() / temperature, top_p)  # a new tensor: updated in place below
+    # exp(s - max): the softmax up to its normalisation, which inverse_cdf does not need.
+    weights = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+    return inverse_cdf(weights, next_uniforms(generators, logits.device))
