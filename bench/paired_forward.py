@@ -46,17 +46,18 @@ import leafe.policy.native_forward as current  # noqa: E402
 FORWARD = "leafe/policy/native_forward.py"
 
 
-def load_old(revision: str, directory: Path):
-    """The module ``native_forward.py`` of git ``revision``, imported under another name."""
+def load_old(revision: str, directory: Path, file: str = FORWARD):
+    """The module ``file`` (a path in the repository) of git ``revision``, imported under another name."""
     try:
         source = subprocess.run(
-            ["git", "show", f"{revision}:{FORWARD}"], cwd=ROOT, check=True, capture_output=True, text=True
+            ["git", "show", f"{revision}:{file}"], cwd=ROOT, check=True, capture_output=True, text=True
         ).stdout
     except subprocess.CalledProcessError as error:
         raise SystemExit(f"--old {revision!r}: git show failed: {error.stderr.strip()}") from None
-    path = directory / "old_native_forward.py"
+    name = "old_" + Path(file).stem
+    path = directory / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_native_forward", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -61,6 +61,7 @@ from leafe.policy.memory import give_back_freed_memory, keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
 from leafe.policy.native_requests import EngineStats, NativeStream, _Parked, _Sequence
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
+from leafe.policy.native_kernels import HEAD_DIM, ragged_attention_op
 from leafe.policy.speculative import DRAFT_TOKENS, propose_draft, verify_drafts
 from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
 
@@ -154,6 +155,9 @@ class NativePolicy:
             raise ValueError(f"speculative_tokens must be >= 0, got {speculative_tokens}")
         self.net = LlamaFamilyForward(model)
         self.net.packed.enabled = self.net.packed.enabled and bool(packed_linear)
+        net = self.net
+        if net.flash_cascade and net.param.device.type == "cpu" and net.param.dtype == torch.float32 and net.head_dim == HEAD_DIM:
+            net.ragged = ragged_attention_op()  # None where it cannot be built: the flash kernel then
         keep_freed_memory()  # freed logits, cache entries and activations are reused, not re-faulted
         self.model = model
         self.tokenizer = tokenizer

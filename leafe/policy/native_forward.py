@@ -10,7 +10,7 @@ can read a prefix common to all rows once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,10 @@ class LlamaFamilyForward:
         # and SDPA; see bench/).
         self.flash_cascade = _CPU_FLASH is not None
         self.max_own_chunks = MAX_OWN_CHUNKS  # 1: own suffixes in one call (see split_rows)
+        # The engine's own attention kernel (native_kernels.ragged_attention_op), when the engine
+        # sets it: own suffixes and prompt pieces in one call per layer each, instead of the flash
+        # calls. Only for float32 on the CPU with head_dim native_kernels.HEAD_DIM.
+        self.ragged: Callable | None = None
         # oneDNN copies of the weights for passes of PACKED_LINEAR_MIN_ROWS rows and more (see
         # native_linear.linear); ``packed.enabled = False`` runs every product on MKL instead.
         self.packed = PackedWeights()
@@ -304,6 +308,7 @@ class LlamaFamilyForward:
         layout: DecodeLayout | None = None,
         source: int = 0,
         plan: OwnSuffixPlan | None = None,
+        groups: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """:meth:`_cascade_attention` on the CPU flash kernel; same shapes and result.
 
@@ -320,10 +325,11 @@ class LlamaFamilyForward:
         suffixes in a call of their own, up to position ``end - 1`` (their longest row; see
         :func:`split_rows`); default one call over all slots. With a layout, slots with no token
         (holes) may be in no chunk. ``plan``: :class:`OwnSuffixPlan` of these arguments, made
-        once per pass for every layer (made here when None).
+        once per pass for every layer (made here when None). ``groups``: with :attr:`ragged` set,
+        ``(group_slot (N,), group_first (N + 1,))``, the slots that decode and where their tokens
+        start: the own suffixes are then one :attr:`ragged` call, and ``chunks``, ``layout`` and
+        ``plan`` are not used.
         """
-        if plan is None:
-            plan = OwnSuffixPlan(positions, shared, chunks, layout, self.kv_heads, self.num_heads // self.kv_heads, q.dtype)
         tokens, group, kv_heads, hd = q.shape[0], self.num_heads // self.kv_heads, self.kv_heads, self.head_dim
         scale = hd**-0.5
         grouped = q.view(tokens, kv_heads, group, hd)
@@ -333,13 +339,18 @@ class LlamaFamilyForward:
         )
         shared_out = shared_out[0].view(kv_heads, tokens, group, hd).permute(1, 0, 2, 3)
         shared_lse = shared_lse[0].view(kv_heads, tokens, group).permute(1, 0, 2)
-        parts = [
-            _CPU_FLASH(
-                own_q, keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False, attn_mask=mask, scale=scale
-            )
-            for (lo, hi, end), own_q, mask in zip(plan.chunks, plan.queries(grouped), plan.masks)
-        ]
-        own_out, own_lse = plan.unpack(parts)
+        if groups is not None and self.ragged is not None:
+            own_out, own_lse = self.ragged(grouped, keys, values, groups[0], groups[1], positions, shared, scale)
+        else:
+            if plan is None:
+                plan = OwnSuffixPlan(positions, shared, chunks, layout, kv_heads, group, q.dtype)
+            parts = [
+                _CPU_FLASH(
+                    own_q, keys[lo:hi, :, shared:end], values[lo:hi, :, shared:end], 0.0, False, attn_mask=mask, scale=scale
+                )
+                for (lo, hi, end), own_q, mask in zip(plan.chunks, plan.queries(grouped), plan.masks)
+            ]
+            own_out, own_lse = plan.unpack(parts)
         top = torch.maximum(shared_lse, own_lse)
         shared_weight, own_weight = torch.exp(shared_lse - top)[..., None], torch.exp(own_lse - top)[..., None]
         out = (shared_out.float() * shared_weight + own_out.float() * own_weight) / (shared_weight + own_weight)
@@ -410,18 +421,34 @@ class LlamaFamilyForward:
         offsets = (tokens + np.cumsum([0] + [len(toks) for _, _, toks in pieces])).tolist()
         chunks = None
         flash = self.flash_cascade and device.type == "cpu"
-        # Each piece's causal mask, made once for every layer: additive over grouped query rows
-        # for the pieces that attend as such, boolean for SDPA.
-        grouped = [flash and len(toks) <= GROUPED_PIECE_TOKENS for _, _, toks in pieces]
+        ragged = self.ragged if flash and self.param.dtype == torch.float32 else None
         group = self.num_heads // self.kv_heads
-        masks = [
-            piece_mask(start, len(toks), group, self.param.dtype, device) if is_grouped
-            else causal_seen(start, len(toks), device)
-            for (_, start, toks), is_grouped in zip(pieces, grouped)
-        ]
+        scale = self.head_dim**-0.5
+        if ragged is not None:  # every piece in one call per layer: its slot, first row, positions
+            grouped, masks = [False] * len(pieces), [None] * len(pieces)
+            piece_groups = (
+                torch.tensor([slot for slot, _, _ in pieces], dtype=torch.long),
+                torch.tensor([offset - tokens for offset in offsets], dtype=torch.long),
+            )
+        else:
+            # Each piece's causal mask, made once for every layer: additive over grouped query rows
+            # for the pieces that attend as such, boolean for SDPA.
+            grouped = [flash and len(toks) <= GROUPED_PIECE_TOKENS for _, _, toks in pieces]
+            masks = [
+                piece_mask(start, len(toks), group, self.param.dtype, device) if is_grouped
+                else causal_seen(start, len(toks), device)
+                for (_, start, toks), is_grouped in zip(pieces, grouped)
+            ]
         cascade = tokens > 0 and shared >= MIN_CASCADE and (layout is None or flash)
         plan = None  # the flash cascade's per-pass constants
-        if tokens:
+        decode_groups = None  # with the ragged kernel: the decoding slots and their first tokens
+        if tokens and ragged is not None:
+            if layout is None:
+                decode_groups = (torch.arange(tokens), torch.arange(tokens + 1))
+            else:
+                slots, counts = torch.unique_consecutive(decode_slots, return_counts=True)
+                decode_groups = (slots, torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+        elif tokens:
             ends = decode_positions if layout is None else layout.ends  # (B,) each slot's last position
             span = int(ends.max()) + 1
             if cascade and flash:
@@ -441,6 +468,7 @@ class LlamaFamilyForward:
         ]
         written = (torch.cat(row_slots)[:, None], torch.arange(self.kv_heads, device=device)[None, :], all_positions[:, None])
         rope = self._rope(all_positions)
+        one_by_one = pieces if ragged is None else ()  # pieces attended by a call each
         h = self.inner.embed_tokens(torch.cat(ids))
         for index, layer in enumerate(self.layers):
             q, k, v = self._project(index, layer, h, rope)
@@ -448,7 +476,16 @@ class LlamaFamilyForward:
             layer_keys[written] = k  # every row's key/value at its slot and position, in one op each
             layer_values[written] = v
             attended = torch.empty_like(q)
-            if plan is not None:
+            if decode_groups is not None and cascade:
+                attended[:tokens] = self._flash_cascade_attention(
+                    q[:tokens], layer_keys, layer_values, decode_positions, shared, source=shared_slot, groups=decode_groups
+                )
+            elif decode_groups is not None:
+                attended[:tokens] = ragged(
+                    q[:tokens].view(tokens, self.kv_heads, group, self.head_dim), layer_keys, layer_values,
+                    *decode_groups, decode_positions, 0, scale,
+                )[0].view(tokens, self.num_heads, self.head_dim)
+            elif plan is not None:
                 attended[:tokens] = self._flash_cascade_attention(
                     q[:tokens], layer_keys, layer_values, decode_positions, shared, chunks, layout, shared_slot, plan
                 )
@@ -474,7 +511,13 @@ class LlamaFamilyForward:
                     attn_mask=decode_mask,
                     enable_gqa=True,
                 )[:, :, 0, :]
-            for (slot, start, toks), lo, mask, is_grouped in zip(pieces, offsets, masks, grouped):
+            if ragged is not None and pieces:
+                rows = offsets[-1] - tokens
+                attended[tokens:] = ragged(
+                    q[tokens:].view(rows, self.kv_heads, group, self.head_dim), layer_keys, layer_values,
+                    *piece_groups, all_positions[tokens:], 0, scale,
+                )[0].view(rows, self.num_heads, self.head_dim)
+            for (slot, start, toks), lo, mask, is_grouped in zip(one_by_one, offsets, masks, grouped):
                 end = start + len(toks)
                 if is_grouped:
                     self._piece_attention(

@@ -1,0 +1,92 @@
+"""The native engine's own CPU attention kernel, compiled on first use and cached.
+
+``csrc/ragged_attention.cpp`` attends ragged groups of query rows, each group against its own
+slot's keys and values, in float32: every decoding slot's own suffix (its last token and drafts)
+in one call per layer, and every short prompt piece in another, with no padded rows or keys and
+no mask tensor. The CPU flash kernel it replaces there needs equal-sized calls (padded rows and
+keys, an additive mask) and runs its small products at a fraction of the machine's peak; on the
+window-8 rollout workload the kernel took 0.35x the flash calls' time for the own suffixes and
+0.8x for the pieces (docs/BENCHMARKS.md, session 29). Results equal the flash kernel's up to float
+rounding (exp is a degree-6 polynomial; sums run in another order).
+
+The source is compiled with ``torch.utils.cpp_extension`` for this machine (``-march=native``),
+once, into ``$LEAFE_CACHE/kernels/<hash>``; the hash covers the source, the flags, torch's version
+and the CPU's model and flags, so a cache shared by several machines never loads code built for
+another CPU. Compiling takes ~30 s and needs a C++ compiler, the Python headers and ninja
+(a dependency). Where any of it fails, or with ``LEAFE_NATIVE_KERNELS=0``, :func:`ragged_attention_op`
+returns None and the engine keeps the flash kernel; the failure is logged once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "ragged_attention.cpp"
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-mprefer-vector-width=512"]
+LDFLAGS = ["-fopenmp"]
+HEAD_DIM = 64  # the head size the kernel is built for
+
+_loaded: dict[str, Callable | None] = {}
+
+
+def _cpu_identity() -> str:
+    """The CPU's model name and flags (Linux), else the platform's processor string."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(wanted)))
+
+
+def build_directory() -> Path:
+    """Where this machine's build of the kernel lives (see the module docstring)."""
+    from leafe.policy.embedded import cache_root
+
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(), _cpu_identity().encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return cache_root() / "kernels" / digest.hexdigest()[:16]
+
+
+def ragged_attention_op() -> Callable | None:
+    """The compiled ``ragged_attention(q, keys, values, group_slot, group_first, last, start, scale)
+    -> (out, lse)`` (shapes in ``csrc/ragged_attention.cpp``), or None where it cannot be built
+    or is turned off (``LEAFE_NATIVE_KERNELS=0``). Builds at most once per process."""
+    if "ragged" in _loaded:
+        return _loaded["ragged"]
+    op = None
+    if os.environ.get("LEAFE_NATIVE_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+        _loaded["ragged"] = None
+        return None
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        logger.info("native attention kernel: built only on x86-64 Linux; using the flash kernel")
+    else:
+        try:
+            from torch.utils.cpp_extension import load
+
+            directory = build_directory()
+            directory.mkdir(parents=True, exist_ok=True)
+            module = load(
+                name="leafe_ragged_attention", sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                build_directory=str(directory), verbose=False,
+            )
+            op = module.ragged_attention
+        except Exception as error:  # noqa: BLE001 - any build failure falls back to the flash kernel
+            logger.warning(
+                "native attention kernel: could not build %s (%s: %s); using the flash kernel "
+                "(a C++ compiler, the Python headers and ninja are needed)",
+                SOURCE.name, type(error).__name__, str(error).strip().splitlines()[-1][:300] if str(error).strip() else "",
+            )
+    _loaded["ragged"] = op
+    return op

@@ -1,0 +1,116 @@
+"""The native engine's compiled attention kernel against plain softmax attention, and in the engine."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+
+from leafe.policy.base import GenerationRequest, SamplingParams
+from leafe.policy.native import NativePolicy
+from leafe.policy.native_kernels import HEAD_DIM, ragged_attention_op
+from leafe.policy.transformers_backend import TransformersPolicy
+
+BUILDABLE = platform.system() == "Linux" and platform.machine() == "x86_64"
+
+
+@pytest.fixture(scope="module")
+def op():
+    kernel = ragged_attention_op()
+    if kernel is None and not BUILDABLE:
+        pytest.skip("the kernel is built only on x86-64 Linux")
+    assert kernel is not None, "the kernel did not build here (see the log for the compiler's message)"
+    return kernel
+
+
+def _reference(q, keys, values, group_slot, group_first, last, start, scale):
+    """float64 softmax attention of each token's rows over keys start..last[t] of its group's slot."""
+    tokens, kv_heads, group, hd = q.shape
+    out = torch.empty(tokens, kv_heads, group, hd, dtype=torch.float64)
+    lse = torch.empty(tokens, kv_heads, group, dtype=torch.float64)
+    for n, slot in enumerate(group_slot.tolist()):
+        for t in range(int(group_first[n]), int(group_first[n + 1])):
+            k = keys[slot, :, start : int(last[t]) + 1].double()  # (kv_heads, keys, hd)
+            v = values[slot, :, start : int(last[t]) + 1].double()
+            scores = torch.einsum("hgd,hkd->hgk", q[t].double(), k) * scale
+            lse[t] = torch.logsumexp(scores, dim=-1)
+            out[t] = torch.einsum("hgk,hkd->hgd", torch.softmax(scores, dim=-1), v)
+    return out, lse
+
+
+@pytest.mark.parametrize("group", [1, 3, 7])
+@pytest.mark.parametrize("start", [0, 37])
+def test_kernel_is_softmax_attention_over_each_group_s_own_keys(op, group, start):
+    gen = torch.Generator().manual_seed(group + start)
+    slots, kv_heads, room, capacity = 6, 2, 400, 300
+    store = torch.randn(slots, kv_heads, room, HEAD_DIM, generator=gen) * 2
+    keys, values = store[:, :, :capacity], torch.randn(slots, kv_heads, room, HEAD_DIM, generator=gen)[:, :, :capacity]
+    values = values.contiguous().as_strided(keys.shape, keys.stride()) if values.stride() != keys.stride() else values
+    counts = [1, 5, 3, 1, 21, 2]  # tokens per group: a decode step's drafts, a prompt piece
+    group_slot = torch.tensor([4, 0, 5, 2, 1, 3])
+    group_first = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist())
+    last = torch.cat([torch.arange(end - c + 1, end + 1) for c, end in zip(counts, [299, start + 10, 150, 64, 250, start + 20])])
+    wide = torch.randn(len(last), kv_heads * group * HEAD_DIM + 32, generator=gen)  # tokens HEAD_DIM-strided apart
+    q = wide[:, : kv_heads * group * HEAD_DIM].view(len(last), kv_heads, group, HEAD_DIM)
+    scale = HEAD_DIM**-0.5
+    out, lse = op(q, keys, values, group_slot, group_first, last, start, scale)
+    expected_out, expected_lse = _reference(q, keys, values, group_slot, group_first, last, start, scale)
+    assert out.shape == q.shape and lse.shape == q.shape[:3]
+    torch.testing.assert_close(out.double(), expected_out, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse.double(), expected_lse, atol=2e-5, rtol=2e-5)
+
+
+def test_kernel_refuses_what_it_cannot_attend(op):
+    keys = torch.zeros(2, 1, 10, HEAD_DIM)
+    q = torch.zeros(1, 1, 1, HEAD_DIM)
+    first, slot = torch.tensor([0, 1]), torch.tensor([0])
+    with pytest.raises(RuntimeError, match="capacity"):
+        op(q, keys, keys, slot, first, torch.tensor([10]), 0, 1.0)
+    with pytest.raises(RuntimeError, match="slot out of range"):
+        op(q, keys, keys, torch.tensor([2]), first, torch.tensor([3]), 0, 1.0)
+    with pytest.raises(RuntimeError, match="float32"):
+        op(q.double(), keys, keys, slot, first, torch.tensor([3]), 0, 1.0)
+
+
+HEADER = "Push every box onto a goal. Walls are #, floor is _, you are P. " * 6 + "\n\n"
+PROMPTS = [HEADER + f"Observation:\nYou are at {i}.\nThought: I am at {i}. I am at {i}. I am at" for i in range(5)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_engine_on_the_kernel_samples_the_tokens_of_transformers(op, tiny_policy, temperature, monkeypatch):
+    """A head_dim-64 model: decode steps with drafts over a shared prefix (the cascade) and prompt
+    pieces run on the kernel, and give transformers' tokens."""
+    import transformers
+
+    from leafe.policy import native
+    from leafe.policy.speculative import propose_draft
+
+    # A random model rarely repeats its context when sampling: always draft (see test_speculative).
+    monkeypatch.setattr(native, "propose_draft", lambda context, room: propose_draft(context, room, min_ngram=1) or context[-room:].tolist())
+
+    tokenizer = tiny_policy.tokenizer
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=HEAD_DIM, max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = transformers.LlamaForCausalLM(config).eval()
+    engine = NativePolicy.from_model(model, tokenizer, max_batch_size=8)
+    assert engine.net.ragged is op
+    calls = []
+
+    def counted(*args):
+        calls.append(int(args[0].shape[0]))
+        return op(*args)
+
+    engine.net.ragged = counted
+    params = SamplingParams(temperature=temperature, max_new_tokens=16)
+    requests = [GenerationRequest(p, seed=i) for i, p in enumerate(PROMPTS)]
+    ours = engine.generate_tokens(requests, params)
+    theirs = TransformersPolicy.from_model(model, tokenizer).generate_tokens(requests, params)
+    assert [r.completion_token_ids for r in ours] == [r.completion_token_ids for r in theirs]
+    assert calls and max(calls) > 1  # the kernel ran, on several rows at once
+    assert engine.stats.draft_tokens > 0  # ... including decode steps that verify drafts
