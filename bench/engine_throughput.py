@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/engine_throughput.py                          # native vs transformers
     .venv/bin/python bench/engine_throughput.py --backends native --tasks 4
-    .venv/bin/python bench/engine_throughput.py --backends native:flash native:matmul native:flash native:matmul
+    .venv/bin/python bench/engine_throughput.py --backends native:ragged native:flash native:ragged native:flash
 
-A native backend may name its cascade decode-attention kernel after a colon (``flash``: PyTorch's
-CPU flash kernel, the default; ``matmul``: batched matmuls) and, after a slash, the most calls its
+A native backend may name its attention kernel after a colon (``ragged``: the engine's own compiled
+kernel, ``leafe.policy.native_kernels``, the default where it builds; ``flash``: PyTorch's CPU flash
+kernel, the fallback; ``matmul``: batched matmuls for the cascade decode) and, after a slash, the most calls its
 own-suffix attention may be split into (``native:flash/1``: one call), and after an ``@`` its draft
 tokens per step (``policy.speculative_tokens``; ``native@0`` decodes one token per step); list
 entries twice to interleave. ``native+lora`` serves the model wrapped in peft LoRA adapters the way
@@ -150,7 +151,7 @@ def main() -> None:
             parser.error(f"--backends: {backend!r}: only native takes +lora")
         kernel, _, chunks = kernel.partition("/")
         if (
-            kernel not in ("", "flash", "matmul")
+            kernel not in ("", "ragged", "flash", "matmul")
             or ((kernel or speculative) and name != "native")
             or (chunks and not chunks.isdigit())
             or (speculative and not speculative.isdigit())
@@ -178,8 +179,11 @@ def main() -> None:
         make_env, task_source = build_env(cfg.env)
         tasks = select_tasks(task_source, "test", args.tasks)
         policy = _lora_policy(cfg.policy, episodes) if lora else load_policy(cfg.policy)
-        if kernel:
+        if kernel == "ragged" and policy.net.ragged is None:
+            parser.error(f"--backends: {backend!r}: the engine's kernel did not build here (see the log)")
+        if kernel in ("flash", "matmul"):
             policy.net.flash_cascade = kernel == "flash"
+            policy.net.ragged = None
         if chunks:
             policy.net.max_own_chunks = int(chunks)
         agent = build_agent(cfg, make_env, task_source, policy)

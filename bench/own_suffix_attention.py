@@ -1,4 +1,4 @@
-"""Decode attention over each slot's own suffix: the CPU flash kernel against batched matmuls.
+"""Decode attention over each slot's own suffix: the CPU flash kernel, batched matmuls, the engine's kernel.
 
     .venv/bin/python bench/own_suffix_attention.py [--repeats 12]
 
@@ -16,7 +16,10 @@ worth cycled so the keys/values are not in cache), interleaved:
   product with the values);
 - ``flash-1``: the engine's calls with one query token per slot (3 rows instead of up to 15):
   what the query rows cost beyond reading the keys;
-- ``read``: only summing the keys and values the calls read: the memory floor.
+- ``read``: only summing the keys and values the calls read: the memory floor;
+- ``ragged``: the engine's own kernel (:mod:`leafe.policy.native_kernels`, session 29): every
+  slot's own suffix in one call per layer, no padded rows or keys, no mask (skipped where the
+  kernel does not build).
 
 Prints the median time per pass, the keys/values read (GB/s over what the calls read) and the
 ratios; checks that outputs and log-sum-exps agree.
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from interleaved import interleaved_medians  # noqa: E402
 from leafe.policy.native_forward import _CPU_FLASH, MAX_OWN_CHUNKS  # noqa: E402
+from leafe.policy.native_kernels import ragged_attention_op  # noqa: E402
 from leafe.policy.native_layout import DecodeLayout, OwnSuffixPlan, split_rows  # noqa: E402
 
 LAYERS, SLOTS, CAPACITY, SHARED = 30, 64, 1536, 210
@@ -108,10 +112,26 @@ def main() -> None:
                 k[lo:hi, :, SHARED:end].sum()
                 v[lo:hi, :, SHARED:end].sum()
 
+    ragged = ragged_attention_op()
+    decoding, counts = torch.unique_consecutive(slots, return_counts=True)
+    first = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+    def ragged_pass() -> tuple[torch.Tensor, torch.Tensor]:
+        for layer in range(LAYERS):
+            out = ragged(grouped, keys[layer % 4], values[layer % 4], decoding, first, positions, SHARED, scale)
+        return out
+
     (flash_out, flash_lse), (matmul_out, matmul_lse) = flash_pass(), matmul_pass()
     out_diff = (flash_out - matmul_out).abs().max().item()
     lse_diff = (flash_lse - matmul_lse).abs().max().item()
     forms = {"flash": flash_pass, "matmul": matmul_pass, "flash-1": first_token_pass, "read": read_pass}
+    if ragged is not None:
+        ragged_out, ragged_lse = ragged_pass()
+        print(
+            f"ragged vs flash max |difference| out {(ragged_out - flash_out).abs().max().item():.2e}, "
+            f"lse {(ragged_lse - flash_lse).abs().max().item():.2e}"
+        )
+        forms["ragged"] = ragged_pass
     medians = interleaved_medians(forms, args.repeats)
     read = LAYERS * sum((hi - lo) * (end - SHARED) for lo, hi, end in chunks) * KV_HEADS * HEAD_DIM * 4 * 2
     print(
@@ -121,7 +141,7 @@ def main() -> None:
     )
     for name, median in medians.items():
         print(f"{name:8s} {median * 1e3:7.1f} ms per pass  {read / median / 1e9:5.1f} GB/s")
-    for name in ("matmul", "flash-1", "read"):
+    for name in [n for n in ("matmul", "flash-1", "read", "ragged") if n in medians]:
         print(f"{name} / flash: {medians[name] / medians['flash']:.3f}")
 
 

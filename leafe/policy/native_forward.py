@@ -5,7 +5,9 @@ embedding, LM head; plain linear layers go through :func:`~leafe.policy.native_l
 the same product on the fastest kernel measured for its shape); only attention and the cache
 layout are ours. One pass
 packs a decode step for the active slots with prompt pieces of new sequences; decode attention
-can read a prefix common to all rows once.
+can read a prefix common to all rows once. On the CPU in float32, each slot's own keys (decode)
+and the prompt pieces are attended by the engine's compiled kernel
+(:mod:`~leafe.policy.native_kernels`) where it builds, else by PyTorch's CPU flash kernel.
 """
 
 from __future__ import annotations
@@ -340,7 +342,7 @@ class LlamaFamilyForward:
         shared_out = shared_out[0].view(kv_heads, tokens, group, hd).permute(1, 0, 2, 3)
         shared_lse = shared_lse[0].view(kv_heads, tokens, group).permute(1, 0, 2)
         if groups is not None and self.ragged is not None:
-            own_out, own_lse = self.ragged(grouped, keys, values, groups[0], groups[1], positions, shared, scale)
+            own_out, own_lse = self.ragged(self._by_kv_head(q), keys, values, *groups, positions, shared, scale)
         else:
             if plan is None:
                 plan = OwnSuffixPlan(positions, shared, chunks, layout, kv_heads, group, q.dtype)
@@ -355,6 +357,13 @@ class LlamaFamilyForward:
         shared_weight, own_weight = torch.exp(shared_lse - top)[..., None], torch.exp(own_lse - top)[..., None]
         out = (shared_out.float() * shared_weight + own_out.float() * own_weight) / (shared_weight + own_weight)
         return out.to(q.dtype).reshape(tokens, self.num_heads, hd)
+
+    def _by_kv_head(self, q: torch.Tensor) -> torch.Tensor:
+        """``q: (T, heads, hd)`` as ``(T, kv_heads, group, hd)`` with each token's heads contiguous
+        (the layout :attr:`ragged` takes; a view where ``q``'s strides allow)."""
+        if q.stride(-1) != 1 or q.stride(-2) != self.head_dim:
+            q = q.contiguous()
+        return q.view(q.shape[0], self.kv_heads, self.num_heads // self.kv_heads, self.head_dim)
 
     def _piece_attention(
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, out: torch.Tensor
@@ -482,8 +491,7 @@ class LlamaFamilyForward:
                 )
             elif decode_groups is not None:
                 attended[:tokens] = ragged(
-                    q[:tokens].view(tokens, self.kv_heads, group, self.head_dim), layer_keys, layer_values,
-                    *decode_groups, decode_positions, 0, scale,
+                    self._by_kv_head(q[:tokens]), layer_keys, layer_values, *decode_groups, decode_positions, 0, scale
                 )[0].view(tokens, self.num_heads, self.head_dim)
             elif plan is not None:
                 attended[:tokens] = self._flash_cascade_attention(
@@ -514,8 +522,7 @@ class LlamaFamilyForward:
             if ragged is not None and pieces:
                 rows = offsets[-1] - tokens
                 attended[tokens:] = ragged(
-                    q[tokens:].view(rows, self.kv_heads, group, self.head_dim), layer_keys, layer_values,
-                    *piece_groups, all_positions[tokens:], 0, scale,
+                    self._by_kv_head(q[tokens:]), layer_keys, layer_values, *piece_groups, all_positions[tokens:], 0, scale
                 )[0].view(rows, self.num_heads, self.head_dim)
             for (slot, start, toks), lo, mask, is_grouped in zip(one_by_one, offsets, masks, grouped):
                 end = start + len(toks)

@@ -10,7 +10,7 @@ window-8 rollout workload the kernel took 0.35x the flash calls' time for the ow
 rounding (exp is a degree-6 polynomial; sums run in another order).
 
 The source is compiled with ``torch.utils.cpp_extension`` for this machine (``-march=native``),
-once, into ``$LEAFE_CACHE/kernels/<hash>``; the hash covers the source, the flags, torch's version
+once, into ``$LEAFE_CACHE/kernels/<hash>/``; the hash covers the source, the flags, torch's version
 and the CPU's model and flags, so a cache shared by several machines never loads code built for
 another CPU. Compiling takes ~30 s and needs a C++ compiler, the Python headers and ninja
 (a dependency). Where any of it fails, or with ``LEAFE_NATIVE_KERNELS=0``, :func:`ragged_attention_op`
@@ -20,11 +20,15 @@ returns None and the engine keeps the flash kernel; the failure is logged once.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -34,6 +38,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "ragged_attention.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-mprefer-vector-width=512"]
 LDFLAGS = ["-fopenmp"]
 HEAD_DIM = 64  # the head size the kernel is built for
+MODULE = "leafe_ragged_attention"
 
 _loaded: dict[str, Callable | None] = {}
 
@@ -59,6 +64,36 @@ def build_directory() -> Path:
     return cache_root() / "kernels" / digest.hexdigest()[:16]
 
 
+def _built_or_build(directory: Path) -> ModuleType:
+    """The compiled module from ``directory``, built there first if it is not.
+
+    Each build runs in a directory of its own, and the library is moved into place only when it
+    is complete: processes building at once do not wait on each other, and a build killed half
+    way leaves nothing behind that the next one would trust (or a stale lock that it would wait on
+    forever, as a shared ``torch.utils.cpp_extension`` build directory can)."""
+    library = directory / f"{MODULE}.so"
+    if not library.exists():
+        from torch.utils.cpp_extension import load
+
+        directory.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
+        try:
+            module = load(
+                name=MODULE, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                build_directory=str(scratch), verbose=False,
+            )
+            built = scratch / f"{MODULE}.so"
+            if built.exists():  # (torch renames a second build of one name in a process: keep none)
+                os.replace(built, library)
+            return module
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    spec = importlib.util.spec_from_file_location(MODULE, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def ragged_attention_op() -> Callable | None:
     """The compiled ``ragged_attention(q, keys, values, group_slot, group_first, last, start, scale)
     -> (out, lse)`` (shapes in ``csrc/ragged_attention.cpp``), or None where it cannot be built
@@ -73,15 +108,7 @@ def ragged_attention_op() -> Callable | None:
         logger.info("native attention kernel: built only on x86-64 Linux; using the flash kernel")
     else:
         try:
-            from torch.utils.cpp_extension import load
-
-            directory = build_directory()
-            directory.mkdir(parents=True, exist_ok=True)
-            module = load(
-                name="leafe_ragged_attention", sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-                build_directory=str(directory), verbose=False,
-            )
-            op = module.ragged_attention
+            op = _built_or_build(build_directory()).ragged_attention
         except Exception as error:  # noqa: BLE001 - any build failure falls back to the flash kernel
             logger.warning(
                 "native attention kernel: could not build %s (%s: %s); using the flash kernel "

@@ -74,13 +74,14 @@ def test_kernel_refuses_what_it_cannot_attend(op):
 
 
 HEADER = "Push every box onto a goal. Walls are #, floor is _, you are P. " * 6 + "\n\n"
-PROMPTS = [HEADER + f"Observation:\nYou are at {i}.\nThought: I am at {i}. I am at {i}. I am at" for i in range(5)]
+PROMPTS = [f"Observation:\nYou are at {i}.\nThought: I am at {i}. I am at {i}. I am at" for i in range(5)]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_engine_on_the_kernel_samples_the_tokens_of_transformers(op, tiny_policy, temperature, monkeypatch):
-    """A head_dim-64 model: decode steps with drafts over a shared prefix (the cascade) and prompt
-    pieces run on the kernel, and give transformers' tokens."""
+@pytest.mark.parametrize("header", [HEADER, ""], ids=["cascade", "no-shared-prefix"])
+def test_engine_on_the_kernel_samples_the_tokens_of_transformers(op, tiny_policy, temperature, header, monkeypatch):
+    """A head_dim-64 model: decode steps with drafts (over a shared prefix, the cascade, or not)
+    and prompt pieces run on the kernel, and give transformers' tokens."""
     import transformers
 
     from leafe.policy import native
@@ -108,9 +109,28 @@ def test_engine_on_the_kernel_samples_the_tokens_of_transformers(op, tiny_policy
 
     engine.net.ragged = counted
     params = SamplingParams(temperature=temperature, max_new_tokens=16)
-    requests = [GenerationRequest(p, seed=i) for i, p in enumerate(PROMPTS)]
+    requests = [GenerationRequest(header + p, seed=i) for i, p in enumerate(PROMPTS)]
     ours = engine.generate_tokens(requests, params)
     theirs = TransformersPolicy.from_model(model, tokenizer).generate_tokens(requests, params)
     assert [r.completion_token_ids for r in ours] == [r.completion_token_ids for r in theirs]
     assert calls and max(calls) > 1  # the kernel ran, on several rows at once
     assert engine.stats.draft_tokens > 0  # ... including decode steps that verify drafts
+
+
+def test_kernel_can_be_turned_off_and_a_failed_build_falls_back(monkeypatch, tmp_path, caplog):
+    from leafe.policy import native_kernels
+
+    monkeypatch.setattr(native_kernels, "_loaded", {})
+    monkeypatch.setenv("LEAFE_NATIVE_KERNELS", "0")
+    assert native_kernels.ragged_attention_op() is None
+    if not BUILDABLE:
+        return
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("#error this source does not compile\n")
+    monkeypatch.setattr(native_kernels, "_loaded", {})
+    monkeypatch.setattr(native_kernels, "SOURCE", broken)
+    monkeypatch.setenv("LEAFE_NATIVE_KERNELS", "1")
+    monkeypatch.setenv("LEAFE_CACHE", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING", logger="leafe.policy.native_kernels"):
+        assert native_kernels.ragged_attention_op() is None
+    assert "could not build broken.cpp" in caplog.text and "using the flash kernel" in caplog.text
