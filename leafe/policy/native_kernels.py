@@ -2,12 +2,13 @@
 
 ``csrc/ragged_attention.cpp`` attends ragged groups of query rows, each group against its own
 slot's keys and values, in float32: every decoding slot's own suffix (its last token and drafts)
-in one call per layer, and every short prompt piece in another, with no padded rows or keys and
+in one call per layer, and every prompt piece in another, with no padded rows or keys and
 no mask tensor. The CPU flash kernel it replaces there needs equal-sized calls (padded rows and
-keys, an additive mask) and runs its small products at a fraction of the machine's peak; on the
-window-8 rollout workload the kernel took 0.35x the flash calls' time for the own suffixes and
-0.8x for the pieces (docs/BENCHMARKS.md, session 29). Results equal the flash kernel's up to float
-rounding (exp is a degree-6 polynomial; sums run in another order).
+keys, an additive mask) and runs its small products at a fraction of the machine's peak. On the
+window-8 rollout workload the kernel took 0.34x the flash calls' time for the own suffixes and
+0.93x for the pieces, and the whole rollouts 0.83-0.89x (docs/BENCHMARKS.md, session 29).
+Results equal the flash kernel's up to float rounding (exp is a degree-6 polynomial; sums run in
+another order).
 
 The source is compiled with ``torch.utils.cpp_extension`` for this machine (``-march=native``),
 once, into ``$LEAFE_CACHE/kernels/<hash>/``; the hash covers the source, the flags, torch's version
