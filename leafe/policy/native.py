@@ -59,9 +59,9 @@ from leafe.policy.embedded import DEFAULT_MODEL
 from leafe.policy.kv_slots import KVSlots
 from leafe.policy.memory import give_back_freed_memory, keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
+from leafe.policy.native_kernels import HEAD_DIM, ragged_attention_op
 from leafe.policy.native_requests import EngineStats, NativeStream, _Parked, _Sequence
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
-from leafe.policy.native_kernels import HEAD_DIM, ragged_attention_op
 from leafe.policy.speculative import DRAFT_TOKENS, propose_draft, verify_drafts
 from leafe.policy.text import PromptCodec, TokenGeneration, check_params, eos_token_ids
 

@@ -162,6 +162,7 @@ std::vector<torch::Tensor> ragged_attention(torch::Tensor q, torch::Tensor keys,
   float* op = out.data_ptr<float>();
   float* lp = lse.data_ptr<float>();
   const int64_t ks0 = keys.stride(0), ks1 = keys.stride(1), ks2 = keys.stride(2);
+  pybind11::gil_scoped_release no_gil;  // other Python threads run while this one computes
   at::parallel_for(0, static_cast<int64_t>(tasks.size() / 4), 1, [&](int64_t lo, int64_t hi) {
     std::vector<vf> scores;
     vf qt[HD], ot[HD];
