@@ -145,7 +145,8 @@ class LlamaFamilyForward:
     def pack_weights(self) -> None:
         """Make the oneDNN copy (:class:`PackedWeights`) of every weight a pass reads now, rather
         than on the first pass that reads each: the reorders and the fresh memory they write move
-        from the first requests to the engine's start (0.5-1 s for the embedded model). Call after
+        from the first requests to the engine's start (for the embedded model, 121 copies: 0.13 s on
+        a warm heap, ~0.5 s of a rollout run where their memory is fresh). Call after
         :meth:`fuse_projections`; a no-op where the packed path is off."""
         if not self.packed.enabled or self.param.device.type != "cpu" or self.param.dtype != torch.float32:
             return
