@@ -1,0 +1,1 @@
+for b in auto transformers; do /usr/bin/time -v .venv/bin/leafe eval configs/sokoban_quickstart.yaml output_dir=/tmp/e2e name=$b policy.backend=$b; done
