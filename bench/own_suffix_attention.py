@@ -27,7 +27,6 @@ ratios; checks that outputs and log-sum-exps agree.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interleaved import interleaved_medians  # noqa: E402
+from interleaved import attention_bench_args, interleaved_medians  # noqa: E402
 from leafe.policy.native_forward import _CPU_FLASH, MAX_OWN_CHUNKS  # noqa: E402
 from leafe.policy.native_kernels import ragged_attention_op  # noqa: E402
 from leafe.policy.native_layout import DecodeLayout, OwnSuffixPlan, split_rows  # noqa: E402
@@ -57,11 +56,7 @@ def workload(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=12)
-    args = parser.parse_args()
-    if _CPU_FLASH is None:
-        sys.exit("this PyTorch has no CPU flash-attention kernel")
+    args = attention_bench_args(__doc__.splitlines()[0])
     torch.manual_seed(0)
     keys = [torch.randn(SLOTS, KV_HEADS, CAPACITY, HEAD_DIM) for _ in range(4)]
     values = [torch.randn(SLOTS, KV_HEADS, CAPACITY, HEAD_DIM) for _ in range(4)]

@@ -24,7 +24,6 @@ causal part halved) and the ratios; checks that the outputs agree.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,8 +32,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interleaved import interleaved_medians  # noqa: E402
-from leafe.policy.native_forward import _CPU_FLASH, LlamaFamilyForward  # noqa: E402
+from interleaved import attention_bench_args, interleaved_medians  # noqa: E402
+from leafe.policy.native_forward import LlamaFamilyForward  # noqa: E402
 from leafe.policy.native_kernels import ragged_attention_op  # noqa: E402
 from leafe.policy.native_layout import causal_seen, piece_mask  # noqa: E402
 
@@ -43,11 +42,7 @@ STARTS = (260, 400, 550, 700, 850, 980)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=12)
-    args = parser.parse_args()
-    if _CPU_FLASH is None:
-        sys.exit("this PyTorch has no CPU flash-attention kernel")
+    args = attention_bench_args(__doc__.splitlines()[0])
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

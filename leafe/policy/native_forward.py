@@ -435,7 +435,7 @@ class LlamaFamilyForward:
         group = self.num_heads // self.kv_heads
         scale = self.head_dim**-0.5
         if ragged is not None:  # every piece in one call per layer: its slot, first row, positions
-            grouped, masks = [False] * len(pieces), [None] * len(pieces)
+            grouped, masks = (), ()  # (no piece is attended by a call of its own)
             piece_groups = (
                 torch.tensor([slot for slot, _, _ in pieces], dtype=torch.long),
                 torch.tensor([offset - tokens for offset in offsets], dtype=torch.long),

@@ -68,25 +68,6 @@ def test_packed_linear_gives_the_same_tokens_and_its_copies_are_released(tiny_po
                 parameter.data.copy_(value)
 
 
-@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "plain"])
-def test_pack_weights_makes_every_copy_a_pass_reads(tiny_policy, fuse):
-    """After pack_weights, passes of every size find each weight's oneDNN copy made: none is
-    added or remade."""
-    import copy
-
-    engine = NativePolicy.from_model(copy.deepcopy(tiny_policy.model), tiny_policy.tokenizer, max_batch_size=8)
-    if not engine.net.packed.enabled:
-        pytest.skip("this PyTorch build has no oneDNN linear")
-    if fuse:
-        assert engine.net.fuse_projections()
-    engine.net.pack_weights()
-    made = {key: entry[2] for key, entry in engine.net.packed._entries.items()}
-    layers = len(engine.net.layers)
-    assert len(made) == layers * (4 if fuse else 7) + 1  # + the LM head
-    engine.generate_tokens(_requests(), SamplingParams(temperature=0.0, max_new_tokens=12))
-    assert {key: entry[2] for key, entry in engine.net.packed._entries.items()} == made
-
-
 def test_prefix_cache_reuses_shared_and_repeated_prompts(tiny_policy):
     engine = NativePolicy.from_model(tiny_policy.model, tiny_policy.tokenizer, max_batch_size=8)
     long_prompt = "Instructions: " + "walk right until the goal. " * 20 + "\nObservation:\nYou are at 0.\nThought:"

@@ -211,3 +211,26 @@ def test_short_pieces_attend_grouped_and_long_ones_on_sdpa_both_as_the_model(tin
     assert grouped_calls == ([20] * len(net.layers) if flash else [])  # only the short piece went grouped
     torch.testing.assert_close(net.logits(whole)[0], reference, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(net.logits(tail)[0], reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "plain"])
+def test_pack_weights_makes_every_copy_a_pass_reads(tiny_policy, fuse):
+    """After pack_weights, passes of every size find each weight's oneDNN copy made: none is
+    added or remade."""
+    import copy
+
+    from leafe.policy.base import SamplingParams
+    from leafe.policy.native import NativePolicy
+    from tests.policy.test_native import _requests
+
+    engine = NativePolicy.from_model(copy.deepcopy(tiny_policy.model), tiny_policy.tokenizer, max_batch_size=8)
+    if not engine.net.packed.enabled:
+        pytest.skip("this PyTorch build has no oneDNN linear")
+    if fuse:
+        assert engine.net.fuse_projections()
+    engine.net.pack_weights()
+    made = {key: entry[2] for key, entry in engine.net.packed._entries.items()}
+    layers = len(engine.net.layers)
+    assert len(made) == layers * (4 if fuse else 7) + 1  # + the LM head
+    engine.generate_tokens(_requests(), SamplingParams(temperature=0.0, max_new_tokens=12))
+    assert {key: entry[2] for key, entry in engine.net.packed._entries.items()} == made
