@@ -59,7 +59,7 @@ from leafe.policy.embedded import DEFAULT_MODEL
 from leafe.policy.kv_slots import KVSlots
 from leafe.policy.memory import give_back_freed_memory, keep_freed_memory
 from leafe.policy.native_forward import MIN_CASCADE, SUPPORTED_MODEL_TYPES, LlamaFamilyForward, UnsupportedModel
-from leafe.policy.native_kernels import HEAD_DIM, ragged_attention_op
+from leafe.policy.native_kernels import HEAD_DIMS, ragged_attention_op
 from leafe.policy.native_requests import EngineStats, NativeStream, _Parked, _Sequence
 from leafe.policy.prefix_cache import PrefixCache, common_prefix_length
 from leafe.policy.speculative import DRAFT_TOKENS, propose_draft, verify_drafts
@@ -156,7 +156,7 @@ class NativePolicy:
         self.net = LlamaFamilyForward(model)
         self.net.packed.enabled = self.net.packed.enabled and bool(packed_linear)
         net = self.net
-        if net.flash_cascade and net.param.device.type == "cpu" and net.param.dtype == torch.float32 and net.head_dim == HEAD_DIM:
+        if net.flash_cascade and net.param.device.type == "cpu" and net.param.dtype == torch.float32 and net.head_dim in HEAD_DIMS:
             net.ragged = ragged_attention_op()  # None where it cannot be built: the flash kernel then
         keep_freed_memory()  # freed logits, cache entries and activations are reused, not re-faulted
         self.model = model

@@ -81,7 +81,7 @@ class LlamaFamilyForward:
         self.max_own_chunks = MAX_OWN_CHUNKS  # 1: own suffixes in one call (see split_rows)
         # The engine's own attention kernel (native_kernels.ragged_attention_op), when the engine
         # sets it: own suffixes and prompt pieces in one call per layer each, instead of the flash
-        # calls. Only for float32 on the CPU with head_dim native_kernels.HEAD_DIM.
+        # calls. Only for float32 on the CPU with a head size in native_kernels.HEAD_DIMS.
         self.ragged: Callable | None = None
         # oneDNN copies of the weights for passes of PACKED_LINEAR_MIN_ROWS rows and more (see
         # native_linear.linear); ``packed.enabled = False`` runs every product on MKL instead.

@@ -15,7 +15,8 @@ once, into ``$LEAFE_CACHE/kernels/<hash>/``; the hash covers the source, the fla
 and the CPU's model and flags, so a cache shared by several machines never loads code built for
 another CPU. Compiling takes ~30 s and needs a C++ compiler, the Python headers and ninja
 (a dependency). Where any of it fails, or with ``LEAFE_NATIVE_KERNELS=0``, :func:`ragged_attention_op`
-returns None and the engine keeps the flash kernel; the failure is logged once.
+returns None and the engine keeps the flash kernel; the failure is logged once. Each new build
+deletes the builds no process has loaded for ``STALE_DAYS`` days.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -38,8 +40,9 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "ragged_attention.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-mprefer-vector-width=512"]
 LDFLAGS = ["-fopenmp"]
-HEAD_DIM = 64  # the head size the kernel is built for
+HEAD_DIMS = (64, 128)  # the head sizes the kernel is built for
 MODULE = "leafe_ragged_attention"
+STALE_DAYS = 30  # builds no process loaded for this long are deleted at the next build
 
 _loaded: dict[str, Callable | None] = {}
 
@@ -65,6 +68,21 @@ def build_directory() -> Path:
     return cache_root() / "kernels" / digest.hexdigest()[:16]
 
 
+def _prune_stale(kernels: Path, keep: Path, max_age_days: float = STALE_DAYS) -> None:
+    """Delete the builds under ``kernels`` other than ``keep`` that no process loaded in
+    ``max_age_days`` (each load touches its library): those of older sources, torch versions or
+    CPUs. A build still in use elsewhere is younger than that, and a deleted one is rebuilt."""
+    cutoff = time.time() - max_age_days * 86400
+    for build in kernels.iterdir():
+        library = build / f"{MODULE}.so"
+        try:
+            used = (library if library.exists() else build).stat().st_mtime
+        except OSError:
+            continue
+        if build != keep and build.is_dir() and used < cutoff:
+            shutil.rmtree(build, ignore_errors=True)
+
+
 def _built_or_build(directory: Path) -> ModuleType:
     """The compiled module from ``directory``, built there first if it is not.
 
@@ -86,9 +104,14 @@ def _built_or_build(directory: Path) -> ModuleType:
             built = scratch / f"{MODULE}.so"
             if built.exists():  # (torch renames a second build of one name in a process: keep none)
                 os.replace(built, library)
+                _prune_stale(directory.parent, keep=directory)
             return module
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        os.utime(library)  # the time of its last load, which _prune_stale reads
+    except OSError:  # a read-only cache: loading is all that matters
+        pass
     spec = importlib.util.spec_from_file_location(MODULE, library)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 import pytest
 import torch
 
 from leafe.policy.base import GenerationRequest, SamplingParams
 from leafe.policy.native import NativePolicy
-from leafe.policy.native_kernels import HEAD_DIM, ragged_attention_op
+from leafe.policy.native_kernels import HEAD_DIMS, ragged_attention_op
 from leafe.policy.transformers_backend import TransformersPolicy
 
 BUILDABLE = platform.system() == "Linux" and platform.machine() == "x86_64"
@@ -42,21 +43,22 @@ def _reference(q, keys, values, group_slot, group_first, last, start, scale):
     return out, lse
 
 
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("group", [1, 3, 7])
 @pytest.mark.parametrize("start", [0, 37])
-def test_kernel_is_softmax_attention_over_each_group_s_own_keys(op, group, start):
-    gen = torch.Generator().manual_seed(group + start)
+def test_kernel_is_softmax_attention_over_each_group_s_own_keys(op, group, start, head_dim):
+    gen = torch.Generator().manual_seed(group + start + head_dim)
     slots, kv_heads, room, capacity = 6, 2, 400, 300
-    store = torch.randn(slots, kv_heads, room, HEAD_DIM, generator=gen) * 2
+    store = torch.randn(slots, kv_heads, room, head_dim, generator=gen) * 2
     # Views of larger stores, as the engine's slots are: the kernel follows their strides.
-    keys, values = store[:, :, :capacity], torch.randn(slots, kv_heads, room, HEAD_DIM, generator=gen)[:, :, :capacity]
+    keys, values = store[:, :, :capacity], torch.randn(slots, kv_heads, room, head_dim, generator=gen)[:, :, :capacity]
     counts = [1, 5, 3, 1, 21, 2]  # tokens per group: a decode step's drafts, a prompt piece
     group_slot = torch.tensor([4, 0, 5, 2, 1, 3])
     group_first = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist())
     last = torch.cat([torch.arange(end - c + 1, end + 1) for c, end in zip(counts, [299, start + 10, 150, 64, 250, start + 20])])
-    wide = torch.randn(len(last), kv_heads * group * HEAD_DIM + 32, generator=gen)  # tokens HEAD_DIM-strided apart
-    q = wide[:, : kv_heads * group * HEAD_DIM].view(len(last), kv_heads, group, HEAD_DIM)
-    scale = HEAD_DIM**-0.5
+    wide = torch.randn(len(last), kv_heads * group * head_dim + 32, generator=gen)  # tokens head_dim-strided apart
+    q = wide[:, : kv_heads * group * head_dim].view(len(last), kv_heads, group, head_dim)
+    scale = head_dim**-0.5
     out, lse = op(q, keys, values, group_slot, group_first, last, start, scale)
     expected_out, expected_lse = _reference(q, keys, values, group_slot, group_first, last, start, scale)
     assert out.shape == q.shape and lse.shape == q.shape[:3]
@@ -65,8 +67,8 @@ def test_kernel_is_softmax_attention_over_each_group_s_own_keys(op, group, start
 
 
 def test_kernel_refuses_what_it_cannot_attend(op):
-    keys = torch.zeros(2, 1, 10, HEAD_DIM)
-    q = torch.zeros(1, 1, 1, HEAD_DIM)
+    keys = torch.zeros(2, 1, 10, HEAD_DIMS[0])
+    q = torch.zeros(1, 1, 1, HEAD_DIMS[0])
     first, slot = torch.tensor([0, 1]), torch.tensor([0])
     with pytest.raises(RuntimeError, match="capacity"):
         op(q, keys, keys, slot, first, torch.tensor([10]), 0, 1.0)
@@ -74,6 +76,8 @@ def test_kernel_refuses_what_it_cannot_attend(op):
         op(q, keys, keys, torch.tensor([2]), first, torch.tensor([3]), 0, 1.0)
     with pytest.raises(RuntimeError, match="float32"):
         op(q.double(), keys, keys, slot, first, torch.tensor([3]), 0, 1.0)
+    with pytest.raises(RuntimeError, match="head_dim 64 or 128"):
+        op(torch.zeros(1, 1, 1, 96), torch.zeros(2, 1, 10, 96), torch.zeros(2, 1, 10, 96), slot, first, torch.tensor([3]), 0, 1.0)
 
 
 HEADER = "Push every box onto a goal. Walls are #, floor is _, you are P. " * 6 + "\n\n"
@@ -82,9 +86,10 @@ PROMPTS = [f"Observation:\nYou are at {i}.\nThought: I am at {i}. I am at {i}. I
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("header", [HEADER, ""], ids=["cascade", "no-shared-prefix"])
-def test_engine_on_the_kernel_samples_the_tokens_of_transformers(op, tiny_policy, temperature, header, monkeypatch):
-    """A head_dim-64 model: decode steps with drafts (over a shared prefix, the cascade, or not)
-    and prompt pieces run on the kernel, and give transformers' tokens."""
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_engine_on_the_kernel_samples_the_tokens_of_transformers(op, tiny_policy, temperature, header, head_dim, monkeypatch):
+    """Models of each head size the kernel has: decode steps with drafts (over a shared prefix,
+    the cascade, or not) and prompt pieces run on the kernel, and give transformers' tokens."""
     import transformers
 
     from leafe.policy import native
@@ -96,7 +101,7 @@ def test_engine_on_the_kernel_samples_the_tokens_of_transformers(op, tiny_policy
     tokenizer = tiny_policy.tokenizer
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=HEAD_DIM, max_position_embeddings=512,
+        num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=512,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng():
@@ -137,3 +142,20 @@ def test_kernel_can_be_turned_off_and_a_failed_build_falls_back(monkeypatch, tmp
     with caplog.at_level("WARNING", logger="leafe.policy.native_kernels"):
         assert native_kernels.ragged_attention_op() is None
     assert "could not build broken.cpp" in caplog.text and "using the flash kernel" in caplog.text
+
+
+def test_a_new_build_deletes_builds_no_process_loaded_for_a_month(tmp_path):
+    from leafe.policy import native_kernels
+
+    kernels = tmp_path / "kernels"
+    builds = {name: kernels / name for name in ("current", "used-yesterday", "stale", "stale-half-built")}
+    for name, build in builds.items():
+        build.mkdir(parents=True)
+        if name != "stale-half-built":
+            (build / f"{native_kernels.MODULE}.so").write_bytes(b"")
+    month = native_kernels.STALE_DAYS * 86400
+    for name, age in [("current", 2 * month), ("used-yesterday", 86400), ("stale", month + 86400), ("stale-half-built", month + 60)]:
+        target = builds[name] / f"{native_kernels.MODULE}.so" if name != "stale-half-built" else builds[name]
+        os.utime(target, (time.time() - age, time.time() - age))
+    native_kernels._prune_stale(kernels, keep=builds["current"])
+    assert sorted(p.name for p in kernels.iterdir()) == ["current", "used-yesterday"]

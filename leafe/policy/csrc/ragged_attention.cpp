@@ -27,7 +27,16 @@
 
 namespace {
 
+// One query row per lane of the machine's widest vector: GCC lowers a vector type wider than the
+// machine's into slow element-wise code for comparisons and selects (16 lanes on an AVX2 Zen 3
+// ran the own-suffix pass 5-6x slower than 8; BENCHMARKS session 30).
+#if defined(__AVX512F__)
 constexpr int LANES = 16;
+#elif defined(__AVX2__)
+constexpr int LANES = 8;
+#else
+constexpr int LANES = 4;
+#endif
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
 constexpr int KEYS_AT_ONCE = 8;   // independent accumulators in the score loop
@@ -118,50 +127,11 @@ void attend(const vf* qt, const vi& limits, int64_t reach, const float* k, const
   for (int lane = 0; lane < LANES; ++lane) lse[lane] = used[lane] ? top[lane] + std::log(total[lane]) : 0.0f;
 }
 
-}  // namespace
-
-std::vector<torch::Tensor> ragged_attention(torch::Tensor q, torch::Tensor keys, torch::Tensor values,
-                                            torch::Tensor group_slot, torch::Tensor group_first, torch::Tensor last,
-                                            int64_t start, double scale) {
-  constexpr int HD = 64;
-  TORCH_CHECK(q.dtype() == torch::kFloat32 && keys.dtype() == torch::kFloat32 && values.dtype() == torch::kFloat32,
-              "ragged_attention: float32 only");
-  TORCH_CHECK(q.dim() == 4 && q.stride(3) == 1 && q.stride(2) == q.size(3) && q.stride(1) == q.size(2) * q.size(3),
-              "ragged_attention: q must be (T, kv_heads, G, hd) with each token's heads contiguous");
-  TORCH_CHECK(keys.dim() == 4 && keys.stride(3) == 1 && values.strides() == keys.strides() && values.sizes() == keys.sizes(),
-              "ragged_attention: keys/values (slots, kv_heads, capacity, hd) with the same strides, the last one 1");
-  const int64_t tokens = q.size(0), kv_heads = q.size(1), group = q.size(2);
-  TORCH_CHECK(q.size(3) == HD && keys.size(3) == HD && keys.size(1) == kv_heads,
-              "ragged_attention: head_dim 64 and matching key/value heads only");
-  auto slot_of = group_slot.to(torch::kInt64).contiguous();
-  auto first = group_first.to(torch::kInt64).contiguous();
-  auto lasts = last.to(torch::kInt64).contiguous();
-  const int64_t groups = slot_of.size(0);
-  TORCH_CHECK(first.size(0) == groups + 1 && lasts.size(0) == tokens, "ragged_attention: bad group or last sizes");
-  const int64_t* slot_p = slot_of.data_ptr<int64_t>();
-  const int64_t* first_p = first.data_ptr<int64_t>();
-  const int64_t* last_p = lasts.data_ptr<int64_t>();
-  TORCH_CHECK(first_p[0] == 0 && first_p[groups] == tokens, "ragged_attention: group_first must run from 0 to T");
-  auto out = torch::empty({tokens, kv_heads, group, HD}, q.options());
-  const int64_t q_token_stride = q.stride(0);
-  auto lse = torch::empty({tokens, kv_heads, group}, q.options());
-  // Tasks: (group, head, first row, rows); a group's rows are numbered token-major.
-  std::vector<int64_t> tasks;
-  for (int64_t n = 0; n < groups; ++n) {
-    TORCH_CHECK(slot_p[n] >= 0 && slot_p[n] < keys.size(0), "ragged_attention: slot out of range");
-    const int64_t rows = (first_p[n + 1] - first_p[n]) * group;
-    for (int64_t h = 0; h < kv_heads; ++h)
-      for (int64_t r = 0; r < rows; r += LANES) tasks.insert(tasks.end(), {n, h, r, std::min<int64_t>(LANES, rows - r)});
-  }
-  for (int64_t t = 0; t < tokens; ++t)
-    TORCH_CHECK(last_p[t] < keys.size(2), "ragged_attention: a position past the keys' capacity");
-  const float* qp = q.data_ptr<float>();
-  const float* kp = keys.data_ptr<float>();
-  const float* vp = values.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  float* lp = lse.data_ptr<float>();
-  const int64_t ks0 = keys.stride(0), ks1 = keys.stride(1), ks2 = keys.stride(2);
-  pybind11::gil_scoped_release no_gil;  // other Python threads run while this one computes
+// The kernel for one head size HD: checks done by ragged_attention below.
+template <int HD>
+void attend_all(const float* qp, int64_t q_token_stride, const float* kp, const float* vp, int64_t ks0, int64_t ks1,
+                int64_t ks2, const int64_t* slot_p, const int64_t* first_p, const int64_t* last_p, int64_t kv_heads,
+                int64_t group, int64_t start, float scale, const std::vector<int64_t>& tasks, float* op, float* lp) {
   at::parallel_for(0, static_cast<int64_t>(tasks.size() / 4), 1, [&](int64_t lo, int64_t hi) {
     std::vector<vf> scores;
     vf qt[HD], ot[HD];
@@ -181,7 +151,7 @@ std::vector<torch::Tensor> ragged_attention(torch::Tensor q, torch::Tensor keys,
       }
       const int64_t base = slot_p[n] * ks0 + h * ks1 + start * ks2;
       vf row_lse;
-      attend<HD>(qt, limits, reach, kp + base, vp + base, ks2, static_cast<float>(scale), ot, row_lse, scores);
+      attend<HD>(qt, limits, reach, kp + base, vp + base, ks2, scale, ot, row_lse, scores);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t token = token0 + (r0 + r) / group, g = (r0 + r) % group;
         float* row = op + ((token * kv_heads + h) * group + g) * HD;
@@ -190,6 +160,48 @@ std::vector<torch::Tensor> ragged_attention(torch::Tensor q, torch::Tensor keys,
       }
     }
   });
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> ragged_attention(torch::Tensor q, torch::Tensor keys, torch::Tensor values,
+                                            torch::Tensor group_slot, torch::Tensor group_first, torch::Tensor last,
+                                            int64_t start, double scale) {
+  TORCH_CHECK(q.dtype() == torch::kFloat32 && keys.dtype() == torch::kFloat32 && values.dtype() == torch::kFloat32,
+              "ragged_attention: float32 only");
+  TORCH_CHECK(q.dim() == 4 && q.stride(3) == 1 && q.stride(2) == q.size(3) && q.stride(1) == q.size(2) * q.size(3),
+              "ragged_attention: q must be (T, kv_heads, G, hd) with each token's heads contiguous");
+  TORCH_CHECK(keys.dim() == 4 && keys.stride(3) == 1 && values.strides() == keys.strides() && values.sizes() == keys.sizes(),
+              "ragged_attention: keys/values (slots, kv_heads, capacity, hd) with the same strides, the last one 1");
+  const int64_t tokens = q.size(0), kv_heads = q.size(1), group = q.size(2), hd = q.size(3);
+  TORCH_CHECK((hd == 64 || hd == 128) && keys.size(3) == hd && keys.size(1) == kv_heads,
+              "ragged_attention: head_dim 64 or 128, and matching key/value heads, only");
+  auto slot_of = group_slot.to(torch::kInt64).contiguous();
+  auto first = group_first.to(torch::kInt64).contiguous();
+  auto lasts = last.to(torch::kInt64).contiguous();
+  const int64_t groups = slot_of.size(0);
+  TORCH_CHECK(first.size(0) == groups + 1 && lasts.size(0) == tokens, "ragged_attention: bad group or last sizes");
+  const int64_t* slot_p = slot_of.data_ptr<int64_t>();
+  const int64_t* first_p = first.data_ptr<int64_t>();
+  const int64_t* last_p = lasts.data_ptr<int64_t>();
+  TORCH_CHECK(first_p[0] == 0 && first_p[groups] == tokens, "ragged_attention: group_first must run from 0 to T");
+  auto out = torch::empty({tokens, kv_heads, group, hd}, q.options());
+  auto lse = torch::empty({tokens, kv_heads, group}, q.options());
+  // Tasks: (group, head, first row, rows); a group's rows are numbered token-major.
+  std::vector<int64_t> tasks;
+  for (int64_t n = 0; n < groups; ++n) {
+    TORCH_CHECK(slot_p[n] >= 0 && slot_p[n] < keys.size(0), "ragged_attention: slot out of range");
+    const int64_t rows = (first_p[n + 1] - first_p[n]) * group;
+    for (int64_t h = 0; h < kv_heads; ++h)
+      for (int64_t r = 0; r < rows; r += LANES) tasks.insert(tasks.end(), {n, h, r, std::min<int64_t>(LANES, rows - r)});
+  }
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(last_p[t] < keys.size(2), "ragged_attention: a position past the keys' capacity");
+  pybind11::gil_scoped_release no_gil;  // other Python threads run while this one computes
+  auto run = hd == 64 ? attend_all<64> : attend_all<128>;
+  run(q.data_ptr<float>(), q.stride(0), keys.data_ptr<float>(), values.data_ptr<float>(), keys.stride(0), keys.stride(1),
+      keys.stride(2), slot_p, first_p, last_p, kv_heads, group, start, static_cast<float>(scale), tasks,
+      out.data_ptr<float>(), lse.data_ptr<float>());
   return {out, lse};
 }
 
