@@ -6,7 +6,8 @@ in one call per layer, and every prompt piece in another, with no padded rows or
 no mask tensor. The CPU flash kernel it replaces there needs equal-sized calls (padded rows and
 keys, an additive mask) and runs its small products at a fraction of the machine's peak. On the
 window-8 rollout workload the kernel took 0.34x the flash calls' time for the own suffixes and
-0.93x for the pieces, and the whole rollouts 0.83-0.89x (docs/BENCHMARKS.md, session 29).
+0.93x for the pieces, and the whole rollouts 0.83-0.89x, on an AVX-512 Zen 4; 0.43x, 1.02x and
+0.93-0.94x on an AVX2 Zen 3 (docs/BENCHMARKS.md, sessions 29 and 30).
 Results equal the flash kernel's up to float rounding (exp is a degree-6 polynomial; sums run in
 another order).
 

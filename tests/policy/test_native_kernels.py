@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
 
 import pytest
@@ -159,3 +160,17 @@ def test_a_new_build_deletes_builds_no_process_loaded_for_a_month(tmp_path):
         os.utime(target, (time.time() - age, time.time() - age))
     native_kernels._prune_stale(kernels, keep=builds["current"])
     assert sorted(p.name for p in kernels.iterdir()) == ["current", "used-yesterday"]
+
+
+def test_loading_a_build_marks_it_used(op, tmp_path):
+    from leafe.policy import native_kernels
+
+    library = native_kernels.build_directory() / f"{native_kernels.MODULE}.so"
+    copy = tmp_path / "build" / library.name
+    copy.parent.mkdir()
+    shutil.copy(library, copy)
+    long_ago = time.time() - 2 * native_kernels.STALE_DAYS * 86400
+    os.utime(copy, (long_ago, long_ago))
+    module = native_kernels._built_or_build(copy.parent)
+    assert callable(module.ragged_attention)
+    assert copy.stat().st_mtime > time.time() - 3600  # so a build elsewhere does not delete it

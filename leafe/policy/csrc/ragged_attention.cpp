@@ -29,8 +29,11 @@ namespace {
 
 // One query row per lane of the machine's widest vector: GCC lowers a vector type wider than the
 // machine's into slow element-wise code for comparisons and selects (16 lanes on an AVX2 Zen 3
-// ran the own-suffix pass 5-6x slower than 8; BENCHMARKS session 30).
-#if defined(__AVX512F__)
+// ran the own-suffix pass 6x slower than 8; bench/kernel_lanes.py, BENCHMARKS session 30).
+// -DLEAFE_LANES=n builds another width, for that benchmark.
+#if defined(LEAFE_LANES)
+constexpr int LANES = LEAFE_LANES;
+#elif defined(__AVX512F__)
 constexpr int LANES = 16;
 #elif defined(__AVX2__)
 constexpr int LANES = 8;
