@@ -7,9 +7,8 @@ width is the machine's widest vector (16 floats with AVX-512, 8 with AVX2, else 
 the kernel once per ``--lanes`` value (``-DLEAFE_LANES=n``, each in a scratch directory, ~30-60 s
 apiece) and times, interleaved, the two workloads of the other attention benches: one decode
 pass of own suffixes (``bench/own_suffix_attention.py``: 64 slots, 1 or 5 tokens each, 30 layers)
-and one pass of prompt pieces (``bench/piece_attention.py``: 6 pieces of 66 tokens). A vector
-type wider than the machine's is lowered by the compiler into element-wise code for its compares
-and selects, which is what this shows on an AVX2 CPU (docs/BENCHMARKS.md, session 30).
+and one pass of prompt pieces (``bench/piece_attention.py``: 6 pieces of 66 tokens). On an AVX2
+CPU, 16 lanes (twice the register width) took 6-9x the time of 8 (docs/BENCHMARKS.md, session 30).
 
 Prints the median milliseconds per pass for each width and checks the widths' outputs agree.
 """
@@ -38,7 +37,7 @@ def build(lanes: int):
 
     module = load(
         name=f"ragged_attention_{lanes}_lanes", sources=[str(native_kernels.SOURCE)],
-        extra_cflags=[*native_kernels.CFLAGS, f"-DLEAFE_LANES={lanes}"], extra_ldflags=native_kernels.LDFLAGS,
+        extra_cflags=[*native_kernels.CFLAGS, f"-DLEAFE_LANES={lanes}"], extra_ldflags=list(native_kernels.LDFLAGS),
         build_directory=tempfile.mkdtemp(prefix="leafe-lanes-"), verbose=False,
     )
     return module.ragged_attention

@@ -39,8 +39,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "ragged_attention.cpp"
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-mprefer-vector-width=512"]
-LDFLAGS = ["-fopenmp"]
+# Tuples: torch.utils.cpp_extension.load appends its own flags to the lists it is given, which would
+# change build_directory()'s hash for the rest of the process; it gets copies.
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-mprefer-vector-width=512")
+LDFLAGS = ("-fopenmp",)
 HEAD_DIMS = (64, 128)  # the head sizes the kernel is built for
 MODULE = "leafe_ragged_attention"
 STALE_DAYS = 30  # builds no process loaded for this long are deleted at the next build
@@ -99,7 +101,7 @@ def _built_or_build(directory: Path) -> ModuleType:
         scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
         try:
             module = load(
-                name=MODULE, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                name=MODULE, sources=[str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
                 build_directory=str(scratch), verbose=False,
             )
             built = scratch / f"{MODULE}.so"

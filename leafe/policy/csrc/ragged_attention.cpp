@@ -27,9 +27,9 @@
 
 namespace {
 
-// One query row per lane of the machine's widest vector: GCC lowers a vector type wider than the
-// machine's into slow element-wise code for comparisons and selects (16 lanes on an AVX2 Zen 3
-// ran the own-suffix pass 6x slower than 8; bench/kernel_lanes.py, BENCHMARKS session 30).
+// One query row per lane of the machine's widest vector: a vector type twice the machine's width
+// is slow (16 lanes on an AVX2 Zen 3 ran the own-suffix pass 6x slower than 8, likely because GCC
+// lowers some of its operations element-wise; bench/kernel_lanes.py, BENCHMARKS session 30).
 // -DLEAFE_LANES=n builds another width, for that benchmark.
 #if defined(LEAFE_LANES)
 constexpr int LANES = LEAFE_LANES;
