@@ -1,16 +1,18 @@
-"""The engine's attention kernel built for several vector widths: query rows per task (lanes).
+"""The engine's attention kernel built in several shapes: vector width (lanes) and vectors of query rows per task.
 
-    .venv/bin/python bench/kernel_lanes.py [--lanes 16 8 4] [--repeats 7]
+    .venv/bin/python bench/kernel_lanes.py [--builds 8x1 8x2 4x1] [--repeats 7]
 
 ``csrc/ragged_attention.cpp`` puts one query row in each lane of a GCC vector type; by default the
-width is the machine's widest vector (16 floats with AVX-512, 8 with AVX2, else 4). This builds
-the kernel once per ``--lanes`` value (``-DLEAFE_LANES=n``, each in a scratch directory, ~30-60 s
-apiece) and times, interleaved, the two workloads of the other attention benches: one decode
-pass of own suffixes (``bench/own_suffix_attention.py``: 64 slots, 1 or 5 tokens each, 30 layers)
-and one pass of prompt pieces (``bench/piece_attention.py``: 6 pieces of 66 tokens). On an AVX2
-CPU, 16 lanes (twice the register width) took 6-9x the time of 8 (docs/BENCHMARKS.md, session 30).
+width is the machine's widest vector (16 floats with AVX-512, 8 with AVX2, else 4), and a group
+of more rows than one vector holds is attended two vectors of rows per task. Each ``--builds``
+value ``LxR`` compiles the kernel with ``-DLEAFE_LANES=L -DLEAFE_ROW_VECTORS=R`` (each in a scratch
+directory, ~30-60 s apiece); the default is this machine's width with 1 and 2 row vectors. It
+times, interleaved, the two workloads of the other attention benches: one decode pass of own
+suffixes (``bench/own_suffix_attention.py``: 64 slots, 1 or 5 tokens each, 30 layers) and one
+pass of prompt pieces (``bench/piece_attention.py``: 6 pieces of 66 tokens). On an AVX2 CPU, 16
+lanes (twice the register width) took 6-9x the time of 8 (docs/BENCHMARKS.md, session 30).
 
-Prints the median milliseconds per pass for each width and checks the widths' outputs agree.
+Prints the median milliseconds per pass for each build and checks the builds' outputs agree.
 """
 
 from __future__ import annotations
@@ -31,24 +33,33 @@ from piece_attention import COUNT, STARTS  # noqa: E402
 from leafe.policy import native_kernels  # noqa: E402
 
 
-def build(lanes: int):
-    """The kernel's ``ragged_attention`` built with ``lanes`` query rows per task."""
-    from torch.utils.cpp_extension import load
+def native_lanes() -> int:
+    """The kernel's default width on this CPU: 16 with AVX-512, 8 with AVX2, else 4."""
+    flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split())
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
 
-    module = load(
-        name=f"ragged_attention_{lanes}_lanes", sources=[str(native_kernels.SOURCE)],
-        extra_cflags=[*native_kernels.CFLAGS, f"-DLEAFE_LANES={lanes}"], extra_ldflags=list(native_kernels.LDFLAGS),
-        build_directory=tempfile.mkdtemp(prefix="leafe-lanes-"), verbose=False,
+
+def build(spec: str):
+    """The kernel's ``ragged_attention`` built with ``spec``'s macros: "LANES=8,ROW_VECTORS=2" compiles
+    with ``-DLEAFE_LANES=8 -DLEAFE_ROW_VECTORS=2``."""
+    defines = [f"LEAFE_{part.strip()}" for part in spec.split(",") if part.strip()]
+    tag = "_".join(define.split("=")[-1] for define in defines)
+    module = native_kernels.compile_kernel(
+        Path(tempfile.mkdtemp(prefix="leafe-lanes-")), name=f"ragged_attention_{tag}", defines=defines,
     )
     return module.ragged_attention
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lanes", type=int, nargs="+", default=[16, 8, 4])
+    parser.add_argument(
+        "--builds", nargs="+", default=None,
+        help='macros per build, e.g. "LANES=8,ROW_VECTORS=1" "LANES=8" (default: this CPU\'s width with 1 and 2 row vectors)',
+    )
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    ops = {lanes: build(lanes) for lanes in args.lanes}
+    builds = args.builds or [f"LANES={native_lanes()},ROW_VECTORS=1", f"LANES={native_lanes()},ROW_VECTORS=2"]
+    ops = {spec: build(spec) for spec in builds}
 
     torch.manual_seed(0)
     keys = [torch.randn(SLOTS, KV_HEADS, CAPACITY, HEAD_DIM) for _ in range(4)]  # 4 layers' slots, cycled
@@ -72,9 +83,9 @@ def main() -> None:
     for name, inputs in (("own suffix", own), ("pieces", pieces)):
         outputs = [one_pass(op, inputs) for op in ops.values()]
         difference = max(max((o - outputs[0][0]).abs().max().item(), (l - outputs[0][1]).abs().max().item()) for o, l in outputs)
-        print(f"{name}: max |difference| between widths {difference:.2e}")
-        for lanes, op in ops.items():
-            forms[f"{name}, {lanes} lanes"] = lambda op=op, inputs=inputs: one_pass(op, inputs)
+        print(f"{name}: max |difference| between builds {difference:.2e}")
+        for spec, op in ops.items():
+            forms[f"{name}, {spec}"] = lambda op=op, inputs=inputs: one_pass(op, inputs)
     medians = interleaved_medians(forms, args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median per pass of {LAYERS} layers:")
     for name, median in medians.items():

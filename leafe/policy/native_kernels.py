@@ -30,7 +30,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -86,6 +86,17 @@ def _prune_stale(kernels: Path, keep: Path, max_age_days: float = STALE_DAYS) ->
             shutil.rmtree(build, ignore_errors=True)
 
 
+def compile_kernel(directory: Path, name: str = MODULE, defines: Sequence[str] = ()) -> ModuleType:
+    """Compile the kernel in ``directory`` and load it as module ``name``, with extra macro
+    ``defines`` ("LEAFE_LANES=8": the variants bench/kernel_lanes.py compares); no caching."""
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name=name, sources=[str(SOURCE)], extra_cflags=[*CFLAGS, *(f"-D{define}" for define in defines)],
+        extra_ldflags=list(LDFLAGS), build_directory=str(directory), verbose=False,
+    )
+
+
 def _built_or_build(directory: Path) -> ModuleType:
     """The compiled module from ``directory``, built there first if it is not.
 
@@ -95,15 +106,10 @@ def _built_or_build(directory: Path) -> ModuleType:
     forever, as a shared ``torch.utils.cpp_extension`` build directory can)."""
     library = directory / f"{MODULE}.so"
     if not library.exists():
-        from torch.utils.cpp_extension import load
-
         directory.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
         try:
-            module = load(
-                name=MODULE, sources=[str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
-                build_directory=str(scratch), verbose=False,
-            )
+            module = compile_kernel(scratch)
             built = scratch / f"{MODULE}.so"
             if built.exists():  # (torch renames a second build of one name in a process: keep none)
                 os.replace(built, library)
