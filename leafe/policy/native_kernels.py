@@ -7,7 +7,10 @@ no mask tensor. The CPU flash kernel it replaces there needs equal-sized calls (
 keys, an additive mask) and runs its small products at a fraction of the machine's peak. On the
 window-8 rollout workload the kernel took 0.34x the flash calls' time for the own suffixes and
 0.93x for the pieces, and the whole rollouts 0.83-0.89x, on an AVX-512 Zen 4; 0.43x, 1.02x and
-0.93-0.94x on an AVX2 Zen 3 (docs/BENCHMARKS.md, sessions 29 and 30).
+0.93-0.94x on an AVX2 Zen 3 (docs/BENCHMARKS.md, sessions 29 and 30). Since session 31 a
+group of more rows than one vector holds is attended two vectors of rows per task, and the
+threads take tasks costliest first: 0.36x and 0.77x of flash's time on the Zen 3's own-suffix
+and piece passes, while the whole rollouts stayed at 0.93x.
 Results equal the flash kernel's up to float rounding (exp is a degree-6 polynomial; sums run in
 another order).
 
