@@ -76,9 +76,10 @@ def check_model(policy: PolicyConfig, model: str, field: str) -> None:
     """Fail here, before any worker starts, on a model no worker could load: a local path that
     is not a directory. Converts the embedded model once, so the workers find it cached. A model
     served over HTTP (the ``openai`` backend) is the server's name, not checked."""
+    from leafe.policy import served_over_http
     from leafe.policy.embedded import resolve_model
 
-    if policy.backend == "openai" or (policy.backend == "auto" and policy.base_url):
+    if served_over_http(policy):
         return
     resolved = resolve_model(model)
     if resolved.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(resolved)):

@@ -119,12 +119,18 @@ def _model_type(model: str) -> str | None:
         return None
 
 
+def served_over_http(cfg: PolicyConfig) -> bool:
+    """Whether ``cfg`` means the ``openai`` backend (named, or ``auto`` with a ``base_url``): the
+    model is then a server's name, not anything loaded here."""
+    return cfg.backend == "openai" or (cfg.backend == "auto" and bool(cfg.base_url))
+
+
 def choose_backend(cfg: PolicyConfig, model: str | None = None) -> str:
     """The backend ``cfg.backend`` means for ``model`` (resolves ``auto``, see the module docstring)."""
+    if served_over_http(cfg):
+        return "openai"
     if cfg.backend != "auto":
         return cfg.backend
-    if cfg.base_url:
-        return "openai"
     wants_cuda = cfg.device.startswith("cuda") or cfg.device == "auto"
     if wants_cuda and importlib.util.find_spec("vllm") is not None:
         import torch
