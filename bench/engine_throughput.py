@@ -205,8 +205,7 @@ def main() -> None:
         )
         make_env, task_source = build_env(cfg.env)
         tasks = select_tasks(task_source, "test", args.tasks)
-        # ru_maxrss never falls: without a reset of the high-water mark it is the first backend's only.
-        first_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if not results["backends"] else None
+        first = not results["backends"]
         fresh_peak = reset_peak_rss()
         policy = _lora_policy(cfg.policy, episodes) if lora else load_policy(cfg.policy)
         if kernel == "ragged" and policy.net.ragged is None:
@@ -253,7 +252,8 @@ def main() -> None:
             # Minor page faults during the run: first touches of fresh memory (costly inside a VM).
             "page_faults": page_faults,
             "pass_at_k": {str(k): round(100 * m, 1) for k, m in zip(passk.ks, passk.mean)},
-            "peak_rss_mib": peak_rss_mib() if fresh_peak else first_peak,
+            # ru_maxrss never falls: without a reset of the high-water mark it is the first backend's only.
+            "peak_rss_mib": peak_rss_mib() if fresh_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if first else None,
         }
         if hasattr(policy, "stats"):
             row["engine"] = policy.stats.as_dict()

@@ -1,12 +1,13 @@
 """The engine's attention kernel built in several shapes: vector width (lanes) and vectors of query rows per task.
 
-    .venv/bin/python bench/kernel_lanes.py [--builds 8x1 8x2 4x1] [--repeats 7]
+    .venv/bin/python bench/kernel_lanes.py [--builds "LANES=8,ROW_VECTORS=1" "LANES=8" ...] [--repeats 7]
 
 ``csrc/ragged_attention.cpp`` puts one query row in each lane of a GCC vector type; by default the
 width is the machine's widest vector (16 floats with AVX-512, 8 with AVX2, else 4), and a group
 of more rows than one vector holds is attended two vectors of rows per task. Each ``--builds``
-value ``LxR`` compiles the kernel with ``-DLEAFE_LANES=L -DLEAFE_ROW_VECTORS=R`` (each in a scratch
-directory, ~30-60 s apiece); the default is this machine's width with 1 and 2 row vectors. It
+value lists macros without their ``LEAFE_`` prefix: ``"LANES=8,ROW_VECTORS=1"`` compiles the kernel
+with ``-DLEAFE_LANES=8 -DLEAFE_ROW_VECTORS=1`` (also ``VALUE_BLOCK_FLOATS``), each in a scratch
+directory, ~30-60 s apiece; the default is this machine's width with 1 and 2 row vectors. It
 times, interleaved, the two workloads of the other attention benches: one decode pass of own
 suffixes (``bench/own_suffix_attention.py``: 64 slots, 1 or 5 tokens each, 30 layers) and one
 pass of prompt pieces (``bench/piece_attention.py``: 6 pieces of 66 tokens). On an AVX2 CPU, 16
