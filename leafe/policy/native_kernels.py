@@ -10,7 +10,8 @@ window-8 rollout workload the kernel took 0.34x the flash calls' time for the ow
 0.93-0.94x on an AVX2 Zen 3 (docs/BENCHMARKS.md, sessions 29 and 30). Since session 31 a
 group of more rows than one vector holds is attended two vectors of rows per task, and the
 threads take tasks costliest first: 0.36x and 0.77x of flash's time on the Zen 3's own-suffix
-and piece passes, while the whole rollouts stayed at 0.93x.
+and piece passes, while the whole window-8 rollouts stayed at 0.93x (window 1: 0.89-0.90x,
+from 0.99x).
 Results equal the flash kernel's up to float rounding (exp is a degree-6 polynomial; sums run in
 another order).
 
