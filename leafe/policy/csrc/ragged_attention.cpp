@@ -91,6 +91,9 @@ constexpr int ROW_VECTORS = 2;
 #endif
 static_assert(ROW_VECTORS == 1 || ROW_VECTORS == 2, "LEAFE_ROW_VECTORS: 1 or 2");
 
+// Vectors of rows per task for a group of this many query rows.
+inline int row_vectors(int64_t rows) { return rows > LANES ? ROW_VECTORS : 1; }
+
 // Accumulators in the score loop (keys x RV vectors) and in the value loop (dims x RV vectors):
 // as many as the registers hold next to the operands (16 vector registers below AVX-512, 32 with it).
 template <int RV>
@@ -207,7 +210,7 @@ void attend_all(const float* qp, int64_t q_token_stride, const float* kp, const 
     vf qt[HD * ROW_VECTORS], ot[HD * ROW_VECTORS];
     for (int64_t t = next++; t < count; t = next++) {
       const int64_t n = tasks[t].n, h = tasks[t].h, r0 = tasks[t].r0, rows = tasks[t].rows;
-      const int rv = rows > LANES ? ROW_VECTORS : 1;
+      const int rv = row_vectors(rows);
       const int64_t token0 = first_p[n];
       vi limits[ROW_VECTORS] = {};
       int64_t reach = 0;
@@ -270,13 +273,13 @@ std::vector<torch::Tensor> ragged_attention(torch::Tensor q, torch::Tensor keys,
   for (int64_t n = 0; n < groups; ++n) {
     TORCH_CHECK(slot_p[n] >= 0 && slot_p[n] < keys.size(0), "ragged_attention: slot out of range");
     const int64_t rows = (first_p[n + 1] - first_p[n]) * group;
-    const int64_t per_task = rows > LANES ? ROW_VECTORS * LANES : LANES;
+    const int64_t per_task = row_vectors(rows) * LANES;
     int64_t reach = 1;  // the group's: its chunks keep their order, and so reuse keys in cache
     for (int64_t token = first_p[n]; token < first_p[n + 1]; ++token) reach = std::max(reach, last_p[token] + 1 - start);
     for (int64_t h = 0; h < kv_heads; ++h)
       for (int64_t r = 0; r < rows; r += per_task) {
         const int64_t taken = std::min<int64_t>(per_task, rows - r);
-        tasks.push_back({n, h, r, taken, (taken > LANES ? ROW_VECTORS : 1) * reach});
+        tasks.push_back({n, h, r, taken, row_vectors(taken) * reach});
       }
   }
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
