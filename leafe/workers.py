@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import queue
+import resource
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from leafe.types import Task, Trajectory
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PEAK_RSS_TIMEOUT_S = 30.0  # how long finished workers may take to report their peak memory
 
 
 def shard_by_task(items: Sequence[T], task_id: Callable[[T], str], shards: int) -> list[list[T]]:
@@ -58,11 +61,12 @@ def shard_by_task(items: Sequence[T], task_id: Callable[[T], str], shards: int) 
     return [share for share in out if share]
 
 
-def play_on_workers(cfg: ExperimentConfig, jobs: Sequence[EpisodeJob], on_finish: Callable[[Trajectory], None]) -> None:
+def play_on_workers(cfg: ExperimentConfig, jobs: Sequence[EpisodeJob], on_finish: Callable[[Trajectory], None]) -> list[float]:
     """Play ``jobs`` on ``cfg.workers.num`` Ray actors; ``on_finish`` gets each trajectory here,
-    as soon as its worker finishes it."""
+    as soon as its worker finishes it. Returns each worker's peak RSS in MiB (see
+    :func:`_run_on_workers`)."""
     shares = shard_by_task(jobs, lambda job: job.task.task_id, cfg.workers.num)
-    _run_on_workers(cfg, "play", shares, lambda record: on_finish(Trajectory.from_dict(record)))
+    return _run_on_workers(cfg, "play", shares, lambda record: on_finish(Trajectory.from_dict(record)))
 
 
 def explore_on_workers(cfg: ExperimentConfig, tasks: Sequence[Task], on_tree: Callable[[ExperienceTree], None]) -> None:
@@ -138,6 +142,10 @@ class EpisodeWorker:
         """Return once built; raise what building failed with."""
         if self.error is not None:
             raise self.error
+
+    def peak_rss_mib(self) -> float:
+        """This worker process's peak resident memory so far, in MiB (Linux: ``ru_maxrss`` in KiB)."""
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def play(self, jobs: list[EpisodeJob]) -> Iterator[dict[str, Any]]:
         """Each finished episode of ``jobs`` as a :meth:`Trajectory.to_dict` record."""
@@ -282,17 +290,19 @@ def _spawn(ray: Any, cfg: ExperimentConfig, count: int, explores: bool) -> list[
     return [actor.remote(cfg.model_dump(mode="json"), threads, os.getcwd(), explores) for _ in range(count)]
 
 
-def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]], handle: Callable[[Any], None]) -> None:
+def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]], handle: Callable[[Any], None]) -> list[float]:
     """Call ``method`` on one actor per share, and ``handle`` every streamed record in the order
     they arrive. The actors (those :func:`start_workers` left for this call, or new ones) are
-    stopped on return or error.
+    stopped on return or error. Returns the actors' peak RSS in MiB, asked once all have
+    finished (``[]`` when there was nothing to do or they could not answer within
+    ``PEAK_RSS_TIMEOUT_S``): the memory the model took, which this process's own peak does not show.
 
     A worker that dies does not stop the others: what they finish is still handled, then a
     :class:`WorkerError` is raised. Any other error stops them all at once.
     """
     global _started
     if not shares:
-        return
+        return []
     ray = _connect(cfg.workers, len(shares))
     explores = method == "explore"
     taken, _started = _started, None
@@ -321,10 +331,22 @@ def _run_on_workers(cfg: ExperimentConfig, method: str, shares: list[list[Any]],
                     del streams[stream]
                     continue
                 handle(record)
+        peaks = [] if died is not None else _peak_rss(ray, workers[: len(shares)])
     finally:
         _kill(ray, workers)
     if died is not None:
         raise died
+    return peaks
+
+
+def _peak_rss(ray: Any, workers: Sequence[Any]) -> list[float]:
+    """Each of ``workers``' peak RSS in MiB, or ``[]`` if any of them cannot say in time (the
+    figure is a report, never a reason to fail a finished call)."""
+    try:
+        return [float(peak) for peak in ray.get([w.peak_rss_mib.remote() for w in workers], timeout=PEAK_RSS_TIMEOUT_S)]
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        logger.warning("could not read the Ray workers' peak memory: %s: %s", type(error).__name__, error)
+        return []
 
 
 def _fetch(ray: Any, ref: Any, index: int) -> Any:

@@ -103,7 +103,10 @@ def test_eval_on_two_workers_plays_the_one_process_episodes_and_resumes(tiny_mod
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stderr
     metrics = json.loads((tmp_path / "local" / "metrics.json").read_text())
-    assert metrics["details"]["throughput_this_invocation"]["episodes"] == 14
+    throughput = metrics["details"]["throughput_this_invocation"]
+    assert throughput["episodes"] == 14
+    # The workers hold the models: their peak memory is reported next to this process's own.
+    assert throughput["worker_peak_rss_mib"] > 100 and "worker_peak_rss_mib" not in local_metrics["details"]["throughput_this_invocation"]
     assert _episodes(tmp_path / "local") == expected
 
     # A finished run's rerun starts no workers: these would not fit in Ray and would be refused.

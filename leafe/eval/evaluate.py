@@ -31,7 +31,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Throughput:
-    """Work done by this invocation (episodes loaded from disk are not counted)."""
+    """Work done by this invocation (episodes loaded from disk are not counted).
+
+    ``peak_rss_mib`` is this process's peak memory; with Ray workers, which hold the models,
+    ``worker_peak_rss_mib`` is the largest of theirs (None without workers, or when they could
+    not report it)."""
 
     episodes: int
     env_steps: int
@@ -39,6 +43,7 @@ class Throughput:
     completion_tokens: int
     seconds: float
     peak_rss_mib: float
+    worker_peak_rss_mib: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         rate = (lambda amount: round(amount / self.seconds, 2) if self.seconds > 0 else None)
@@ -52,6 +57,7 @@ class Throughput:
             "prompt_tokens_per_s": rate(self.prompt_tokens),
             "env_steps_per_s": rate(self.env_steps),
             "peak_rss_mib": round(self.peak_rss_mib, 1),
+            **({} if self.worker_peak_rss_mib is None else {"worker_peak_rss_mib": round(self.worker_peak_rss_mib, 1)}),
         }
 
 
@@ -77,6 +83,7 @@ def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[T
     logger.info("eval: %d episodes wanted, %d already finished, %d to play", len(jobs), len(jobs) - len(todo), len(todo))
 
     played: list[Trajectory] = []
+    worker_peaks: list[float] = []
     started = time.perf_counter()
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="eval episodes", unit="ep") as bar:
 
@@ -91,7 +98,7 @@ def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[T
         if todo and cfg.workers.num > 1:
             from leafe.workers import play_on_workers
 
-            play_on_workers(cfg, todo, on_finish=record)
+            worker_peaks = play_on_workers(cfg, todo, on_finish=record)
         elif todo:
             run_episodes(
                 todo,
@@ -110,6 +117,7 @@ def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[T
         completion_tokens=sum(t.completion_tokens for t in played),
         seconds=time.perf_counter() - started,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        worker_peak_rss_mib=max(worker_peaks) if worker_peaks else None,
     )
 
     trajectories = [Trajectory.from_dict(finished[(job.task.task_id, job.sample_index)]) for job in jobs]
