@@ -25,7 +25,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 quickstart: install
 	$(BIN)/leafe run configs/sokoban_quickstart.yaml
 
-test: install
+# A third-party OpenAI-compatible server the openai backend's tests talk to: llama.cpp's, on the
+# embedded GGUF. It compiles llama.cpp (~7 min on 2 cores), so only the tests install it.
+TEST_SERVERS ?= llama-cpp-python[server]==0.3.36
+
+$(VENV)/.test-servers: $(VENV)/.installed
+	$(BIN)/pip install --quiet "$(TEST_SERVERS)"
+	touch $@
+
+test: install $(VENV)/.test-servers
 	$(BIN)/python -m pytest -q -n 2 --maxschedchunk=1 tests
 
 bench: install

@@ -3,7 +3,9 @@ Ollama, ``leafe serve``, or a hosted API.
 
 String prompts go to ``POST {base_url}/completions``, chat prompts to ``/chat/completions``. Each
 request carries its seed (``seed``), so servers that honour per-request seeds (vLLM, SGLang,
-``leafe serve``) reproduce samples; hosted APIs treat it as best effort.
+``leafe serve``) reproduce samples; hosted APIs treat it as best effort. llama.cpp's server
+(llama-cpp-python 0.3.36, tested) honours it from the same cache state only: a prompt evaluated
+afresh and the same prompt served from its prompt cache can sample differently at near-tied tokens.
 
 Failure handling: a request gets ``timeout_s`` per attempt; a timeout, a refused connection, HTTP
 429 or 5xx is retried up to ``max_retries`` times with exponential backoff (0.5 s, 1 s, 2 s, ...

@@ -1,5 +1,6 @@
 """The OpenAI-compatible backend against real local servers: ``leafe serve`` in a subprocess, a
-server that never answers, and a server that dies in the middle of an evaluation."""
+server that never answers, a server that dies in the middle of an evaluation, and a third-party
+server, llama.cpp's (llama-cpp-python), on the embedded GGUF."""
 
 from __future__ import annotations
 
@@ -149,3 +150,91 @@ def test_a_server_that_dies_mid_eval_loses_no_finished_episode(tiny_model_dir, t
     lines = episodes.read_text().splitlines()
     assert len(lines) == 6 and lines[: len(kept)] == kept
     assert len({(json.loads(l)["task"]["task_id"], json.loads(l)["sample_index"]) for l in lines}) == 6
+
+
+# ---------------------------------------------------------------- a third-party server: llama.cpp's
+
+LLAMA_PROMPT = "Observation:\nYou are at 0.\nThought:"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_server(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server on the embedded GGUF (Q4_1, so its tokens are
+    not the float32 model's); ``make test`` installs it."""
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed (make test installs it)")
+    from leafe.policy.embedded import find_gguf
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llama-cpp") / "server.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1",
+             "--port", str(port), "--n_threads", "1", "--n_ctx", "2048", "--verbose", "False"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/models", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"llama.cpp's server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+def test_llama_cpp_server_completes_text_and_chat_prompts(llama_cpp_server):
+    remote = OpenAIPolicy(llama_cpp_server, "smollm2", max_concurrent=2)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12, stop=("\n\n",))
+    requests = [GenerationRequest(LLAMA_PROMPT, seed=0), GenerationRequest([{"role": "user", "content": "Say hi."}], seed=0)]
+    first, again = remote.generate(requests, greedy), remote.generate(requests, greedy)
+    assert [g.text for g in first] == [g.text for g in again]  # greedy: the same text every time
+    for generation in first:
+        assert generation.text.strip() and "\n\n" not in generation.text
+        assert 0 < generation.completion_tokens <= 12 and generation.prompt_tokens > 0
+        assert generation.finish_reason in ("stop", "length")
+    assert first[1].prompt_text == "<|user|>\nSay hi."  # a record of the chat prompt; the server templated it
+
+
+@pytest.mark.slow
+def test_llama_cpp_server_samples_by_the_requests_seed(llama_cpp_server):
+    """The seed reaches the server: the same seed gives the same sample, another seed another.
+    (llama.cpp reproduces a seed only from the same cache state: a prompt evaluated afresh and
+    one served from its prompt cache can differ at near-tied tokens, so the prompt is warmed
+    first, and requests go one at a time.)"""
+    remote = OpenAIPolicy(llama_cpp_server, "smollm2", max_concurrent=1)
+    params = SamplingParams(temperature=0.9, max_new_tokens=16)
+    remote.generate([GenerationRequest(LLAMA_PROMPT, seed=0)], params)
+    texts = [remote.generate([GenerationRequest(LLAMA_PROMPT, seed=seed)], params)[0].text for seed in (1, 1, 2, 2)]
+    assert texts[0] == texts[1] and texts[2] == texts[3]
+    assert texts[0] != texts[2]
+
+
+@pytest.mark.slow
+def test_eval_through_llama_cpp_s_server(llama_cpp_server, tmp_path):
+    command = [
+        sys.executable, "-m", "leafe.cli", "eval", str(ROOT / "configs" / "sokoban_quickstart.yaml"),
+        f"output_dir={tmp_path}", "name=llama-cpp", "policy.backend=openai", f"policy.base_url={llama_cpp_server}",
+        "policy.model=smollm2", "eval.num_tasks=2", "eval.samples_per_task=2", "eval.ks=[1,2]",
+        "rollout.max_steps=2", "policy.max_new_tokens=16",
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    episodes = [json.loads(line) for line in (tmp_path / "llama-cpp" / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 4 and all(episode["steps"] for episode in episodes)
+    throughput = json.loads((tmp_path / "llama-cpp" / "metrics.json").read_text())["details"]["throughput_this_invocation"]
+    assert throughput["completion_tokens"] > 0 and throughput["prompt_tokens"] > 0
