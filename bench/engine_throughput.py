@@ -31,7 +31,8 @@ modules, ``NativePolicy.from_model`` + ``fuse_projections``).
 4. Prints, per backend: wall time, work tokens/s, the ratio to the roofline, the speedup over the
    first backend listed after it, the engine's own counters, Pass@k and peak RSS (from loading
    the backend to the end of its run; where Linux lets the count be reset, for every backend,
-   else for the first only).
+   else for the first only), then each backend against issue 3's targets (50% of the roofline;
+   10x transformers, when transformers is the last backend listed).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ from leafe.policy.memory import give_back_freed_memory  # noqa: E402
 from leafe.policy.native_linear import PackedWeights, linear  # noqa: E402
 from leafe.policy.prefix_cache import common_prefix_length  # noqa: E402
 from leafe.rollout import make_jobs, run_episodes  # noqa: E402
+
+# Issue 3's targets for the native engine on this workload, printed against each run.
+ROOFLINE_TARGET = 0.5
+SPEEDUP_TARGET = 10.0
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -265,8 +270,19 @@ def main() -> None:
         base = results["backends"][names[-1]]["wall_s"]
         for name in names[:-1]:
             print(f"speedup {name} vs {names[-1]}: {base / results['backends'][name]['wall_s']:.1f}x")
+    print(f"\ntargets (issue 3): {ROOFLINE_TARGET:.0%} of the roofline, {SPEEDUP_TARGET:g}x transformers in the same run")
+    for name, row in results["backends"].items():
+        verdict = f"{row['fraction_of_roofline']:.1%} of the roofline ({_met(row['fraction_of_roofline'] >= ROOFLINE_TARGET)})"
+        if names[-1].startswith("transformers") and name != names[-1]:
+            speedup = base / row["wall_s"]
+            verdict += f", {speedup:.1f}x transformers ({_met(speedup >= SPEEDUP_TARGET)})"
+        print(f"  {name}: {verdict}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "missed"
 
 
 if __name__ == "__main__":
