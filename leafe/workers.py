@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import queue
-import resource
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from leafe.config import ConfigError, ExperimentConfig, PolicyConfig, WorkersCon
 from leafe.method.tree import ExperienceTree
 from leafe.policy.base import Generation, GenerationRequest, GenerationStream, SamplingParams
 from leafe.policy.errors import BackendError, RequestTooLarge
+from leafe.policy.memory import peak_rss_mib
 from leafe.rollout import EpisodeJob
 from leafe.types import Task, Trajectory
 
@@ -145,7 +145,7 @@ class EpisodeWorker:
 
     def peak_rss_mib(self) -> float:
         """This worker process's peak resident memory so far, in MiB (Linux: ``ru_maxrss`` in KiB)."""
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak_rss_mib()
 
     def play(self, jobs: list[EpisodeJob]) -> Iterator[dict[str, Any]]:
         """Each finished episode of ``jobs`` as a :meth:`Trajectory.to_dict` record."""

@@ -9,7 +9,6 @@ gives the same episodes, and so the same numbers, as an uninterrupted one.
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from leafe.agent import Agent
 from leafe.config import ExperimentConfig
 from leafe.eval.passk import PassAtK, compute_pass_at_k
 from leafe.eval.report import print_table, write_report
+from leafe.policy.memory import peak_rss_mib
 from leafe.rollout import EpisodeJob, make_jobs, run_episodes
 from leafe.runs import RunDir, append_jsonl, read_jsonl
 from leafe.types import Task, Trajectory
@@ -116,7 +116,7 @@ def evaluate(cfg: ExperimentConfig, run: RunDir, agent: Agent, tasks: Sequence[T
         prompt_tokens=sum(t.prompt_tokens for t in played),
         completion_tokens=sum(t.completion_tokens for t in played),
         seconds=time.perf_counter() - started,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mib=peak_rss_mib(),
         worker_peak_rss_mib=max(worker_peaks) if worker_peaks else None,
     )
 

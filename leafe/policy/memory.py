@@ -27,8 +27,11 @@ import math
 import mmap
 import os
 import platform
+import resource
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,11 @@ def give_back_freed_memory() -> None:
     except (OSError, AttributeError):  # pragma: no cover - glibc always has it
         pass
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (``ru_maxrss``: KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_bytes() -> int:
     """Physical memory of the machine (a large default where the OS does not say)."""
     try:
@@ -97,6 +105,8 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | Non
     tensor far larger than what is ever written costs address space, not memory. Transparent
     huge pages are turned off for it, since one write would otherwise map 2 MiB at a time.
     """
+    import torch  # (imported here: the rest of this module serves processes that never load it)
+
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if nbytes == 0:
         return None

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import resource
 import shutil
 import time
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from leafe.algos.grpo_loss import group_advantages, grpo_loss
 from leafe.algos.sft_loss import IGNORE, target_positions
 from leafe.config import ConfigError, ExperimentConfig
 from leafe.method.distill import target_text, turn_prompt
+from leafe.policy.memory import peak_rss_mib
 from leafe.prompting import Prompter
 from leafe.rollout import EpisodeJob, derive_seed, run_episodes
 from leafe.runs import RunDir, append_jsonl, read_jsonl, write_atomic
@@ -290,7 +290,7 @@ class GRPOTrainer:
             "train_seconds": round(train_seconds, 2),
             "episodes_per_s": round(len(episodes) / rollout_seconds, 3) if rollout_seconds > 0 else 0.0,
             "train_tokens_per_s": round(tokens / train_seconds, 1) if train_seconds > 0 else 0.0,
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
         }
 
     def _sampling(self) -> Any:
@@ -440,7 +440,7 @@ class GRPOTrainer:
             seconds=round(seconds, 1),
             episodes_per_s=round(totals["episodes"] / totals["rollout_seconds"], 3) if totals["rollout_seconds"] else 0.0,
             train_tokens_per_s=round(totals["train_tokens"] / totals["train_seconds"], 1) if totals["train_seconds"] else 0.0,
-            peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            peak_rss_mib=round(peak_rss_mib(), 1),
         )
         (scratch / DONE_FILE).write_text(json.dumps(result.to_dict(), indent=2))
         shutil.rmtree(model_dir, ignore_errors=True)

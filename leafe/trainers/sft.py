@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import shutil
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from transformers import Trainer, TrainingArguments
 from leafe.algos.sft_loss import COUNTERFACTUAL, IGNORE, REHEARSAL, sft_loss, target_positions
 from leafe.config import FinetuneSettings, SFTConfig
 from leafe.method.distill import KINDS
+from leafe.policy.memory import peak_rss_mib
 from leafe.policy.transformers_backend import resolve_device
 from leafe.trainers.common import load_trainable
 from leafe.types import SFTExample
@@ -293,7 +293,7 @@ def train_sft(
         target_tokens=target_tokens,
         seconds=round(seconds, 1),
         tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0,
-        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_mib=round(peak_rss_mib(), 1),
         train_loss=round(float(output.training_loss), 4),
     )
     if trainer.is_world_process_zero():
