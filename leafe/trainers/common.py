@@ -13,10 +13,13 @@ from leafe.policy.checkpoints import servable_model
 from leafe.policy.embedded import resolve_model
 
 
-def load_trainable(cfg: FinetuneSettings, base_model: str) -> tuple[Any, Any, str]:
+def load_trainable(cfg: FinetuneSettings, base_model: str, seed: int) -> tuple[Any, Any, str]:
     """(model, tokenizer, resolved base folder) in float32; LoRA layers added (peft) when
-    ``cfg.finetune == 'lora'``. A LoRA adapter as ``base_model`` is merged first (cached), so
-    training always starts from plain weights."""
+    ``cfg.finetune == 'lora'``, their initial weights drawn from torch's generator seeded with
+    ``seed`` (so the same seed gives the same run, in one process or across processes). A LoRA
+    adapter as ``base_model`` is merged first (cached), so training always starts from plain
+    weights."""
+    torch.manual_seed(seed)  # peft draws the initial lora_A from torch's global generator
     base = servable_model(resolve_model(base_model))
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)

@@ -171,8 +171,7 @@ class GRPOTrainer:
         self.cfg, self.settings, self.run_dir = cfg, cfg.grpo, run.path
         self.make_env, self.prompter = make_env, prompter
         self.pool = select_tasks(task_source, cfg.grpo.split, cfg.grpo.num_tasks)
-        torch.manual_seed(cfg.seed)  # LoRA's initial weights come from torch's generator
-        self.model, self.tokenizer, self.base = load_trainable(cfg.grpo, cfg.policy.model)
+        self.model, self.tokenizer, self.base = load_trainable(cfg.grpo, cfg.policy.model, cfg.seed)
         from leafe.policy.transformers_backend import resolve_device
         from leafe.trainers.sft import use_bf16
 

@@ -228,7 +228,7 @@ def train_sft(
             f"sft.objective={cfg.objective!r}: no {' or '.join(wanted)} examples to train on "
             "(exploration found no successful episode of that kind; explore more tasks or a bigger budget)"
         )
-    model, tokenizer, base = load_trainable(cfg, base_model)
+    model, tokenizer, base = load_trainable(cfg, base_model, seed)
     encoded = [encode_example(tokenizer, example) for example in chosen]
     fitting = [item for item in encoded if len(item.input_ids) <= cfg.max_seq_length]
     if not fitting:

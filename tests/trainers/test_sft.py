@@ -117,6 +117,21 @@ def test_lora_adapter_is_servable_and_differs_from_the_base(tiny_model_dir, tmp_
     assert trained.text != base.text
 
 
+def test_lora_training_with_the_same_seed_repeats_bit_for_bit(tiny_model_dir, tmp_path):
+    """peft draws the initial adapters from torch's global generator: the seed must set it, or
+    two runs in one process (or in two) start from different adapters."""
+    from safetensors.torch import load_file
+
+    def adapter(name, seed):
+        cfg = _fast(finetune="lora", lora_r=4, lora_dropout=0.1, learning_rate=5e-2)
+        result = train_sft(cfg, str(tiny_model_dir), _examples(), tmp_path / name, seed=seed)
+        return load_file(Path(result.model_dir) / "adapter_model.safetensors")
+
+    first, again, other = adapter("a", 0), adapter("b", 0), adapter("c", 1)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
 def test_objective_without_examples_of_its_kind_is_a_clear_error(tiny_model_dir, tmp_path):
     rehearsal_only = [e for e in _examples() if e.kind == "rehearsal"]
     with pytest.raises(ValueError, match="sft.objective='cf_only': no counterfactual examples"):
