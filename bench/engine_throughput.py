@@ -56,7 +56,7 @@ from leafe.config import config_from_dict  # noqa: E402
 from leafe.envs import build_env  # noqa: E402
 from leafe.eval.passk import compute_pass_at_k  # noqa: E402
 from leafe.policy import load_policy  # noqa: E402
-from leafe.policy.memory import give_back_freed_memory  # noqa: E402
+from leafe.policy.memory import give_back_freed_memory, peak_rss_mib  # noqa: E402
 from leafe.policy.native_linear import PackedWeights, linear  # noqa: E402
 from leafe.policy.prefix_cache import common_prefix_length  # noqa: E402
 from leafe.rollout import make_jobs, run_episodes  # noqa: E402
@@ -101,7 +101,7 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def peak_rss_mib() -> float | None:
+def high_water_rss_mib() -> float | None:
     """The process's peak RSS since the last :func:`reset_peak_rss` (``VmHWM``), in MiB."""
     try:
         status = Path("/proc/self/status").read_text()
@@ -258,7 +258,7 @@ def main() -> None:
             "page_faults": page_faults,
             "pass_at_k": {str(k): round(100 * m, 1) for k, m in zip(passk.ks, passk.mean)},
             # ru_maxrss never falls: without a reset of the high-water mark it is the first backend's only.
-            "peak_rss_mib": peak_rss_mib() if fresh_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if first else None,
+            "peak_rss_mib": high_water_rss_mib() if fresh_peak else peak_rss_mib() if first else None,
         }
         if hasattr(policy, "stats"):
             row["engine"] = policy.stats.as_dict()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import resource
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from leafe.config import config_from_dict  # noqa: E402
 from leafe.envs import build_env  # noqa: E402
 from leafe.agent import build_agent  # noqa: E402
 from leafe.policy import load_policy  # noqa: E402
+from leafe.policy.memory import peak_rss_mib  # noqa: E402
 from leafe.rollout import make_jobs, run_episodes  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     print(f"generated tokens/s   {generated / seconds:8.1f}   ({generated} tokens)")
     print(f"prompt tokens/s      {prompt / seconds:8.1f}   ({prompt} tokens, median prompt {statistics.median(s.prompt_tokens for s in steps):.0f})")
     print(f"env steps/s          {env_steps / seconds:8.2f}   ({env_steps} steps; {len(steps) - env_steps} unparseable turns)")
-    print(f"peak RSS             {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
+    print(f"peak RSS             {peak_rss_mib():8.0f} MiB")
     print(f"env alone steps/s    {env_only(make_env, tasks, 20000):8.0f}   (random actions, no model)")
 
 
