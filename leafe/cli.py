@@ -119,7 +119,7 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
         check_model(cfg.policy, cfg.policy.model, "policy.model")
         if judged and cfg.explore.reflector_model:
             check_model(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model")
-        resumes = RunDir.check(cfg, fresh)  # a refused run dir fails before the workers load anything
+        resumes = RunDir.check(cfg, command, fresh)  # a refused run dir fails before the workers load anything
         # The workers build their policies now, so a model they cannot load fails before the run is recorded.
         start_workers(cfg, _unfinished(cfg, command, tasks) if resumes else len(tasks), explores=command == "explore")
         agent = build_agent(cfg, make_env, task_source, OnWorkers(cfg.policy.model))

@@ -126,7 +126,16 @@ def _sub_run(folder: Path) -> RunDir:
 
 
 def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run (or resume) the experiment of ``cfg``; returns what ``report.json`` holds."""
+    """Run (or resume) the experiment of ``cfg``; returns what ``report.json`` holds.
+
+    Raises:
+        ConfigError: ``eval.method`` is not ``sample`` (Reflexion chains are ``leafe eval``'s).
+    """
+    if cfg.eval.method != "sample":
+        raise ConfigError(
+            f"eval.method={cfg.eval.method!r}: `leafe run` evaluates its models by sampling (eval.method: sample); "
+            "run the Reflexion evaluation with `leafe eval`"
+        )
     console = console or Console(stderr=True)
     make_env, task_source = build_env(cfg.env)
     explore_tasks = select_tasks(task_source, cfg.explore.split, cfg.explore.num_tasks)

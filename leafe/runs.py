@@ -163,6 +163,15 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 logger.warning("%s:%d: skipping a torn record (a run was killed while writing it)", path, number)
 
 
+def _commands_of(path: Path) -> set[str]:
+    """The commands ``meta.json`` in run directory ``path`` records (none if it is missing or unreadable)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        return {str(entry["command"]) for entry in meta["invocations"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 @dataclass(frozen=True)
 class RunDir:
     """An opened run directory."""
@@ -171,8 +180,8 @@ class RunDir:
     resumed: bool
 
     @staticmethod
-    def check(cfg: ExperimentConfig, fresh: bool = False) -> bool:
-        """Whether :meth:`open` would resume ``cfg.run_dir``; touches nothing.
+    def check(cfg: ExperimentConfig, command: str, fresh: bool = False) -> bool:
+        """Whether :meth:`open` would resume ``cfg.run_dir`` for ``command``; touches nothing.
 
         Raises:
             ConfigError: as :meth:`open`.
@@ -185,6 +194,12 @@ class RunDir:
             return False
         if not config_file.exists():
             return False
+        other = sorted(_commands_of(path) - {command})
+        if other:  # e.g. `leafe eval` in a `leafe run` directory would replace the run's passk.png
+            raise ConfigError(
+                f"run directory {path} holds a `leafe {other[0]}` run; `leafe {command}` would mix its own "
+                "files into it\nchoose another name (name=...) or pass --fresh to delete the old run"
+            )
         old = yaml.safe_load(config_file.read_text()) or {}
         try:  # fields added to the schema since that run get their defaults
             old = config_from_dict(old).model_dump(mode="json")
@@ -204,12 +219,12 @@ class RunDir:
         """Create or resume ``cfg.run_dir`` for ``command``; set up logging into it.
 
         Raises:
-            ConfigError: the directory holds a run whose config differs in a field that
-                changes results (and ``fresh`` is False).
+            ConfigError: the directory holds a run of another command, or one whose config
+                differs in a field that changes results (and ``fresh`` is False).
         """
         path = cfg.run_dir
         config_file = path / "config.yaml"
-        resumed = cls.check(cfg, fresh)
+        resumed = cls.check(cfg, command, fresh)
         if fresh and path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """``leafe view RUN_DIR``: one static HTML page showing what the agent did.
 
 The page is self-contained (inline CSS, JS and data; no server, no network): open it from disk.
-For an evaluation run (``episodes.jsonl``) it lists every task's episodes with their outcome;
+For an evaluation run (``episodes.jsonl``) it lists every task's episodes with their outcome (a
+GRPO run's ``rollouts.jsonl``: every update step's groups);
 for an exploration run (``trees.jsonl``) it draws every task's experience tree: each branch
 under its parent, headed by the reflection that created it (rollback step, experience summary,
 reflector), so it is clear at a glance why a branch exists and how it ended. For every step it
@@ -67,6 +68,16 @@ def episodes_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [tasks[task_id] for task_id in sorted(tasks)]
 
 
+def rollouts_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GRPO's rollout records (``Trajectory.to_dict()`` plus ``step``) as :func:`episodes_payload`
+    groups, one per update step and task, labelled ``"step 003 / <task id>"`` (in step order)."""
+
+    def labelled(record: dict[str, Any]) -> dict[str, Any]:
+        return {**record, "task": {**record["task"], "task_id": f"step {record['step']:03d} / {record['task']['task_id']}"}}
+
+    return episodes_payload(labelled(record) for record in records)
+
+
 def _reflection_view(reflection: dict[str, Any] | None) -> dict[str, Any] | None:
     if reflection is None:
         return None
@@ -119,24 +130,29 @@ def render_page(title: str, payload: dict[str, Any]) -> str:
 
 
 def write_view(run_dir: str | Path) -> Path:
-    """Write ``RUN_DIR/view.html`` from the run's ``episodes.jsonl``/``trees.jsonl``; return its path.
+    """Write ``RUN_DIR/view.html`` from the run's ``episodes.jsonl`` (``leafe eval``),
+    ``trees.jsonl`` (``leafe explore``, Reflexion) or ``rollouts.jsonl`` (``leafe grpo``); return
+    its path.
 
     For a ``leafe run`` directory (stages in subdirectories) it writes one page per stage and an
     index page linking them (:func:`write_index`), and returns the index.
 
     Raises:
-        FileNotFoundError: ``run_dir`` has neither file (names the directory).
+        FileNotFoundError: ``run_dir`` has none of these files (names the directory).
     """
     run_dir = Path(run_dir)
-    episodes_file, trees_file = run_dir / "episodes.jsonl", run_dir / "trees.jsonl"
-    if not episodes_file.exists() and not trees_file.exists():
+    episodes_file, trees_file, rollouts_file = (run_dir / name for name in ("episodes.jsonl", "trees.jsonl", "rollouts.jsonl"))
+    if not episodes_file.exists() and not trees_file.exists() and not rollouts_file.exists():
         stages = sub_runs(run_dir)
         if stages:
             return write_index(run_dir, stages)
-        raise FileNotFoundError(f"{run_dir} has no episodes.jsonl or trees.jsonl: is it a leafe run directory?")
+        raise FileNotFoundError(
+            f"{run_dir} has no episodes.jsonl, trees.jsonl or rollouts.jsonl: is it a leafe eval, explore, run "
+            "or grpo directory?"
+        )
     payload = {
         "run": run_dir.name,
-        "tasks": episodes_payload(read_jsonl(episodes_file)),
+        "tasks": episodes_payload(read_jsonl(episodes_file)) + rollouts_payload(read_jsonl(rollouts_file)),
         "trees": trees_payload(read_jsonl(trees_file)),
     }
     page = render_page(f"leafe run {run_dir.name}", payload)
@@ -146,8 +162,8 @@ def write_view(run_dir: str | Path) -> Path:
 
 
 def sub_runs(run_dir: Path) -> list[Path]:
-    """Subdirectories of ``run_dir`` (any depth) holding episodes or trees, in path order."""
-    found = {path.parent for name in ("episodes.jsonl", "trees.jsonl") for path in run_dir.rglob(name)}
+    """Subdirectories of ``run_dir`` (any depth) holding episodes, trees or GRPO rollouts, in path order."""
+    found = {path.parent for name in ("episodes.jsonl", "trees.jsonl", "rollouts.jsonl") for path in run_dir.rglob(name)}
     return sorted(found)
 
 
@@ -157,7 +173,7 @@ def write_index(run_dir: Path, stages: Iterable[Path]) -> Path:
     for stage in stages:
         page = write_view(stage)
         label = html.escape(str(stage.relative_to(run_dir)))
-        kind = "experience trees" if (stage / "trees.jsonl").exists() else "evaluation episodes"
+        kind = "experience trees" if (stage / "trees.jsonl").exists() else "evaluation episodes" if (stage / "episodes.jsonl").exists() else "GRPO rollouts"
         items.append(f'<li><a href="{html.escape(page.relative_to(run_dir).as_posix())}">{label}</a>: {kind}</li>')
     report = '<p><a href="report.md">report.md</a> &middot; <img alt="Pass@k" src="passk.png" style="max-width:100%"></p>' if (run_dir / "passk.png").exists() else ""
     title = html.escape(f"leafe run {run_dir.name}")

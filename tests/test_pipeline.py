@@ -92,3 +92,14 @@ def test_a_round_without_training_data_keeps_its_model(tmp_path):
     assert result["model_dir"] == "some/model" and result["steps"] == 0
     assert "counterfactual" in result["skipped"]
     assert json.loads((tmp_path / "sft" / "stage.json").read_text())["result"] == result
+
+
+def test_reflexion_evaluation_is_refused_before_anything_is_written(tmp_path):
+    """`leafe run` evaluates by sampling; eval.method=reflexion would be ignored silently."""
+    from leafe.config import ConfigError, config_from_dict
+    from leafe.pipeline import run_pipeline
+
+    cfg = config_from_dict({"name": "r", "output_dir": str(tmp_path), "eval": {"method": "reflexion"}})
+    with pytest.raises(ConfigError, match="eval.method='reflexion': `leafe run` evaluates its models by sampling"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "r").exists()

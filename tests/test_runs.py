@@ -39,6 +39,15 @@ def test_reopen_refuses_result_changing_config(tmp_path):
     assert not fresh.resumed
 
 
+def test_reopen_by_another_command_is_refused(tmp_path):
+    """`leafe eval` in a `leafe run` directory would write its own passk.png over the run's."""
+    RunDir.open(_cfg(tmp_path), command="run")
+    with pytest.raises(ConfigError, match="holds a `leafe run` run; `leafe eval` would mix"):
+        RunDir.open(_cfg(tmp_path), command="eval")
+    assert RunDir.open(_cfg(tmp_path), command="run").resumed
+    assert not RunDir.open(_cfg(tmp_path), command="eval", fresh=True).resumed
+
+
 def test_jsonl_skips_torn_last_line(tmp_path):
     path = tmp_path / "episodes.jsonl"
     append_jsonl(path, {"a": 1})

@@ -13,7 +13,7 @@ from leafe.prompting import Prompter
 from leafe.rollout import make_jobs, run_episodes
 from leafe.runs import append_jsonl
 from leafe.types import Task
-from leafe.viewer import episodes_payload, write_view
+from leafe.viewer import episodes_payload, rollouts_payload, write_view
 from tests.line_world import LineWorld
 from tests.test_rollout import ScriptedPolicy
 
@@ -51,8 +51,26 @@ def test_a_pipeline_directory_gets_an_index_of_its_stages(tmp_path):
     assert (tmp_path / "round-1" / "eval" / "view.html").is_file()
 
 
+def test_a_grpo_directory_shows_each_steps_groups(tmp_path):
+    from leafe.runs import read_jsonl
+
+    (tmp_path / "episodes").mkdir()
+    (tmp_path / "grpo").mkdir()
+    records = list(read_jsonl(_run_dir(tmp_path / "episodes") / "episodes.jsonl"))
+    for step in (1, 2):
+        for record in records:
+            append_jsonl(tmp_path / "grpo" / "rollouts.jsonl", {"step": step, "advantage": 0.5, **record})
+    page = write_view(tmp_path / "grpo")
+    assert page == tmp_path / "grpo" / "view.html" and "step 002 / line/1" in page.read_text()
+    payload = rollouts_payload(read_jsonl(tmp_path / "grpo" / "rollouts.jsonl"))
+    assert [task["task_id"] for task in payload] == ["step 001 / line/1", "step 001 / line/2", "step 002 / line/1", "step 002 / line/2"]
+    assert all([e["sample_index"] for e in task["episodes"]] == [0, 1, 2] for task in payload)
+    index = write_view(tmp_path).read_text()  # e.g. bench/baselines.sh's folder of runs
+    assert 'href="grpo/view.html">grpo</a>: GRPO rollouts' in index and 'href="episodes/view.html"' in index
+
+
 def test_missing_episodes_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no episodes.jsonl or trees.jsonl"):
+    with pytest.raises(FileNotFoundError, match="no episodes.jsonl, trees.jsonl or rollouts.jsonl"):
         write_view(tmp_path)
 
 
