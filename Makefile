@@ -35,8 +35,11 @@ $(VENV)/.test-servers: $(VENV)/.installed
 	$(BIN)/pip install --quiet "$(TEST_SERVERS)"
 	touch $@
 
+# Parallel pytest workers (pytest-xdist); more cores: `make test PYTEST_WORKERS=8`.
+PYTEST_WORKERS ?= 2
+
 test: install $(VENV)/.test-servers
-	$(BIN)/python -m pytest -q -n 2 --maxschedchunk=1 tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --maxschedchunk=1 tests
 
 # The rollout benchmark: the machine's matmul peak, the native engine and the transformers backend on
 # 64 Sokoban episodes, in one run (~30 min on 2 cores, most of it transformers). More in bench/.
