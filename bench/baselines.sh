@@ -14,8 +14,7 @@
 # leafe-from-grpo reflexion. Two shells with OMP_NUM_THREADS=1 can run disjoint stage lists side by
 # side (grpo before leafe-from-grpo, ee-X before ee-X-eval). GRPO_ARGS adds overrides to the grpo
 # stage, e.g. GRPO_ARGS="grpo.learning_rate=1e-4 grpo.micro_batch_size=2". Then the tables and the plot:
-#   python bench/compare_passk.py OUT_DIR/passk.png base=OUT_DIR/leafe/eval-base/metrics.json \
-#       leafe=OUT_DIR/leafe/round-1/eval/metrics.json grpo=OUT_DIR/grpo-eval/metrics.json ...
+#   leafe compare leafe=OUT_DIR/leafe grpo=OUT_DIR/grpo-eval ee-iwm=OUT_DIR/ee-iwm-eval ... --out OUT_DIR/compare
 #   python bench/training_budgets.py leafe=OUT_DIR/leafe grpo=OUT_DIR/grpo ee-iwm=OUT_DIR/ee-iwm ...
 set -e
 env=${1:?usage: bench/baselines.sh sokoban|coding OUT_DIR}

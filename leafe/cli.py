@@ -8,6 +8,7 @@
     leafe early-experience CONFIG [dotted.key=value ...] [--fresh]
     leafe check-env CONFIG [dotted.key=value ...] [--tasks N]
     leafe view RUN_DIR
+    leafe compare [LABEL=]RUN_OR_METRICS ... [--out DIR] [--title TITLE]
     leafe prepare-model [MODEL]
 
 Configs are validated before torch or transformers are imported, so a bad field fails at once.
@@ -79,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
 
     view = commands.add_parser("view", help="write RUN_DIR/view.html: a static page showing what the agent did")
     view.add_argument("run_dir", help="a run directory (e.g. runs/sokoban-quickstart)")
+
+    compare = commands.add_parser("compare", help="finished evaluations side by side: Pass@k table, paired differences, one plot")
+    compare.add_argument("runs", nargs="+", metavar="[LABEL=]PATH",
+                         help="a metrics.json, a leafe eval run directory or a leafe run directory (base and every round); "
+                              "the first is the reference of the differences")
+    compare.add_argument("--out", default="runs/compare", help="where compare.md, compare.json and passk.png go (default: runs/compare)")
+    compare.add_argument("--title", default="Pass@k on the same test tasks", help="title of the table and the plot")
 
     serve = commands.add_parser("serve", help="serve a policy over an OpenAI-compatible HTTP API (/v1/completions)")
     serve.add_argument("overrides", nargs="*", help="dotted overrides of the policy section, e.g. policy.model=DIR")
@@ -270,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
             from leafe.viewer import write_view
 
             print(write_view(args.run_dir))
+            return 0
+        if args.command == "compare":
+            from leafe.eval.compare import find_evaluations, write_comparison
+
+            paths = write_comparison([e for item in args.runs for e in find_evaluations(item)], args.out, args.title)
+            print(paths["markdown"].read_text())
+            print(f"table: {paths['markdown']}  plot: {paths['plot']}")
             return 0
         if args.command == "serve":
             _serve(args)

@@ -163,7 +163,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 logger.warning("%s:%d: skipping a torn record (a run was killed while writing it)", path, number)
 
 
-def _commands_of(path: Path) -> set[str]:
+def recorded_commands(path: Path) -> set[str]:
     """The commands ``meta.json`` in run directory ``path`` records (none if it is missing or unreadable)."""
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -194,7 +194,7 @@ class RunDir:
             return False
         if not config_file.exists():
             return False
-        other = sorted(_commands_of(path) - {command})
+        other = sorted(recorded_commands(path) - {command})
         if other:  # e.g. `leafe eval` in a `leafe run` directory would replace the run's passk.png
             raise ConfigError(
                 f"run directory {path} holds a `leafe {other[0]}` run; `leafe {command}` would mix its own "
