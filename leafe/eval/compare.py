@@ -87,7 +87,7 @@ def find_evaluations(item: str) -> list[Evaluation]:
         ConfigError: PATH is a directory with no evaluation, or a file leafe did not write.
     """
     label, sep, path_text = item.partition("=")
-    if not sep:
+    if not sep or Path(item).exists():  # no label (a path may hold "=" itself)
         label, path_text = "", item
     path = Path(path_text)
     if not path.exists():
