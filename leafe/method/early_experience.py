@@ -92,12 +92,14 @@ class ExpertState:
 @dataclass
 class Cost:
     """What collecting the data spent: environment steps (expert walks, alternatives and replays
-    included) and model tokens (proposals and rationales)."""
+    included) and model tokens (proposals and rationales); and how many rationales reached the
+    ``rationale_max_new_tokens`` cap (cut mid-thought)."""
 
     env_steps: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     requests: int = 0
+    rationales_cut: int = 0
 
     def add_generations(self, generations: Sequence[Any]) -> None:
         self.requests += len(generations)
@@ -278,6 +280,7 @@ def _add_rationales(
     stop = ("\n\n",) if prompter.prompt_format == "completion" else ()
     generations = policy.generate(requests, SamplingParams(sampling.temperature, sampling.top_p, max_new_tokens, stop)) if requests else []
     cost.add_generations(generations)
+    cost.rationales_cut += sum(g.finish_reason == "length" for g in generations)
     rationale = {(s.task.task_id, s.turn): clean_rationale(g.text) for s, g in zip(wanted, generations)}
     return [
         [replace(state, rationale=rationale.get((state.task.task_id, state.turn), "")) for state in states]

@@ -255,3 +255,8 @@ def test_a_task_drawn_twice_in_one_step_keeps_every_episode(tiny_model_dir, tmp_
     records = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     assert metrics["episodes"] == 6 and sorted(r["sample_index"] for r in records) == list(range(6))
     assert len({r["seed"] for r in records}) == 6
+    from leafe.viewer import rollouts_payload, write_view
+
+    groups = rollouts_payload(records)  # what `leafe view` shows of a GRPO run: one group per step and task
+    assert len(groups) == 2 and sum(len(g["episodes"]) for g in groups) == 6
+    assert all(g["task_id"].startswith("step 001 / ") for g in groups) and write_view(tmp_path).is_file()
