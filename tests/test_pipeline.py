@@ -71,6 +71,12 @@ def test_leafe_run_survives_a_kill_during_sft_and_reports(tmp_path):
     assert "base Pass@k" in markdown and "LEAFE round 1 Pass@k" in markdown
     assert (run_dir / "passk.png").stat().st_size > 0
     assert 'href="round-1/explore/view.html"' in (run_dir / "view.html").read_text()
+    from leafe.eval.compare import find_evaluations, write_comparison
+
+    evaluations = find_evaluations(str(run_dir))  # `leafe compare` reads every evaluation of the run
+    assert [e.label for e in evaluations] == ["pipe: base", "pipe: LEAFE round 1", "pipe: LEAFE round 2"]
+    assert evaluations[0].details["samples_per_task"] == 2 and evaluations[1].details["samples_per_task"] == 2
+    assert "Difference from pipe: base" in write_comparison(evaluations, tmp_path / "cmp", "t")["markdown"].read_text()
     records = [json.loads(line) for line in (run_dir / "round-1" / "data" / "sft.jsonl").read_text().splitlines()]
     assert records and all("Lessons from your earlier attempts" not in r["prompt"] for r in records)
     # The trained checkpoint was evaluated: its episodes exist.
