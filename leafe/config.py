@@ -282,7 +282,8 @@ class EvalConfig(_Section):
     reflection) makes each sample a chain of attempts: after a failed attempt the ``explore``
     section's reflector writes a lesson and the next attempt starts over with the lessons in its
     prompt, until one succeeds or ``budget_episodes * rollout.max_steps`` turns are spent (an
-    attempt that ends early leaves its turns to the next ones).
+    attempt that ends early leaves its turns to the next ones). Reflexion is ``leafe eval``'s
+    alone: ``leafe run`` evaluates by sampling and refuses it.
     """
 
     method: Literal["sample", "reflexion"] = "sample"

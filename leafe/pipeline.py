@@ -35,7 +35,7 @@ from leafe.agent import Agent, build_agent, build_prompter, select_tasks
 from leafe.config import ConfigError, ExperimentConfig
 from leafe.envs import build_env
 from leafe.eval.passk import PassAtK
-from leafe.eval.report import markdown_table, plot_pass_at_k, print_table
+from leafe.eval.report import REPORT_FILE, markdown_table, plot_pass_at_k, print_table
 from leafe.method.distill import KINDS, build_examples, export_record
 from leafe.method.tree import load_trees
 from leafe.runs import RunDir, append_jsonl, read_jsonl, write_atomic
@@ -156,13 +156,13 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         return build_agent(_with_model(cfg, model), make_env, task_source, policies.get(model))
 
     eval_key = {"eval": cfg.eval.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json")}
-    evaluated: dict[str, PassAtK] = {}
+    evaluated: dict[str, tuple[PassAtK, Path]] = {}  # model -> its result and the folder that holds it
 
-    def evaluate_model(model: str, folder: Path, label: str) -> PassAtK:
+    def evaluate_model(model: str, folder: Path, label: str) -> tuple[PassAtK, Path]:
         if model in evaluated:  # SFT was skipped: the same model, the same test tasks and seeds
             console.print(f"{label}: the model did not change, reusing its evaluation")
             return evaluated[model]
-        evaluated[model] = _evaluate(model, folder, label)
+        evaluated[model] = (_evaluate(model, folder, label), folder)
         return evaluated[model]
 
     def _evaluate(model: str, folder: Path, label: str) -> PassAtK:
@@ -183,10 +183,15 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         model = resolve_init(cfg.run.init_from)
     report: dict[str, Any] = {"name": cfg.name, "base_model": model, "rounds": []}
     curves: dict[str, PassAtK] = {}
+    eval_dirs: dict[str, str] = {}  # curve label -> the folder (in the run) of its metrics.json and episodes
+
+    def add_curve(label: str, result: tuple[PassAtK, Path]) -> None:
+        curves[label], eval_dirs[label] = result[0], result[1].relative_to(run.path).as_posix()
+
     if cfg.run.eval_base:
         stage("eval base")
         label = "init" if cfg.run.init_from else "base"
-        curves[label] = evaluate_model(model, run.path / "eval-base", label)
+        add_curve(label, evaluate_model(model, run.path / "eval-base", label))
     for round_index in range(1, cfg.run.rounds + 1):
         folder = run.path / f"round-{round_index}"
         stage(f"round {round_index}: explore")
@@ -197,10 +202,11 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         sft = _train(cfg, model, folder, policies)
         model = sft["model_dir"]
         stage(f"round {round_index}: eval")
-        curves[f"{variant_name(cfg)} round {round_index}"] = evaluate_model(model, folder / "eval", f"round {round_index} eval")
+        add_curve(f"{variant_name(cfg)} round {round_index}", evaluate_model(model, folder / "eval", f"round {round_index} eval"))
         report["rounds"].append({"round": round_index, "explore": exploration, "data": data, "sft": sft, "model": model})
     policies.release()
     report["pass_at_k"] = {name: result.to_dict() for name, result in curves.items()}
+    report["eval_dirs"] = eval_dirs
     _write_report(cfg, run.path, report, curves)
     from leafe.viewer import write_view
 
@@ -284,7 +290,7 @@ def _train(cfg: ExperimentConfig, model: str, folder: Path, policies: _Policies)
 def _write_report(cfg: ExperimentConfig, path: Path, report: dict[str, Any], curves: dict[str, PassAtK]) -> None:
     title = f"{cfg.name}: LEAFE on {cfg.env.name} ({report['base_model']})"
     plot_pass_at_k(curves, path / "passk.png", title)
-    write_atomic(path / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_atomic(path / REPORT_FILE, json.dumps(report, indent=2, default=str) + "\n")
     first = next(iter(curves.values()))
     lines = [
         f"# {title}",

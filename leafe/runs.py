@@ -164,12 +164,15 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def recorded_commands(path: Path) -> set[str]:
-    """The commands ``meta.json`` in run directory ``path`` records (none if it is missing or unreadable)."""
+    """The commands ``meta.json`` in run directory ``path`` records (none if it is missing or
+    unreadable; an invocation without one is skipped)."""
     try:
-        meta = json.loads((path / "meta.json").read_text())
-        return {str(entry["command"]) for entry in meta["invocations"]}
+        invocations = json.loads((path / "meta.json").read_text())["invocations"]
     except (OSError, ValueError, KeyError, TypeError):
         return set()
+    if not isinstance(invocations, list):
+        return set()
+    return {str(entry["command"]) for entry in invocations if isinstance(entry, dict) and "command" in entry}
 
 
 @dataclass(frozen=True)

@@ -70,12 +70,12 @@ def episodes_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def rollouts_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """GRPO's rollout records (``Trajectory.to_dict()`` plus ``step``) as :func:`episodes_payload`
-    groups, one per update step and task, labelled ``"step 003 / <task id>"`` (in step order)."""
-
-    def labelled(record: dict[str, Any]) -> dict[str, Any]:
-        return {**record, "task": {**record["task"], "task_id": f"step {record['step']:03d} / {record['task']['task_id']}"}}
-
-    return episodes_payload(labelled(record) for record in records)
+    groups, one per update step and task, labelled ``"step 3 / <task id>"``; steps in order."""
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        task = {**record["task"], "task_id": f"step {record['step']} / {record['task']['task_id']}"}
+        by_step.setdefault(record["step"], []).append({**record, "task": task})
+    return [group for step in sorted(by_step) for group in episodes_payload(by_step[step])]
 
 
 def _reflection_view(reflection: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -167,13 +167,19 @@ def sub_runs(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def _stage_kind(stage: Path) -> str:
+    if (stage / "trees.jsonl").exists():
+        return "experience trees"
+    return "evaluation episodes" if (stage / "episodes.jsonl").exists() else "GRPO rollouts"
+
+
 def write_index(run_dir: Path, stages: Iterable[Path]) -> Path:
     """A page per stage of a ``leafe run`` directory, and ``RUN_DIR/view.html`` linking them."""
     items = []
     for stage in stages:
         page = write_view(stage)
         label = html.escape(str(stage.relative_to(run_dir)))
-        kind = "experience trees" if (stage / "trees.jsonl").exists() else "evaluation episodes" if (stage / "episodes.jsonl").exists() else "GRPO rollouts"
+        kind = _stage_kind(stage)
         items.append(f'<li><a href="{html.escape(page.relative_to(run_dir).as_posix())}">{label}</a>: {kind}</li>')
     report = '<p><a href="report.md">report.md</a> &middot; <img alt="Pass@k" src="passk.png" style="max-width:100%"></p>' if (run_dir / "passk.png").exists() else ""
     title = html.escape(f"leafe run {run_dir.name}")

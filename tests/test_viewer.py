@@ -57,13 +57,13 @@ def test_a_grpo_directory_shows_each_steps_groups(tmp_path):
     (tmp_path / "episodes").mkdir()
     (tmp_path / "grpo").mkdir()
     records = list(read_jsonl(_run_dir(tmp_path / "episodes") / "episodes.jsonl"))
-    for step in (1, 2):
+    for step in (2, 10):  # in step order, not in the order of the labels' text
         for record in records:
             append_jsonl(tmp_path / "grpo" / "rollouts.jsonl", {"step": step, "advantage": 0.5, **record})
     page = write_view(tmp_path / "grpo")
-    assert page == tmp_path / "grpo" / "view.html" and "step 002 / line/1" in page.read_text()
+    assert page == tmp_path / "grpo" / "view.html" and "step 10 / line/1" in page.read_text()
     payload = rollouts_payload(read_jsonl(tmp_path / "grpo" / "rollouts.jsonl"))
-    assert [task["task_id"] for task in payload] == ["step 001 / line/1", "step 001 / line/2", "step 002 / line/1", "step 002 / line/2"]
+    assert [task["task_id"] for task in payload] == ["step 2 / line/1", "step 2 / line/2", "step 10 / line/1", "step 10 / line/2"]
     assert all([e["sample_index"] for e in task["episodes"]] == [0, 1, 2] for task in payload)
     index = write_view(tmp_path).read_text()  # e.g. bench/baselines.sh's folder of runs
     assert 'href="grpo/view.html">grpo</a>: GRPO rollouts' in index and 'href="episodes/view.html"' in index

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from leafe.config import ConfigError
-from leafe.eval.passk import PassAtK, paired_difference
-from leafe.eval.report import METRICS_FILE, markdown_table, plot_pass_at_k
+from leafe.eval.passk import PairedDifference, PassAtK, paired_difference
+from leafe.eval.report import METRICS_FILE, REPORT_FILE, markdown_table, md_escape, plot_pass_at_k
 from leafe.runs import recorded_commands, write_atomic
 
-REPORT_FILE = "report.json"  # what `leafe run` writes at the top of its directory
+# Facts of metrics.json that must agree for two curves to be over the same tasks (task ids alone
+# do not say, e.g., how many turns an episode had).
+SAME_SETTING = ("env", "split", "max_steps")
 
 
 @dataclass(frozen=True)
@@ -49,33 +51,34 @@ def _read_json(path: Path, item: str) -> dict[str, Any]:
         raise ConfigError(f"{item}: cannot read {path} ({error})") from None
 
 
+def _curve(data: Any, path: Path, item: str) -> PassAtK:
+    try:
+        return PassAtK.from_dict(data)
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{item}: {path} holds no Pass@k result written by leafe") from None
+
+
 def _from_metrics(label: str, path: Path, item: str) -> Evaluation:
     record = _read_json(path, item)
-    try:
-        curve = PassAtK.from_dict(record)
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{item}: {path} is not a metrics.json written by leafe eval") from None
-    return Evaluation(label, path, curve, record.get("details", {}))
+    return Evaluation(label, path, _curve(record, path, item), record.get("details", {}))
 
 
 def _from_pipeline(prefix: str, run_dir: Path, item: str) -> list[Evaluation]:
-    """A `leafe run` directory's curves, labelled as its report labels them (base / init, then
-    one per round); the facts of each come from its stage's metrics.json where it has one (a
-    round whose SFT was skipped reuses the earlier evaluation and has none)."""
+    """A `leafe run` directory's curves, labelled as its report labels them; the facts of each
+    come from the metrics.json of the folder ``report.json`` names for it (``eval_dirs``)."""
     report_path = run_dir / REPORT_FILE
     if not report_path.is_file():
         raise ConfigError(
             f"{item}: {run_dir} is a `leafe run` directory without {REPORT_FILE} (not finished); "
             f"compare its finished evaluations instead, e.g. {run_dir / 'eval-base'}"
         )
-    curves = _read_json(report_path, item).get("pass_at_k", {})
-    rounds = [f"round-{index}/eval" for index in range(1, len(curves) + 1)]
-    folders = (["eval-base"] if len(curves) > 0 and next(iter(curves)) in ("base", "init") else []) + rounds
+    report = _read_json(report_path, item)
+    folders = report.get("eval_dirs", {})  # absent in reports written before it was recorded
     evaluations = []
-    for (name, data), folder in zip(curves.items(), folders):
-        metrics = run_dir / folder / METRICS_FILE
-        details = _read_json(metrics, item).get("details", {}) if metrics.is_file() else {}
-        evaluations.append(Evaluation(f"{prefix}: {name}", report_path, PassAtK.from_dict(data), details))
+    for name, data in report.get("pass_at_k", {}).items():
+        metrics = run_dir / folders[name] / METRICS_FILE if name in folders else None
+        details = _read_json(metrics, item).get("details", {}) if metrics and metrics.is_file() else {}
+        evaluations.append(Evaluation(f"{prefix}: {name}", report_path, _curve(data, report_path, item), details))
     return evaluations
 
 
@@ -84,21 +87,76 @@ def find_evaluations(item: str) -> list[Evaluation]:
 
     Raises:
         FileNotFoundError: PATH does not exist.
-        ConfigError: PATH is a directory with no evaluation, or a file leafe did not write.
+        ConfigError: PATH is empty, a directory with no evaluation, or a file leafe did not write.
     """
     label, sep, path_text = item.partition("=")
     if not sep or Path(item).exists():  # no label (a path may hold "=" itself)
         label, path_text = "", item
+    if not path_text:
+        raise ConfigError(f"{item}: no path after the label (LABEL=PATH)")
     path = Path(path_text)
     if not path.exists():
         raise FileNotFoundError(f"{item}: {path} does not exist")
+    name = path.resolve().name  # "." and bare file names have a real name too
     if path.is_file():
-        return [_from_metrics(label or path.parent.name, path, item)]
+        return [_from_metrics(label or path.resolve().parent.name, path, item)]
     if "run" in recorded_commands(path) or (path / REPORT_FILE).is_file():
-        return _from_pipeline(label or path.name, path, item)
+        return _from_pipeline(label or name, path, item)
     if (path / METRICS_FILE).is_file():
-        return [_from_metrics(label or path.name, path / METRICS_FILE, item)]
+        return [_from_metrics(label or name, path / METRICS_FILE, item)]
     raise ConfigError(f"{item}: {path} holds no {METRICS_FILE} or {REPORT_FILE} (is the evaluation finished?)")
+
+
+def _check(evaluations: Sequence[Evaluation]) -> None:
+    """Raises ConfigError unless there is something to compare, every label is distinct, and every
+    curve was measured in the reference's setting (where both record it)."""
+    if not evaluations:
+        raise ConfigError("nothing to compare: name at least one metrics.json or run directory")
+    labels = [e.label for e in evaluations]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ConfigError(f"two curves are labelled {repeated[0]!r}: give them labels (LABEL=PATH)")
+    reference = evaluations[0]
+    for other in evaluations[1:]:
+        for key in SAME_SETTING:
+            if key in reference.details and key in other.details and reference.details[key] != other.details[key]:
+                raise ConfigError(
+                    f"{other.label} ({other.source}) has {key}={other.details[key]!r} but {reference.label} "
+                    f"({reference.source}) has {reference.details[key]!r}: not the same test setting"
+                )
+
+
+def _differences(evaluations: Sequence[Evaluation]) -> dict[str, PairedDifference]:
+    """Each curve after the first minus the first, task by task (paired bootstrap)."""
+    reference, *others = evaluations
+    first = reference.curve
+    table = {}
+    for other in others:
+        try:
+            table[other.label] = paired_difference(first, other.curve, first.num_bootstrap, first.confidence)
+        except ValueError as error:  # other tasks, or no k in common
+            raise ConfigError(f"{other.label} ({other.source}) against {reference.label} ({reference.source}): {error}") from None
+    return table
+
+
+def _difference_table(reference: str, table: Mapping[str, PairedDifference], confidence: float) -> list[str]:
+    ks = sorted({k for d in table.values() for k in d.ks})
+    lines = [
+        f"Difference from {md_escape(reference)}, percentage points [paired {confidence:.0%} bootstrap interval over tasks]:",
+        "",
+        "| k | " + " | ".join(md_escape(label) for label in table) + " |",
+        "|" + "---:|" * (len(table) + 1),
+    ]
+    for k in ks:
+        cells = []
+        for d in table.values():
+            if k in d.ks:
+                i = d.ks.index(k)
+                cells.append(f"{100 * d.difference[i]:+.1f} [{100 * d.ci_low[i]:+.1f}, {100 * d.ci_high[i]:+.1f}]")
+            else:
+                cells.append("—")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _cost(details: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -114,73 +172,47 @@ def _cost(details: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _cost_table(evaluations: Sequence[Evaluation]) -> list[str]:
+    return [
+        "What one test-time sample cost (a Reflexion sample is a chain of attempts):",
+        "",
+        "| curve | success rate per sample % | env steps per sample | model tokens per sample |",
+        "|---|---:|---:|---:|",
+        *(f"| {md_escape(e.label)} | " + " | ".join(_cost(e.details)) + " |" for e in evaluations),
+        "",
+    ]
+
+
 def comparison(evaluations: Sequence[Evaluation], title: str) -> tuple[str, dict[str, Any]]:
-    """(markdown, JSON-ready record) of the comparison; the first evaluation is the reference.
+    """(markdown without the plot, JSON-ready record) of the comparison; the first evaluation is
+    the reference of the differences.
 
     Raises:
-        ConfigError: fewer than one evaluation, two with the same label, or evaluations of
-            different test tasks.
+        ConfigError: no evaluation, two with the same label, or a curve of other test tasks, of
+            another setting (:data:`SAME_SETTING`) or with no k in common with the first.
     """
-    if not evaluations:
-        raise ConfigError("nothing to compare: name at least one metrics.json or run directory")
-    labels = [e.label for e in evaluations]
-    if len(set(labels)) < len(labels):
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
-        raise ConfigError(f"two curves are labelled {repeated[0]!r}: give them labels (LABEL=PATH)")
-    reference, *others = evaluations
-    for other in others:
-        if set(other.curve.per_task) != set(reference.curve.per_task):
-            raise ConfigError(
-                f"{other.label} ({other.source}) evaluated other test tasks than {reference.label} "
-                f"({reference.source}): {other.curve.num_tasks} against {reference.curve.num_tasks} tasks, "
-                "not all shared; a comparison needs the same tasks"
-            )
-    curves = {e.label: e.curve for e in evaluations}
+    _check(evaluations)
+    reference = evaluations[0]
     first = reference.curve
+    differences = _differences(evaluations)
     lines = [
         f"# {title}",
         "",
         f"Pass@k on the same {first.num_tasks} test tasks; unbiased estimator, "
         f"{first.confidence:.0%} bootstrap intervals over tasks.",
         "",
-        markdown_table(curves),
-    ]
-    differences: dict[str, Any] = {}
-    if others:
-        try:
-            table = {other.label: paired_difference(reference.curve, other.curve, confidence=first.confidence) for other in others}
-        except ValueError as error:  # no k in common
-            raise ConfigError(f"cannot compare with {reference.label}: {error}") from None
-        ks = sorted({k for d in table.values() for k in d.ks})
-        lines += [
-            f"Difference from {reference.label}, percentage points [paired {first.confidence:.0%} bootstrap interval over tasks]:",
-            "",
-            "| k | " + " | ".join(other.label for other in others) + " |",
-            "|" + "---:|" * (len(others) + 1),
-        ]
-        for k in ks:
-            cells = []
-            for d in table.values():
-                i = d.ks.index(k) if k in d.ks else None
-                cells.append("—" if i is None else f"{100 * d.difference[i]:+.1f} [{100 * d.ci_low[i]:+.1f}, {100 * d.ci_high[i]:+.1f}]")
-            lines.append(f"| {k} | " + " | ".join(cells) + " |")
-        lines.append("")
-        differences = {label: {"ks": list(d.ks), "difference": list(d.difference), "ci_low": list(d.ci_low), "ci_high": list(d.ci_high)} for label, d in table.items()}
-    lines += [
-        "What one test-time sample cost (a Reflexion sample is a chain of attempts):",
-        "",
-        "| curve | success rate per sample % | env steps per sample | model tokens per sample |",
-        "|---|---:|---:|---:|",
-        *(f"| {e.label} | " + " | ".join(_cost(e.details)) + " |" for e in evaluations),
-        "",
-        "![Pass@k](passk.png)",
-        "",
+        markdown_table({e.label: e.curve for e in evaluations}),
+        *(_difference_table(reference.label, differences, first.confidence) if differences else []),
+        *_cost_table(evaluations),
     ]
     record = {
         "title": title,
         "curves": {e.label: {"source": str(e.source), **e.curve.to_dict()} for e in evaluations},
         "difference_from": reference.label,
-        "differences": differences,
+        "differences": {
+            label: {"ks": list(d.ks), "difference": list(d.difference), "ci_low": list(d.ci_low), "ci_high": list(d.ci_high)}
+            for label, d in differences.items()
+        },
     }
     return "\n".join(lines), record
 
@@ -189,13 +221,16 @@ def write_comparison(evaluations: Sequence[Evaluation], out_dir: str | os.PathLi
     """Write ``compare.md``, ``compare.json`` and ``passk.png`` into ``out_dir``; return the paths.
 
     Raises:
-        ConfigError: as :func:`comparison`.
+        ConfigError: as :func:`comparison`, or ``out_dir`` is a run directory (its plot would be
+            replaced).
     """
-    markdown, record = comparison(evaluations, title)
     out = Path(out_dir)
+    if (out / "meta.json").exists():
+        raise ConfigError(f"--out: {out} is a run directory (its passk.png would be replaced); choose another folder")
+    markdown, record = comparison(evaluations, title)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "compare.md", "json": out / "compare.json"}
-    write_atomic(paths["markdown"], markdown)
+    write_atomic(paths["markdown"], markdown + "![Pass@k](passk.png)\n")
     write_atomic(paths["json"], json.dumps(record, indent=2) + "\n")
     paths["plot"] = plot_pass_at_k({e.label: e.curve for e in evaluations}, out / "passk.png", title)
     return paths

@@ -29,6 +29,7 @@ from leafe.eval.passk import PassAtK
 from leafe.runs import write_atomic
 
 METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.json"  # what `leafe run` writes at the top of its directory
 PLOT_FILE = "passk.png"
 SUMMARY_FILE = "summary.md"
 
@@ -113,7 +114,7 @@ def _detail(value: object) -> str:
     return str(value)
 
 
-def _md_escape(text: str) -> str:
+def md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
@@ -127,7 +128,7 @@ def markdown_table(curves: Mapping[str, PassAtK]) -> str:
     _require_curves(curves)
     header = ["k"]
     for name, result in curves.items():
-        prefix = "" if len(curves) == 1 else f"{_md_escape(name)} "
+        prefix = "" if len(curves) == 1 else f"{md_escape(name)} "
         header += [f"{prefix}Pass@k (%)", f"{prefix}{_ci_label(result)}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for k in _all_ks(curves):

@@ -92,8 +92,8 @@ class ExpertState:
 @dataclass
 class Cost:
     """What collecting the data spent: environment steps (expert walks, alternatives and replays
-    included) and model tokens (proposals and rationales); and how many rationales reached the
-    ``rationale_max_new_tokens`` cap (cut mid-thought)."""
+    included) and model tokens (proposals and rationales); and how many rationales the
+    ``rationale_max_new_tokens`` cap cut mid-thought (the cap ended the text the target keeps)."""
 
     env_steps: int = 0
     prompt_tokens: int = 0
@@ -280,7 +280,7 @@ def _add_rationales(
     stop = ("\n\n",) if prompter.prompt_format == "completion" else ()
     generations = policy.generate(requests, SamplingParams(sampling.temperature, sampling.top_p, max_new_tokens, stop)) if requests else []
     cost.add_generations(generations)
-    cost.rationales_cut += sum(g.finish_reason == "length" for g in generations)
+    cost.rationales_cut += sum(g.finish_reason == "length" and clean_rationale(g.text) == " ".join(g.text.split()) for g in generations)
     rationale = {(s.task.task_id, s.turn): clean_rationale(g.text) for s, g in zip(wanted, generations)}
     return [
         [replace(state, rationale=rationale.get((state.task.task_id, state.turn), "")) for state in states]

@@ -126,8 +126,8 @@ def train_early_experience(
     write_atomic(run.path / "summary.json", json.dumps(summary, indent=2) + "\n")
     if cost.rationales_cut:
         logger.warning(
-            "early experience: %d of %d rationales reached early_experience.rationale_max_new_tokens=%d and end "
-            "mid-thought in the training targets; raise it if that matters", cost.rationales_cut,
+            "early experience: %d of %d rationales were cut mid-thought by early_experience.rationale_max_new_tokens=%d "
+            "(their training targets end there); raise it if that matters", cost.rationales_cut,
             summary["states_with_alternatives"], section.rationale_max_new_tokens,
         )
     logger.info("early experience done: %s", summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -13,10 +14,11 @@ from leafe.eval.passk import compute_pass_at_k
 from leafe.eval.report import write_report
 
 
-def _eval_dir(path, counts, steps=7.5):
+def _eval_dir(path, counts, steps=7.5, max_steps=8):
     """A finished `leafe eval` directory: metrics.json with the curve of ``counts`` (task -> (n, c))."""
     result = compute_pass_at_k(counts, [1, 2, 4])
-    write_report(result, path, "eval", {"success_rate": 0.25, "mean_steps": steps, "mean_model_tokens": 1234.0})
+    details = {"env": "sokoban", "max_steps": max_steps, "success_rate": 0.25, "mean_steps": steps, "mean_model_tokens": 1234.0}
+    write_report(result, path, "eval", details)
     return path
 
 
@@ -38,11 +40,12 @@ def test_a_pipeline_directory_gives_every_evaluation(tmp_path):
     trained = compute_pass_at_k({"a": (4, 2), "b": (4, 1)}, [1, 2, 4])
     (run / "meta.json").write_text(json.dumps({"invocations": [{"command": "run"}]}))
     base_curve = json.loads((base / "metrics.json").read_text())
-    report = {"pass_at_k": {"base": base_curve, "LEAFE round 1": trained.to_dict()}}
+    # A round whose SFT was skipped reuses the base evaluation: report.json names its folder.
+    report = {"pass_at_k": {"base": base_curve, "LEAFE round 1": trained.to_dict()}, "eval_dirs": {"base": "eval-base"}}
     (run / "report.json").write_text(json.dumps(report))
     evaluations = find_evaluations(str(run))
     assert [e.label for e in evaluations] == ["qs: base", "qs: LEAFE round 1"]
-    assert evaluations[0].details["mean_steps"] == 7.5 and evaluations[1].details == {}  # round-1/eval not written
+    assert evaluations[0].details["mean_steps"] == 7.5 and evaluations[1].details == {}
     paths = write_comparison(evaluations, tmp_path / "out", "t")
     assert paths["plot"].stat().st_size > 0 and "| qs: LEAFE round 1 | ? | ? | ? |" in paths["markdown"].read_text()
 
@@ -58,8 +61,23 @@ def test_bad_input_names_the_argument(tmp_path):
     with pytest.raises(ConfigError, match="without report.json"):
         find_evaluations(str(tmp_path / "unfinished"))
     (tmp_path / "other.json").write_text("{}")
-    with pytest.raises(ConfigError, match="is not a metrics.json written by leafe eval"):
+    with pytest.raises(ConfigError, match="other.json holds no Pass@k result written by leafe"):
         find_evaluations(str(tmp_path / "other.json"))
+    with pytest.raises(ConfigError, match="no path after the label"):
+        find_evaluations("x=")
+
+
+def test_other_settings_and_run_directories_are_refused(tmp_path):
+    one = find_evaluations(str(_eval_dir(tmp_path / "one", {"a": (4, 1)})))
+    longer = find_evaluations(str(_eval_dir(tmp_path / "longer", {"a": (4, 2)}, max_steps=16)))
+    with pytest.raises(ConfigError, match="longer .* has max_steps=16 but one .* has 8: not the same test setting"):
+        comparison(one + longer, "t")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "meta.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is a run directory"):
+        write_comparison(one, tmp_path / "run", "t")
+    markdown, _ = comparison([one[0], replace(one[0], label="a|b")], "t")
+    assert "| a\\|b |" in markdown  # a label cannot break the tables
 
 
 def test_cli_refuses_different_tasks_and_writes_the_comparison(tmp_path, capsys):

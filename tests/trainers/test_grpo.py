@@ -259,4 +259,4 @@ def test_a_task_drawn_twice_in_one_step_keeps_every_episode(tiny_model_dir, tmp_
 
     groups = rollouts_payload(records)  # what `leafe view` shows of a GRPO run: one group per step and task
     assert len(groups) == 2 and sum(len(g["episodes"]) for g in groups) == 6
-    assert all(g["task_id"].startswith("step 001 / ") for g in groups) and write_view(tmp_path).is_file()
+    assert all(g["task_id"].startswith("step 1 / ") for g in groups) and write_view(tmp_path).is_file()
