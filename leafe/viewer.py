@@ -56,13 +56,14 @@ def episodes_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "episodes": [],
             },
         )
-        entry["episodes"].append(
-            {
-                "sample_index": record["sample_index"],
-                "success": record["success"],
-                "steps": [_step_view(step) for step in record["steps"]],
-            }
-        )
+        episode = {
+            "sample_index": record["sample_index"],
+            "success": record["success"],
+            "steps": [_step_view(step) for step in record["steps"]],
+        }
+        if "advantage" in record:  # a GRPO rollout: its group-relative advantage
+            episode["advantage"] = record["advantage"]
+        entry["episodes"].append(episode)
     for entry in tasks.values():
         entry["episodes"].sort(key=lambda episode: episode["sample_index"])
     return [tasks[task_id] for task_id in sorted(tasks)]
@@ -70,7 +71,8 @@ def episodes_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def rollouts_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """GRPO's rollout records (``Trajectory.to_dict()`` plus ``step``) as :func:`episodes_payload`
-    groups, one per update step and task, labelled ``"step 3 / <task id>"``; steps in order."""
+    groups, one per update step and task, labelled ``"step 3 / <task id>"``; steps in order; each
+    episode keeps its ``advantage``."""
     by_step: dict[int, list[dict[str, Any]]] = {}
     for record in records:
         task = {**record["task"], "task_id": f"step {record['step']} / {record['task']['task_id']}"}

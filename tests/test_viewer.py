@@ -119,3 +119,15 @@ def test_page_renders_in_headless_chromium(tmp_path):
     assert "3/3 solved" in dom and "line/1" in dom
     assert "hmm &lt;/script&gt;&lt;b&gt;bold" in dom  # model text is shown as text...
     assert "<b>bold</b>" not in dom  # ...never as markup
+
+
+@needs_chromium
+def test_a_grpo_page_shows_each_episodes_advantage(tmp_path):
+    from leafe.runs import read_jsonl
+
+    (tmp_path / "episodes").mkdir()
+    (tmp_path / "grpo").mkdir()
+    for index, record in enumerate(read_jsonl(_run_dir(tmp_path / "episodes") / "episodes.jsonl")):
+        append_jsonl(tmp_path / "grpo" / "rollouts.jsonl", {"step": 1, "advantage": 0.5 - index, **record})
+    dom = _rendered_dom(write_view(tmp_path / "grpo"), tmp_path / "grpo")
+    assert "step 1 / line/1" in dom and "(advantage +0.50)" in dom and "(advantage -0.50)" in dom

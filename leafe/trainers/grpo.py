@@ -23,7 +23,7 @@ in flight while weights change.
 Run directory (``output_dir/name``):
 
     metrics.jsonl        one line per step (reward, success, loss, KL, clipping, speed)
-    rollouts.jsonl       every episode with its step and advantage (``leafe view`` shows the episodes by step)
+    rollouts.jsonl       every episode with its step and advantage (``leafe view`` shows them by step)
     checkpoints/step-N/  trainable weights, optimiser state, RNG state (written atomically)
     model/               the final Hugging Face checkpoint (LoRA adapter or full weights) and
                          leafe_grpo.json, which marks the run finished
