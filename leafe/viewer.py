@@ -2,7 +2,8 @@
 
 The page is self-contained (inline CSS, JS and data; no server, no network): open it from disk.
 For an evaluation run (``episodes.jsonl``) it lists every task's episodes with their outcome (a
-GRPO run's ``rollouts.jsonl``: every update step's groups);
+GRPO run's ``rollouts.jsonl``: every update step's groups); for Early Experience
+(``states.jsonl``) every expert state with the alternatives tried there and the rationale;
 for an exploration run (``trees.jsonl``) it draws every task's experience tree: each branch
 under its parent, headed by the reflection that created it (rollback step, experience summary,
 reflector), so it is clear at a glance why a branch exists and how it ended. For every step it
@@ -22,6 +23,8 @@ from typing import Any
 from leafe.runs import read_jsonl, write_atomic
 
 PAGE_FILE = "view.html"
+# What the page is made from: leafe eval, leafe explore (and Reflexion), leafe grpo, leafe early-experience.
+RECORD_FILES = ("episodes.jsonl", "trees.jsonl", "rollouts.jsonl", "states.jsonl")
 
 
 def _step_view(step: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +83,34 @@ def rollouts_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [group for step in sorted(by_step) for group in episodes_payload(by_step[step])]
 
 
+def _outcome_view(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {key: outcome[key] for key in ("action", "observation", "reward", "terminated", "invalid")}
+
+
+def states_payload(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Early Experience's ``states.jsonl`` chunks (``ExpertState.to_dict()`` lists) as the page
+    shows them: per task (by id), its expert states in turn order, each with the expert's action
+    and outcome, the alternatives the policy tried there, and the rationale (``sr``)."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for states in record["states"]:
+            for state in states:
+                task_id = state["task"]["task_id"]
+                entry = tasks.setdefault(task_id, {"task_id": task_id, "instruction": state["instruction"], "states": []})
+                entry["states"].append(
+                    {
+                        "turn": state["turn"],
+                        "observation": state["observation"],
+                        "expert": _outcome_view(state["expert"]),
+                        "alternatives": [_outcome_view(o) for o in state["alternatives"]],
+                        "rationale": state["rationale"],
+                    }
+                )
+    for entry in tasks.values():
+        entry["states"].sort(key=lambda state: state["turn"])
+    return [tasks[task_id] for task_id in sorted(tasks)]
+
+
 def _reflection_view(reflection: dict[str, Any] | None) -> dict[str, Any] | None:
     if reflection is None:
         return None
@@ -133,8 +164,8 @@ def render_page(title: str, payload: dict[str, Any]) -> str:
 
 def write_view(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/view.html`` from the run's ``episodes.jsonl`` (``leafe eval``),
-    ``trees.jsonl`` (``leafe explore``, Reflexion) or ``rollouts.jsonl`` (``leafe grpo``); return
-    its path.
+    ``trees.jsonl`` (``leafe explore``, Reflexion), ``rollouts.jsonl`` (``leafe grpo``) or
+    ``states.jsonl`` (``leafe early-experience``); return its path.
 
     For a ``leafe run`` directory (stages in subdirectories) it writes one page per stage and an
     index page linking them (:func:`write_index`), and returns the index.
@@ -143,19 +174,20 @@ def write_view(run_dir: str | Path) -> Path:
         FileNotFoundError: ``run_dir`` has none of these files (names the directory).
     """
     run_dir = Path(run_dir)
-    episodes_file, trees_file, rollouts_file = (run_dir / name for name in ("episodes.jsonl", "trees.jsonl", "rollouts.jsonl"))
-    if not episodes_file.exists() and not trees_file.exists() and not rollouts_file.exists():
+    episodes_file, trees_file, rollouts_file, states_file = (run_dir / name for name in RECORD_FILES)
+    if not any(path.exists() for path in (episodes_file, trees_file, rollouts_file, states_file)):
         stages = sub_runs(run_dir)
         if stages:
             return write_index(run_dir, stages)
         raise FileNotFoundError(
-            f"{run_dir} has no episodes.jsonl, trees.jsonl or rollouts.jsonl: is it a leafe eval, explore, run "
-            "or grpo directory?"
+            f"{run_dir} has no {', '.join(RECORD_FILES[:-1])} or {RECORD_FILES[-1]}: is it a leafe eval, explore, run, "
+            "grpo or early-experience directory?"
         )
     payload = {
         "run": run_dir.name,
         "tasks": episodes_payload(read_jsonl(episodes_file)) + rollouts_payload(read_jsonl(rollouts_file)),
         "trees": trees_payload(read_jsonl(trees_file)),
+        "states": states_payload(read_jsonl(states_file)),
     }
     page = render_page(f"leafe run {run_dir.name}", payload)
     out = run_dir / PAGE_FILE
@@ -164,15 +196,14 @@ def write_view(run_dir: str | Path) -> Path:
 
 
 def sub_runs(run_dir: Path) -> list[Path]:
-    """Subdirectories of ``run_dir`` (any depth) holding episodes, trees or GRPO rollouts, in path order."""
-    found = {path.parent for name in ("episodes.jsonl", "trees.jsonl", "rollouts.jsonl") for path in run_dir.rglob(name)}
+    """Subdirectories of ``run_dir`` (any depth) holding any of :data:`RECORD_FILES`, in path order."""
+    found = {path.parent for name in RECORD_FILES for path in run_dir.rglob(name)}
     return sorted(found)
 
 
 def _stage_kind(stage: Path) -> str:
-    if (stage / "trees.jsonl").exists():
-        return "experience trees"
-    return "evaluation episodes" if (stage / "episodes.jsonl").exists() else "GRPO rollouts"
+    kinds = dict(zip(RECORD_FILES, ("evaluation episodes", "experience trees", "GRPO rollouts", "Early Experience states")))
+    return next(kind for name, kind in kinds.items() if (stage / name).exists())
 
 
 def write_index(run_dir: Path, stages: Iterable[Path]) -> Path:

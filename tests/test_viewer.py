@@ -14,7 +14,7 @@ from leafe.rollout import make_jobs, run_episodes
 from leafe.runs import append_jsonl
 from leafe.types import Task
 from leafe.viewer import episodes_payload, rollouts_payload, write_view
-from tests.line_world import LineWorld
+from tests.line_world import LineWorld, SnapshotLineWorld
 from tests.test_rollout import ScriptedPolicy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -70,7 +70,7 @@ def test_a_grpo_directory_shows_each_steps_groups(tmp_path):
 
 
 def test_missing_episodes_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no episodes.jsonl, trees.jsonl or rollouts.jsonl"):
+    with pytest.raises(FileNotFoundError, match="no episodes.jsonl, trees.jsonl, rollouts.jsonl or states.jsonl"):
         write_view(tmp_path)
 
 
@@ -131,3 +131,18 @@ def test_a_grpo_page_shows_each_episodes_advantage(tmp_path):
         append_jsonl(tmp_path / "grpo" / "rollouts.jsonl", {"step": 1, "advantage": 0.5 - index, **record})
     dom = _rendered_dom(write_view(tmp_path / "grpo"), tmp_path / "grpo")
     assert "step 1 / line/1" in dom and "(advantage +0.50)" in dom and "(advantage -0.50)" in dom
+
+
+@needs_chromium
+def test_an_early_experience_page_shows_each_state_with_its_alternatives(tmp_path):
+    from tests.method.test_early_experience import _collect
+
+    per_task, cost, _ = _collect(SnapshotLineWorld, variant="sr")
+    record = {"tasks": ["line/train/0", "line/train/1"], "states": [[s.to_dict() for s in states] for states in per_task],
+              "cost": cost.__dict__, "seconds": 0.0}
+    append_jsonl(tmp_path / "states.jsonl", record)
+    dom = _rendered_dom(write_view(tmp_path), tmp_path)
+    assert dom.count('data-states="') == 2 and dom.count('data-state="') == 2  # line/train/0: goal 2, two expert turns
+    assert "Early Experience states" in dom and "expert turn 2" in dom
+    assert '<span class="action">right</span>' in dom and '<span class="action">jump</span>' in dom and ">invalid<" in dom
+    assert "Rationale: " in dom and per_task[0][0].rationale in dom
