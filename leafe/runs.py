@@ -35,6 +35,7 @@ import yaml
 from leafe.config import ConfigError, ExperimentConfig, config_from_dict, config_to_yaml
 
 logger = logging.getLogger(__name__)
+META_FILE = "meta.json"  # a run directory's seed, versions and every invocation (command, argv, host)
 
 # Fields that may differ between invocations of one run: they change how much is done, where,
 # how fast, or how results are summarised, not what a finished episode contains. (Every backend
@@ -167,7 +168,7 @@ def recorded_commands(path: Path) -> set[str]:
     """The commands ``meta.json`` in run directory ``path`` records (none if it is missing or
     unreadable; an invocation without one is skipped)."""
     try:
-        invocations = json.loads((path / "meta.json").read_text())["invocations"]
+        invocations = json.loads((path / META_FILE).read_text())["invocations"]
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     if not isinstance(invocations, list):
@@ -232,7 +233,7 @@ class RunDir:
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         write_atomic(config_file, config_to_yaml(cfg))
-        meta_file = path / "meta.json"
+        meta_file = path / META_FILE
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"seed": cfg.seed, "invocations": []}
         meta["invocations"].append(
             {

@@ -24,7 +24,7 @@ from typing import Any
 from leafe.config import ConfigError
 from leafe.eval.passk import PairedDifference, PassAtK, paired_difference
 from leafe.eval.report import METRICS_FILE, REPORT_FILE, markdown_table, md_escape, plot_pass_at_k
-from leafe.runs import recorded_commands, write_atomic
+from leafe.runs import META_FILE, recorded_commands, write_atomic
 
 # Facts of metrics.json that must agree for two curves to be over the same tasks (task ids alone
 # do not say, e.g., how many turns an episode had).
@@ -97,13 +97,13 @@ def find_evaluations(item: str) -> list[Evaluation]:
     path = Path(path_text)
     if not path.exists():
         raise FileNotFoundError(f"{item}: {path} does not exist")
-    name = path.resolve().name  # "." and bare file names have a real name too
+    resolved = path.resolve()  # "." and bare file names have a real name too
     if path.is_file():
-        return [_from_metrics(label or path.resolve().parent.name, path, item)]
+        return [_from_metrics(label or resolved.parent.name, path, item)]
     if "run" in recorded_commands(path) or (path / REPORT_FILE).is_file():
-        return _from_pipeline(label or name, path, item)
+        return _from_pipeline(label or resolved.name, path, item)
     if (path / METRICS_FILE).is_file():
-        return [_from_metrics(label or name, path / METRICS_FILE, item)]
+        return [_from_metrics(label or resolved.name, path / METRICS_FILE, item)]
     raise ConfigError(f"{item}: {path} holds no {METRICS_FILE} or {REPORT_FILE} (is the evaluation finished?)")
 
 
@@ -225,7 +225,7 @@ def write_comparison(evaluations: Sequence[Evaluation], out_dir: str | os.PathLi
             replaced).
     """
     out = Path(out_dir)
-    if (out / "meta.json").exists():
+    if (out / META_FILE).exists():
         raise ConfigError(f"--out: {out} is a run directory (its passk.png would be replaced); choose another folder")
     markdown, record = comparison(evaluations, title)
     out.mkdir(parents=True, exist_ok=True)
