@@ -11,6 +11,7 @@ without merging and does not use this.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +19,8 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from leafe.policy.embedded import file_lock, cache_root, resolve_model
@@ -25,6 +28,16 @@ from leafe.policy.embedded import file_lock, cache_root, resolve_model
 logger = logging.getLogger(__name__)
 
 _MARKER = "leafe_merge.json"
+
+
+@contextlib.contextmanager
+def quiet_peft_deprecations() -> Iterator[None]:
+    """Wrap a peft model construction: peft reads transformers' deprecated
+    ``is_gradient_checkpointing``, and transformers 5 warns about it on every LoRA model (a
+    FutureWarning users cannot act on). Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def adapter_base(path: str | Path) -> str | None:
@@ -74,7 +87,8 @@ def servable_model(model: str) -> str:
 
         base_path = resolve_model(base)
         model_obj = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(model_obj, str(path)).merge_and_unload()
+        with quiet_peft_deprecations():
+            merged = PeftModel.from_pretrained(model_obj, str(path)).merge_and_unload()
         tokenizer_source = path if (path / "tokenizer_config.json").is_file() else Path(base_path)
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

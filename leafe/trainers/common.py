@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from leafe.config import FinetuneSettings
-from leafe.policy.checkpoints import servable_model
+from leafe.policy.checkpoints import quiet_peft_deprecations, servable_model
 from leafe.policy.embedded import resolve_model
 
 
@@ -38,5 +38,6 @@ def load_trainable(cfg: FinetuneSettings, base_model: str, seed: int) -> tuple[A
             target_modules=cfg.lora_target_modules,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
+        with quiet_peft_deprecations():
+            model = get_peft_model(model, lora)
     return model, tokenizer, base
