@@ -64,15 +64,18 @@ def build_agent(cfg: ExperimentConfig, make_env: Callable[[], TextEnv], task_sou
     )
 
 
-def select_tasks(task_source: TaskSource, split: str, count: int) -> list[Task]:
+def select_tasks(task_source: TaskSource, split: str, count: int, field: str = "") -> list[Task]:
     """The first ``count`` tasks of ``split``, skipping the worked example's room.
 
     Raises:
-        ConfigError: the environment settings cannot produce that many tasks.
+        ConfigError: the environment settings cannot produce that many tasks (names ``field``,
+            the setting that asked for ``count``, e.g. ``eval.num_tasks``, and the env section).
     """
     reserved = EXAMPLE_TASK[1] + 1 if split == EXAMPLE_TASK[0] else 0
     try:
         tasks = task_source.tasks(split, count + reserved)
     except (RuntimeError, ValueError) as error:
-        raise ConfigError(f"env: cannot make {count} {split} tasks with these settings: {error}") from None
+        where = f"{field}: cannot make {count} {split} tasks with these env settings" if field else \
+            f"env: cannot make {count} {split} tasks with these settings"
+        raise ConfigError(f"{where}: {error}") from None
     return tasks[reserved:]

@@ -35,47 +35,54 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leafe", description="Train LLM agents to recover from their own mistakes.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="the whole experiment: eval base, explore, build data, SFT, eval trained, report")
     run.add_argument("config", help="experiment YAML")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.objective=reh_only run.rounds=2")
+    run.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. sft.objective=reh_only run.rounds=2")
     run.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
     sft = commands.add_parser("sft", help="LEAFE stage 2 training alone, on an sft.jsonl (accelerate launch -m leafe.cli sft ... for GPUs)")
     sft.add_argument("config", help="experiment YAML (its sft section)")
-    sft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.finetune=full")
+    sft.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. sft.finetune=full")
     sft.add_argument("--data", required=True, help="an sft.jsonl written by leafe run (RUN/round-1/data/sft.jsonl)")
     sft.add_argument("--out", required=True, help="output directory (checkpoints/ and model/); a rerun resumes")
     sft.add_argument("--model", default=None, help="model to fine-tune (default: policy.model)")
 
     evaluate = commands.add_parser("eval", help="Pass@k of a policy on an environment's test tasks")
     evaluate.add_argument("config", help="experiment YAML")
-    evaluate.add_argument("overrides", nargs="*", help="dotted overrides, e.g. policy.temperature=0.5")
+    evaluate.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. policy.temperature=0.5")
     evaluate.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
     explore = commands.add_parser("explore", help="LEAFE stage 1: reflective rollback exploration trees (or a baseline)")
     explore.add_argument("config", help="experiment YAML (its explore section)")
-    explore.add_argument("overrides", nargs="*", help="dotted overrides, e.g. explore.reflector=env")
+    explore.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. explore.reflector=env")
     explore.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
     grpo = commands.add_parser("grpo", help="multi-turn GRPO training (the outcome-driven baseline); writes OUTPUT_DIR/NAME/model")
     grpo.add_argument("config", help="experiment YAML (its grpo, policy and rollout sections)")
-    grpo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.steps=50 grpo.group_size=8")
+    grpo.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. grpo.steps=50 grpo.group_size=8")
     grpo.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
     early = commands.add_parser(
         "early-experience", help="Early Experience baseline (world modelling or self-reflection at expert states); writes OUTPUT_DIR/NAME/model"
     )
     early.add_argument("config", help="experiment YAML (its early_experience, sft, policy and rollout sections)")
-    early.add_argument("overrides", nargs="*", help="dotted overrides, e.g. early_experience.variant=sr")
+    early.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. early_experience.variant=sr")
     early.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
 
     check = commands.add_parser("check-env", help="verify determinism, replay and snapshot/restore of an environment")
     check.add_argument("config", help="experiment YAML (its env section is checked)")
-    check.add_argument("overrides", nargs="*", help="dotted overrides")
+    check.add_argument("overrides", nargs="*", default=[], help="dotted overrides")
     check.add_argument("--tasks", type=_positive_int, default=10, help="tasks per split to check")
 
     view = commands.add_parser("view", help="write RUN_DIR/view.html: a static page showing what the agent did")
@@ -89,10 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--title", default="Pass@k on the same test tasks", help="title of the table and the plot")
 
     serve = commands.add_parser("serve", help="serve a policy over an OpenAI-compatible HTTP API (/v1/completions)")
-    serve.add_argument("overrides", nargs="*", help="dotted overrides of the policy section, e.g. policy.model=DIR")
+    serve.add_argument("overrides", nargs="*", default=[], help="dotted overrides of the policy section, e.g. policy.model=DIR")
     serve.add_argument("--config", help="experiment YAML whose policy section is served (default: defaults)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port (0: any free port)")
 
     prepare = commands.add_parser("prepare-model", help="convert/cache a model so later runs start fast")
     prepare.add_argument("model", nargs="?", default=None, help="model alias, directory or hub id (default: embedded)")
@@ -115,8 +122,10 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
     from leafe.envs import build_env
     from leafe.runs import RunDir
 
+    resumes = RunDir.check(cfg, command, fresh)  # an unusable or refused run directory fails before anything loads
     make_env, task_source = build_env(cfg.env)
-    tasks = select_tasks(task_source, split, count)
+    section = {"early-experience": "early_experience"}.get(command, command)
+    tasks = select_tasks(task_source, split, count, f"{section}.num_tasks")
     distributed = cfg.workers.num > 1  # Ray workers load their own policies; this process none
     reflects = cfg.explore.method != "independent" if command == "explore" else cfg.eval.method == "reflexion"
     judged = reflects and cfg.explore.reflector == "model"
@@ -127,7 +136,6 @@ def _prepare(cfg: ExperimentConfig, command: str, split: str, count: int, fresh:
         check_model(cfg.policy, cfg.policy.model, "policy.model")
         if judged and cfg.explore.reflector_model:
             check_model(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model")
-        resumes = RunDir.check(cfg, command, fresh)  # a refused run dir fails before the workers load anything
         # The workers build their policies now, so a model they cannot load fails before the run is recorded.
         start_workers(cfg, _unfinished(cfg, command, tasks) if resumes else len(tasks), explores=command == "explore")
         agent = build_agent(cfg, make_env, task_source, OnWorkers(cfg.policy.model))
@@ -223,20 +231,28 @@ def _check_env(cfg: ExperimentConfig, count: int) -> None:
 def _sft(cfg: ExperimentConfig, data: str, out: str, model: str | None) -> None:
     from pathlib import Path
 
-    from leafe.runs import read_jsonl
+    from leafe.runs import make_output_dir, read_jsonl
     from leafe.types import SFTExample
 
     path = Path(data)
+    if path.is_dir():
+        raise ConfigError(f"--data: {path} is a directory; pass the sft.jsonl in it (leafe run writes RUN/round-1/data/sft.jsonl)")
     if not path.is_file():
         raise ConfigError(f"--data: {path} does not exist")
-    try:
-        examples = [SFTExample.from_dict(record) for record in read_jsonl(path)]
-    except (KeyError, TypeError) as error:
-        raise ConfigError(f"--data: {path} is not an sft.jsonl written by leafe (missing field {error})") from None
+    examples = []
+    for number, record in enumerate(read_jsonl(path), start=1):
+        try:
+            examples.append(SFTExample.from_dict(record))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"--data: {path}, record {number}: not an SFT example leafe writes ({error})") from None
+    if not examples:
+        raise ConfigError(f"--data: {path} holds no SFT example (it is empty, or no line is a JSON object)")
+    make_output_dir(Path(out), "--out")
     from leafe.trainers.sft import train_sft
 
     try:
-        result = train_sft(cfg.sft, model or cfg.policy.model, examples, Path(out), seed=cfg.seed, device=cfg.policy.device)
+        result = train_sft(cfg.sft, model or cfg.policy.model, examples, Path(out), seed=cfg.seed,
+                           device=cfg.policy.device, model_field="--model" if model else "policy.model")
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:  # once, also under torchrun / accelerate launch
@@ -244,15 +260,35 @@ def _sft(cfg: ExperimentConfig, data: str, out: str, model: str | None) -> None:
 
 
 def _prepare_model(model: str | None) -> None:
+    """Convert the embedded model, merge a LoRA adapter or fetch a hub model into the local cache;
+    print the folder later runs load."""
+    from leafe.policy.checkpoints import check_model_reference, servable_model
     from leafe.policy.embedded import DEFAULT_MODEL, resolve_model
+    from leafe.policy.errors import first_line
 
-    print(resolve_model(model or DEFAULT_MODEL))
+    model = model or DEFAULT_MODEL
+    check_model_reference(model, "MODEL")
+    resolved = resolve_model(model)
+    if not os.path.isdir(resolved):  # a hub id: download it now (or find it in the cache)
+        from huggingface_hub import snapshot_download
+
+        try:
+            resolved = snapshot_download(resolved)
+        except Exception as error:  # the hub client raises many kinds (offline, unknown repo, auth)
+            raise ConfigError(f"MODEL: cannot fetch {model!r} from the Hugging Face hub or its cache: {first_line(error)}") from None
+    try:
+        print(servable_model(resolved))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"MODEL: cannot prepare {model!r}: {first_line(error)}") from None
 
 
 def _serve(args: argparse.Namespace) -> None:
     from leafe.config import apply_overrides, config_from_dict
     from leafe.policy.server import serve
 
+    stray = [text for text in args.overrides if not text.startswith("policy.")]
+    if stray:
+        raise ConfigError(f"override {stray[0]!r}: leafe serve reads only the policy section (policy.model=..., policy.backend=...)")
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:
@@ -264,9 +300,23 @@ def _serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"--host/--port: cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with ``key=value`` words after an option (``leafe eval C --fresh
+    name=x``) taken as overrides, as before it (``compare``: as more paths)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    target = "runs" if args.command == "compare" else "overrides"
+    words = [word for word in extra if "=" in word and not word.startswith("-")]
+    if len(words) < len(extra) or not hasattr(args, target):
+        unknown = [word for word in extra if word not in words or not hasattr(args, target)]
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    getattr(args, target, []).extend(words)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``leafe`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the terminal shows warnings; leafe.log gets INFO too
         handler.setLevel(logging.WARNING)
@@ -322,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
         return 2
     except WorkerError as error:
+        print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
+        return 1
+    except ConnectionError as error:  # an environment's server (WebShop) cannot be reached; the message names the field
         print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
         return 1
     except BackendError as error:

@@ -125,6 +125,26 @@ def _sub_run(folder: Path) -> RunDir:
     return RunDir(path=folder, resumed=any(folder.iterdir()))
 
 
+def _start_model(cfg: ExperimentConfig) -> str:
+    """The model the first round starts from: ``run.init_from`` (e.g. a GRPO run: LEAFE starts
+    from its checkpoint, as in the paper) or ``policy.model``; checked, with the explore
+    reflector's, so a typo fails before anything runs (on Ray workers: the paths only)."""
+    from leafe.policy import check_before_loading
+    from leafe.workers import check_model
+
+    if cfg.run.init_from:
+        from leafe.trainers.grpo import resolve_init
+
+        model, field = resolve_init(cfg.run.init_from), "run.init_from"
+    else:
+        model, field = cfg.policy.model, "policy.model"
+    check = check_model if cfg.workers.num > 1 else check_before_loading  # a worker's device is not this node's
+    check(cfg.policy, model, field)
+    if cfg.explore.reflector == "model" and cfg.explore.reflector_model:
+        check(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model")
+    return model
+
+
 def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) the experiment of ``cfg``; returns what ``report.json`` holds.
 
@@ -138,8 +158,9 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         )
     console = console or Console(stderr=True)
     make_env, task_source = build_env(cfg.env)
-    explore_tasks = select_tasks(task_source, cfg.explore.split, cfg.explore.num_tasks)
-    eval_tasks = select_tasks(task_source, cfg.eval.split, cfg.eval.num_tasks)
+    explore_tasks = select_tasks(task_source, cfg.explore.split, cfg.explore.num_tasks, "explore.num_tasks")
+    eval_tasks = select_tasks(task_source, cfg.eval.split, cfg.eval.num_tasks, "eval.num_tasks")
+    model = _start_model(cfg)  # a model that cannot load fails before the run directory records the config
     run = RunDir.open(cfg, command="run", fresh=fresh)
     if run.resumed:
         console.print(f"resuming {run.path}")
@@ -176,11 +197,6 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         _finish(folder, {**eval_key, "model": model}, result.to_dict())
         return result
 
-    model = cfg.policy.model
-    if cfg.run.init_from:  # e.g. a GRPO run: LEAFE starts from its checkpoint (as in the paper)
-        from leafe.trainers.grpo import resolve_init
-
-        model = resolve_init(cfg.run.init_from)
     report: dict[str, Any] = {"name": cfg.name, "base_model": model, "rounds": []}
     curves: dict[str, PassAtK] = {}
     eval_dirs: dict[str, str] = {}  # curve label -> the folder (in the run) of its metrics.json and episodes

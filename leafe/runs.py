@@ -36,6 +36,7 @@ from leafe.config import ConfigError, ExperimentConfig, config_from_dict, config
 
 logger = logging.getLogger(__name__)
 META_FILE = "meta.json"  # a run directory's seed, versions and every invocation (command, argv, host)
+LOG_FILE = "leafe.log"  # every invocation's log (INFO and up)
 
 # Fields that may differ between invocations of one run: they change how much is done, where,
 # how fast, or how results are summarised, not what a finished episode contains. (Every backend
@@ -153,15 +154,31 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of a JSONL file; torn lines (a writer killed mid-line) are skipped."""
+    """The records (JSON objects) of a JSONL file; a missing file has none. A torn line (a writer
+    killed mid-line), a line that is not UTF-8 or not a JSON object is skipped with a warning.
+
+    Raises:
+        ConfigError: ``path`` is a directory.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a JSONL file")
     if not path.exists():
         return
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             try:
-                yield json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                logger.warning("%s:%d: skipping a line that is not UTF-8 text", path, number)
+                continue
             except json.JSONDecodeError:
-                logger.warning("%s:%d: skipping a torn record (a run was killed while writing it)", path, number)
+                if raw.strip():
+                    logger.warning("%s:%d: skipping a torn record (a run was killed while writing it)", path, number)
+                continue
+            if isinstance(record, dict):
+                yield record
+            else:
+                logger.warning("%s:%d: skipping a line that is not a JSON object", path, number)
 
 
 def recorded_commands(path: Path) -> set[str]:
@@ -174,6 +191,67 @@ def recorded_commands(path: Path) -> set[str]:
     if not isinstance(invocations, list):
         return set()
     return {str(entry["command"]) for entry in invocations if isinstance(entry, dict) and "command" in entry}
+
+
+def make_output_dir(path: Path, what: str) -> Path:
+    """Create directory ``path`` (and its parents) for writing; return it.
+
+    Raises:
+        ConfigError: it is a file, cannot be created or is not writable (names ``what``: the
+            flag or field that chose it).
+    """
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what}: {path} is a file; name a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot create {path}: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: cannot write in {path} (permission denied)")
+    return path
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, before anything runs, a run directory that cannot be made or written: ``path`` or a
+    parent is a file, or the deepest existing parent is not writable.
+
+    Raises:
+        ConfigError: naming ``output_dir``/``name`` and the path at fault.
+    """
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"name: the run directory {path} is a file; choose another name (name=...) or output_dir")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise ConfigError(f"output_dir: {existing} is a file, so the run directory {path} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir: cannot write in {existing} (permission denied), so not in {path}")
+
+
+def _holds_no_work(path: Path) -> bool:
+    """Whether run directory ``path`` holds only what :meth:`RunDir.open` writes (the config, the
+    invocations, the log): a run that stopped before finishing anything, which a new config or
+    command may take over."""
+    return all(child.name in ("config.yaml", META_FILE, LOG_FILE) for child in path.iterdir())
+
+
+def _check_meta(meta_file: Path) -> None:
+    """Refuse a run directory whose ``meta.json`` leafe cannot read (a hand edit, a bad copy).
+
+    Raises:
+        ConfigError: naming the file, with the way out (``--fresh``).
+    """
+    if not meta_file.exists():
+        return
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{meta_file}: unreadable ({error}); pass --fresh to start the run over") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("invocations"), list):
+        raise ConfigError(f"{meta_file}: has no list of invocations, so leafe did not write it; pass --fresh to start the run over")
 
 
 @dataclass(frozen=True)
@@ -192,19 +270,26 @@ class RunDir:
         """
         path = cfg.run_dir
         config_file = path / "config.yaml"
+        _check_writable(path)
         if fresh and path.exists():
             if Path(cfg.output_dir).resolve() not in path.resolve().parents:
                 raise ConfigError(f"name: {cfg.name!r} does not name a directory inside {cfg.output_dir}")
             return False
-        if not config_file.exists():
+        if not config_file.exists() or _holds_no_work(path):  # e.g. left by a run whose model failed to load
             return False
+        _check_meta(path / META_FILE)
         other = sorted(recorded_commands(path) - {command})
         if other:  # e.g. `leafe eval` in a `leafe run` directory would replace the run's passk.png
             raise ConfigError(
                 f"run directory {path} holds a `leafe {other[0]}` run; `leafe {command}` would mix its own "
                 "files into it\nchoose another name (name=...) or pass --fresh to delete the old run"
             )
-        old = yaml.safe_load(config_file.read_text()) or {}
+        try:
+            old = yaml.safe_load(config_file.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ConfigError(f"{config_file}: unreadable ({str(error).splitlines()[0]}); pass --fresh to start the run over") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{config_file}: not a config leafe wrote; pass --fresh to start the run over")
         try:  # fields added to the schema since that run get their defaults
             old = config_from_dict(old).model_dump(mode="json")
         except ConfigError:
@@ -231,10 +316,11 @@ class RunDir:
         resumed = cls.check(cfg, command, fresh)
         if fresh and path.exists():
             shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
+        make_output_dir(path, "output_dir")
         write_atomic(config_file, config_to_yaml(cfg))
         meta_file = path / META_FILE
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"seed": cfg.seed, "invocations": []}
+        # a run resumed keeps its history; a new one (or one that had finished nothing) starts its own
+        meta = json.loads(meta_file.read_text()) if resumed and meta_file.exists() else {"seed": cfg.seed, "invocations": []}
         meta["invocations"].append(
             {
                 "command": command,
@@ -247,7 +333,7 @@ class RunDir:
             }
         )
         write_atomic(meta_file, json.dumps(meta, indent=2))
-        _log_to(path / "leafe.log")
+        _log_to(path / LOG_FILE)
         return cls(path=path, resumed=resumed)
 
 

@@ -135,6 +135,10 @@ class Trajectory:
         )
 
 
+# Every kind of SFT example: LEAFE's corrections and rehearsals, and Early Experience's targets.
+SFT_KINDS = ("counterfactual", "rehearsal", "world_model", "imitation", "reflection")
+
+
 @dataclass(frozen=True)
 class SFTExample:
     """One supervised target turn for LEAFE stage 2 (distillation).
@@ -167,9 +171,33 @@ class SFTExample:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SFTExample:
         """Reads :meth:`to_dict` output and exported records (whose chat ``completion`` is a
-        one-message list)."""
+        one-message list).
+
+        Raises:
+            ValueError: a field is missing or of the wrong type, or ``kind`` is unknown (the
+                message names the field).
+        """
+        missing = [key for key in ("kind", "prompt", "completion", "task_id", "node_id", "turn") if key not in data]
+        if missing:
+            raise ValueError(f"missing field {', '.join(missing)}")
+        if data["kind"] not in SFT_KINDS:
+            raise ValueError(f"kind {data['kind']!r}: expected one of {', '.join(SFT_KINDS)}")
         completion = data["completion"]
-        if isinstance(completion, list):
+        if isinstance(completion, list) and completion and _is_message(completion[-1]):
             completion = completion[-1]["content"]
-        fields = {key: data[key] for key in ("kind", "prompt", "task_id", "node_id", "turn")}
-        return cls(completion=completion, **fields)
+        prompt = data["prompt"]
+        if not isinstance(completion, str):
+            raise ValueError("completion: expected text (or a list of chat messages)")
+        if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_message(m) for m in prompt))):
+            raise ValueError("prompt: expected text or a list of chat messages ({'role': ..., 'content': ...})")
+        if not isinstance(data["task_id"], str):
+            raise ValueError("task_id: expected text")
+        for key in ("node_id", "turn"):
+            if isinstance(data[key], bool) or not isinstance(data[key], int):
+                raise ValueError(f"{key}: expected an integer")
+        return cls(data["kind"], prompt, completion, data["task_id"], data["node_id"], data["turn"])
+
+
+def _is_message(item: Any) -> bool:
+    """Whether ``item`` is a chat message: ``{"role": str, "content": str}``."""
+    return isinstance(item, dict) and isinstance(item.get("role"), str) and isinstance(item.get("content"), str)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from leafe.config import ConfigError
 from leafe.runs import read_jsonl, write_atomic
 
 PAGE_FILE = "view.html"
@@ -174,6 +175,9 @@ def write_view(run_dir: str | Path) -> Path:
         FileNotFoundError: ``run_dir`` has none of these files (names the directory).
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} {'is a file' if run_dir.exists() else 'does not exist'}; pass a run directory "
+                                "(e.g. runs/sokoban-quickstart)")
     episodes_file, trees_file, rollouts_file, states_file = (run_dir / name for name in RECORD_FILES)
     if not any(path.exists() for path in (episodes_file, trees_file, rollouts_file, states_file)):
         stages = sub_runs(run_dir)
@@ -185,14 +189,28 @@ def write_view(run_dir: str | Path) -> Path:
         )
     payload = {
         "run": run_dir.name,
-        "tasks": episodes_payload(read_jsonl(episodes_file)) + rollouts_payload(read_jsonl(rollouts_file)),
-        "trees": trees_payload(read_jsonl(trees_file)),
-        "states": states_payload(read_jsonl(states_file)),
+        "tasks": _read(episodes_payload, episodes_file) + _read(rollouts_payload, rollouts_file),
+        "trees": _read(trees_payload, trees_file),
+        "states": _read(states_payload, states_file),
     }
     page = render_page(f"leafe run {run_dir.name}", payload)
     out = run_dir / PAGE_FILE
     write_atomic(out, page)
     return out
+
+
+def _read(payload: Callable[[Iterable[dict[str, Any]]], list[dict[str, Any]]], path: Path) -> list[dict[str, Any]]:
+    """``payload`` of the records in ``path``.
+
+    Raises:
+        ConfigError: a record lacks what leafe writes (names the file).
+    """
+    try:
+        return payload(read_jsonl(path))
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise ConfigError(f"{path}: a record is not one leafe wrote ({type(error).__name__}: {error}); was the file edited?") from None
 
 
 def sub_runs(run_dir: Path) -> list[Path]:

@@ -77,17 +77,18 @@ def explore_on_workers(cfg: ExperimentConfig, tasks: Sequence[Task], on_tree: Ca
 
 
 def check_model(policy: PolicyConfig, model: str, field: str) -> None:
-    """Fail here, before any worker starts, on a model no worker could load: a local path that
-    is not a directory. Converts the embedded model once, so the workers find it cached. A model
-    served over HTTP (the ``openai`` backend) is the server's name, not checked."""
+    """Fail here, before any worker starts, on a model no worker could load (a local path to
+    nothing, a folder without a model: :func:`check_model_reference`, as this node sees the
+    paths). Converts the embedded model once, so the workers find it cached. A model served over
+    HTTP (the ``openai`` backend) is the server's name, not checked."""
     from leafe.policy import served_over_http
+    from leafe.policy.checkpoints import check_model_reference
     from leafe.policy.embedded import resolve_model
 
     if served_over_http(policy):
         return
-    resolved = resolve_model(model)
-    if resolved.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(resolved)):
-        raise ConfigError(f"{field}: {model!r} is not a directory (a local model path, as workers see it)")
+    check_model_reference(model, field)
+    resolve_model(model)
 
 
 class OnWorkers:

@@ -73,9 +73,13 @@ def test_ray_client_addresses_are_refused_with_the_field_named():
 
 def test_check_model_refuses_a_missing_path_before_any_worker_starts(tmp_path):
     policy = config_from_dict({}).policy
-    check_model(policy, str(tmp_path), "policy.model")  # a directory: the workers get to load it
-    with pytest.raises(ConfigError, match="policy.model"):
+    (tmp_path / "config.json").write_text("{}")
+    check_model(policy, str(tmp_path), "policy.model")  # a model folder: the workers get to load it
+    with pytest.raises(ConfigError, match="policy.model: no such model folder"):
         check_model(policy, str(tmp_path / "missing"), "policy.model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="policy.model: .*empty holds no config.json"):
+        check_model(policy, str(tmp_path / "empty"), "policy.model")
     served = config_from_dict({"policy": {"base_url": "http://localhost:8000/v1"}}).policy
     check_model(served, "/models/on-the-server", "policy.model")  # the server's name for its model
 
@@ -148,6 +152,7 @@ def test_worker_errors_are_clear_and_leave_no_traceback(tiny_model_dir, tmp_path
 
     empty = tmp_path / "empty-model"
     empty.mkdir()
+    (empty / "config.json").write_text("{}")  # passes this node's checks; the workers fail to load it
     unloadable = _leafe("eval", *_tiny_args(empty, tmp_path, "empty"), "workers.num=2")
     assert unloadable.returncode == 2, unloadable.stderr[-2000:]
     assert "policy.model" in unloadable.stderr and "a worker cannot load" in unloadable.stderr

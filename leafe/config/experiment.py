@@ -56,6 +56,10 @@ class ExperimentConfig(Section):
             raise ConfigError("explore.reflector_model: set it exactly when explore.reflector is 'model'")
         if isinstance(self.env, SokobanConfig) and self.env.min_solution_length > self.env.max_solution_length:
             raise ConfigError("env.min_solution_length: must not exceed env.max_solution_length")
+        if self.policy.backend == "openai" and not self.policy.base_url:
+            raise ConfigError("policy.base_url: required for policy.backend: openai (e.g. http://localhost:8000/v1)")
+        if self.policy.engine_args and self.policy.backend not in ("vllm", "auto"):
+            raise ConfigError(f"policy.engine_args: only the vllm backend reads it (policy.backend is {self.policy.backend!r})")
 
     @property
     def run_dir(self) -> Path:

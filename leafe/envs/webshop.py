@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import httpx
 
+from leafe.config import ConfigError
 from leafe.envs.base import StepResult
 from leafe.envs.shop_pages import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE, RULES, Page, invalid_feedback
 from leafe.envs.shop_pages import parse_action, render, resolve_click
@@ -291,7 +292,10 @@ class WebshopEnv:
                 f"env.base_url: cannot reach a WebShop server at {self.base_url} ({error}); start it (WebShop's ./run_dev.sh) or fix env.base_url"
             ) from None
         if response.status_code >= 400:
-            raise RuntimeError(f"the WebShop server answered {response.status_code} for {url} (is the goal index below its goal count, env.num_goals?)")
+            raise ConfigError(
+                f"env.base_url: the server at {self.base_url} answered {response.status_code} for {path}: is it a WebShop "
+                "server, and is the goal index below its goal count (env.num_goals)?"
+            )
         return response.text
 
     def snapshot(self) -> tuple[str, str, WebshopState]:

@@ -24,7 +24,7 @@ from typing import Any
 from leafe.config import ConfigError
 from leafe.eval.passk import PairedDifference, PassAtK, paired_difference
 from leafe.eval.report import METRICS_FILE, REPORT_FILE, markdown_table, md_escape, plot_pass_at_k
-from leafe.runs import META_FILE, recorded_commands, write_atomic
+from leafe.runs import META_FILE, make_output_dir, recorded_commands, write_atomic
 
 # Facts of metrics.json that must agree for two curves to be over the same tasks (task ids alone
 # do not say, e.g., how many turns an episode had).
@@ -44,11 +44,14 @@ class Evaluation:
 
 def _read_json(path: Path, item: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{item}: {path} does not exist") from None
     except (OSError, ValueError) as error:
         raise ConfigError(f"{item}: cannot read {path} ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{item}: {path} is not a JSON object, so leafe did not write it")
+    return data
 
 
 def _curve(data: Any, path: Path, item: str) -> PassAtK:
@@ -58,9 +61,21 @@ def _curve(data: Any, path: Path, item: str) -> PassAtK:
         raise ConfigError(f"{item}: {path} holds no Pass@k result written by leafe") from None
 
 
+def _field(record: dict[str, Any], key: str, path: Path, item: str) -> dict[str, Any]:
+    """``record[key]``, a JSON object ({} when absent).
+
+    Raises:
+        ConfigError: it is something else (names the file and the key).
+    """
+    value = record.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{item}: {path}: {key!r} is not an object, so leafe did not write this file")
+    return value
+
+
 def _from_metrics(label: str, path: Path, item: str) -> Evaluation:
     record = _read_json(path, item)
-    return Evaluation(label, path, _curve(record, path, item), record.get("details", {}))
+    return Evaluation(label, path, _curve(record, path, item), _field(record, "details", path, item))
 
 
 def _from_pipeline(prefix: str, run_dir: Path, item: str) -> list[Evaluation]:
@@ -73,11 +88,11 @@ def _from_pipeline(prefix: str, run_dir: Path, item: str) -> list[Evaluation]:
             f"compare its finished evaluations instead, e.g. {run_dir / 'eval-base'}"
         )
     report = _read_json(report_path, item)
-    folders = report.get("eval_dirs", {})  # absent in reports written before it was recorded
+    folders = _field(report, "eval_dirs", report_path, item)  # absent in reports written before it was recorded
     evaluations = []
-    for name, data in report.get("pass_at_k", {}).items():
-        metrics = run_dir / folders[name] / METRICS_FILE if name in folders else None
-        details = _read_json(metrics, item).get("details", {}) if metrics and metrics.is_file() else {}
+    for name, data in _field(report, "pass_at_k", report_path, item).items():
+        metrics = run_dir / str(folders[name]) / METRICS_FILE if name in folders else None
+        details = _field(_read_json(metrics, item), "details", metrics, item) if metrics and metrics.is_file() else {}
         evaluations.append(Evaluation(f"{prefix}: {name}", report_path, _curve(data, report_path, item), details))
     return evaluations
 
@@ -228,7 +243,7 @@ def write_comparison(evaluations: Sequence[Evaluation], out_dir: str | os.PathLi
     if (out / META_FILE).exists():
         raise ConfigError(f"--out: {out} is a run directory (its passk.png would be replaced); choose another folder")
     markdown, record = comparison(evaluations, title)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--out")
     paths = {"markdown": out / "compare.md", "json": out / "compare.json"}
     write_atomic(paths["markdown"], markdown + "![Pass@k](passk.png)\n")
     write_atomic(paths["json"], json.dumps(record, indent=2) + "\n")

@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from leafe.agent import Agent
-from leafe.config import ExperimentConfig
+from leafe.config import ConfigError, ExperimentConfig
 from leafe.eval.passk import PassAtK, compute_pass_at_k
 from leafe.eval.report import print_table, write_report
 from leafe.policy.memory import peak_rss_mib
@@ -69,7 +69,11 @@ def pending_jobs(cfg: ExperimentConfig, run_path: Path, tasks: Sequence[Task]) -
     """(every job of the evaluation on ``tasks``, the episodes already in ``run_path``, the jobs
     still to play)."""
     jobs = make_jobs(tasks, cfg.eval.samples_per_task, cfg.seed)
-    finished = {(record["task"]["task_id"], record["sample_index"]): record for record in read_jsonl(run_path / EPISODES_FILE)}
+    try:
+        finished = {(record["task"]["task_id"], record["sample_index"]): record for record in read_jsonl(run_path / EPISODES_FILE)}
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"{run_path / EPISODES_FILE}: a record without its task or sample index ({error}); was the file "
+                          "edited? pass --fresh to start the evaluation over") from None
     return jobs, finished, [job for job in jobs if (job.task.task_id, job.sample_index) not in finished]
 
 

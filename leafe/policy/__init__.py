@@ -74,10 +74,11 @@ def _vllm(cfg: PolicyConfig, model: str) -> Policy:
 
 
 def _openai(cfg: PolicyConfig, model: str) -> Policy:
+    from leafe.config import ConfigError
     from leafe.policy.openai_backend import OpenAIPolicy
 
     if not cfg.base_url:
-        raise ValueError("policy.base_url is required for backend openai (e.g. http://localhost:8000/v1)")
+        raise ConfigError("policy.base_url: required for backend openai (e.g. http://localhost:8000/v1)")
     return OpenAIPolicy(
         cfg.base_url,
         model,
@@ -165,16 +166,39 @@ def load_policy(cfg: PolicyConfig | None = None, model: str | None = None) -> Po
     return BACKENDS[choose_backend(cfg, model)](cfg, model)
 
 
+def check_before_loading(cfg: PolicyConfig, model: str, field: str) -> None:
+    """Check, without loading anything, what can be known of loading ``model`` with ``cfg`` in
+    this process: the model reference (:func:`~leafe.policy.checkpoints.check_model_reference`,
+    a failure names ``field``) and ``policy.device``. Nothing is checked for a model served over
+    HTTP (the server's name for it).
+
+    Raises:
+        ConfigError: naming the field at fault.
+    """
+    from leafe.policy.checkpoints import check_model_reference
+    from leafe.policy.transformers_backend import resolve_device
+
+    if served_over_http(cfg):
+        return
+    check_model_reference(model, field)
+    resolve_device(cfg.device)
+
+
 def load_policy_for(field: str, cfg: PolicyConfig, model: str, who: str = "", hint: str = "") -> Policy:
     """:func:`load_policy`, with a failure to load ``model`` raised as a ConfigError naming
     ``field`` (``who`` says who could not load it, ``hint`` what to do)."""
     from leafe.config import ConfigError
+    from leafe.policy.checkpoints import check_model_reference
+    from leafe.policy.errors import first_line
 
+    if not served_over_http(cfg):
+        check_model_reference(model, field)
     try:
         return load_policy(cfg, model)
+    except ConfigError:  # it names its own field (policy.device, policy.base_url, ...)
+        raise
     except (OSError, ValueError, RuntimeError, AssertionError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{field}: {who}cannot load {model!r} with backend {cfg.backend!r}: {reason}{hint}") from None
+        raise ConfigError(f"{field}: {who}cannot load {model!r} with backend {cfg.backend!r}: {first_line(error)}{hint}") from None
 
 
 def __getattr__(name: str) -> Any:

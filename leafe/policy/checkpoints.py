@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from leafe.policy.embedded import file_lock, cache_root, resolve_model
+from leafe.policy.embedded import EMBEDDED_ALIASES, cache_root, file_lock, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,50 @@ def adapter_base(path: str | Path) -> str | None:
     if not base:
         raise ValueError(f"{config}: base_model_name_or_path is missing; cannot tell which model the adapter fits")
     return str(base)
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether ``model`` can only mean a local folder: it starts with ``/``, ``.`` or ``~``, or
+    its first part is an existing local directory (``models/mine`` beside a ``models/`` folder),
+    or it has more parts than a hub id (``namespace/name``)."""
+    if model.startswith(("/", ".", "~")):
+        return True
+    parts = Path(model).parts
+    return len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
+
+
+def check_model_reference(model: str, field: str) -> None:
+    """Refuse at once, naming ``field``, a model reference that cannot load: an empty name, a
+    path to nothing, a folder that holds neither a model (``config.json``) nor a LoRA adapter
+    (``adapter_config.json``), or an adapter whose base fails the same checks. Hub ids and the
+    embedded model's aliases pass (they are loaded or converted later). Cheap: reads no weights.
+
+    Raises:
+        ConfigError: naming ``field`` and what is wrong.
+    """
+    from leafe.config import ConfigError
+
+    if not model.strip():
+        raise ConfigError(f"{field}: empty; use 'smollm2-135m-instruct' (embedded), a model folder or a hub id")
+    if model.strip().lower() in EMBEDDED_ALIASES:
+        return
+    folder = Path(os.path.expanduser(model))
+    if not folder.is_dir():
+        if folder.exists():
+            raise ConfigError(f"{field}: {model} is a file; a model is a folder (config.json and weights) or a hub id")
+        if looks_like_path(model):
+            raise ConfigError(f"{field}: no such model folder: {model}")
+        return  # a hub id: loaded (from the local cache or the hub) by the backend
+    try:
+        base = adapter_base(folder)
+    except ValueError as error:
+        raise ConfigError(f"{field}: {error}") from None
+    if base is not None:
+        check_model_reference(base, f"{field} (the base_model_name_or_path of the adapter {model})")
+    elif not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"{field}: {model} holds no config.json (a Hugging Face model folder) nor adapter_config.json (a LoRA adapter)"
+        )
 
 
 def _digest(adapter: Path, base: str) -> str:

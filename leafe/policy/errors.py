@@ -8,3 +8,9 @@ class BackendError(RuntimeError):
 
 class RequestTooLarge(BackendError, ValueError):
     """A request the backend cannot hold (context length, memory); names the setting to change."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (library errors run to many lines), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -53,10 +53,25 @@ _DTYPES = {
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` if available, else ``cpu``; anything else -> ``torch.device(device)``."""
+    """``"auto"`` -> ``cuda`` if available, else ``cpu``; anything else -> ``torch.device(device)``.
+
+    Raises:
+        ConfigError: naming ``policy.device``, for a CUDA or MPS device this torch cannot use
+            (rather than failing deep inside the first transfer, or training on the CPU).
+    """
+    from leafe.config import ConfigError
+
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise ConfigError(f"policy.device: {device!r} requested, but torch sees {count} CUDA device(s) "
+                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use auto or cpu")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"policy.device: {device!r} requested, but MPS is not available here; use auto or cpu")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

@@ -170,7 +170,7 @@ class GRPOTrainer:
             )
         self.cfg, self.settings, self.run_dir = cfg, cfg.grpo, run.path
         self.make_env, self.prompter = make_env, prompter
-        self.pool = select_tasks(task_source, cfg.grpo.split, cfg.grpo.num_tasks)
+        self.pool = select_tasks(task_source, cfg.grpo.split, cfg.grpo.num_tasks, "grpo.num_tasks")
         self.model, self.tokenizer, self.base = load_trainable(cfg.grpo, cfg.policy.model, cfg.seed)
         from leafe.policy.transformers_backend import resolve_device
         from leafe.trainers.sft import use_bf16
@@ -452,7 +452,10 @@ def train_grpo(cfg: ExperimentConfig, fresh: bool = False) -> GRPOResult:
     from leafe.agent import build_prompter
     from leafe.envs import build_env
 
+    from leafe.policy import check_before_loading
+
     make_env, task_source = build_env(cfg.env)
+    check_before_loading(cfg.policy, cfg.policy.model, "policy.model")  # before the run directory records the config
     run = RunDir.open(cfg, command="grpo", fresh=fresh)
     trainer = GRPOTrainer(cfg, run, make_env, task_source, build_prompter(cfg, make_env, task_source))
     return trainer.run()

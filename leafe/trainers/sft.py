@@ -206,13 +206,20 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def train_sft(
-    cfg: SFTConfig, base_model: str, examples: Sequence[SFTExample], out_dir: Path, seed: int = 0, device: str = "auto"
+    cfg: SFTConfig,
+    base_model: str,
+    examples: Sequence[SFTExample],
+    out_dir: Path,
+    seed: int = 0,
+    device: str = "auto",
+    model_field: str = "policy.model",
 ) -> SFTResult:
     """Fine-tune ``base_model`` on ``examples`` into ``out_dir/model``; resumes from the last
     checkpoint in ``out_dir/checkpoints``; returns at once if ``out_dir/model`` is finished.
 
     Raises:
-        ValueError: no example of a kind the objective trains on, or none fits ``max_seq_length``.
+        ValueError: no example of a kind the objective trains on, or none fits ``max_seq_length``;
+            a ConfigError naming ``model_field`` when ``base_model`` cannot load.
     """
     model_dir = out_dir / "model"
     if (model_dir / DONE_FILE).is_file():  # finished (perhaps elsewhere, then copied here)
@@ -228,7 +235,7 @@ def train_sft(
             f"sft.objective={cfg.objective!r}: no {' or '.join(wanted)} examples to train on "
             "(exploration found no successful episode of that kind; explore more tasks or a bigger budget)"
         )
-    model, tokenizer, base = load_trainable(cfg, base_model, seed)
+    model, tokenizer, base = load_trainable(cfg, base_model, seed, field=model_field)
     encoded = [encode_example(tokenizer, example) for example in chosen]
     fitting = [item for item in encoded if len(item.input_ids) <= cfg.max_seq_length]
     if not fitting:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from leafe.config import config_from_dict
+from leafe.config import ConfigError, config_from_dict
 from leafe.envs import build_env
 from leafe.envs.checker import check_env
 from leafe.envs.shop import ShopEnv
@@ -144,7 +144,7 @@ def test_a_silent_server_times_out_with_env_timeout_s():
 
 def test_a_goal_the_server_does_not_have_is_an_error_naming_num_goals(base_url):
     env = WebshopEnv(base_url)
-    with pytest.raises(RuntimeError, match="answered 404 .*env.num_goals"):
+    with pytest.raises(ConfigError, match="env.base_url: .*answered 404 .*env.num_goals"):
         env.reset(Task("w", "test", {"goal_index": NUM_PRODUCTS + 5}))
 
 
