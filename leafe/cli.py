@@ -306,11 +306,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     target = "runs" if args.command == "compare" else "overrides"
-    words = [word for word in extra if "=" in word and not word.startswith("-")]
-    if len(words) < len(extra) or not hasattr(args, target):
-        unknown = [word for word in extra if word not in words or not hasattr(args, target)]
+    words = [word for word in extra if "=" in word and not word.startswith("-")] if hasattr(args, target) else []
+    unknown = [word for word in extra if word not in words]
+    if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    getattr(args, target, []).extend(words)
+    if words:
+        getattr(args, target).extend(words)
     return args
 
 
