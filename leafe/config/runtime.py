@@ -14,7 +14,7 @@ class PolicyConfig(Section):
     """Which model answers, through which inference backend, and how it samples."""
 
     backend: Literal["auto", "transformers", "native", "vllm", "openai"] = "auto"
-    model: str = "smollm2-135m-instruct"
+    model: str = Field("smollm2-135m-instruct", min_length=1)
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_size: int = Field(64, ge=1, le=4096)

@@ -74,13 +74,17 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield from ((f"{file}: item {index}", row) for index, row in enumerate(data))
         else:
             opener = gzip.open if file.name.endswith(".gz") else open
-            with opener(file, "rt", encoding="utf-8") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if line.strip():
-                        try:
-                            yield f"{file}: line {number}", json.loads(line)
-                        except ValueError as error:
-                            raise DataError(f"{file}: line {number}: not valid JSON ({error})") from None
+            try:
+                with opener(file, "rt", encoding="utf-8") as handle:
+                    for number, line in enumerate(handle, start=1):
+                        if line.strip():
+                            try:
+                                record = json.loads(line)
+                            except ValueError as error:
+                                raise DataError(f"{file}: line {number}: not valid JSON ({error})") from None
+                            yield f"{file}: line {number}", record
+            except UnicodeDecodeError as error:
+                raise DataError(f"{file}: not UTF-8 text ({error.reason} at byte {error.start} of a line)") from None
 
 
 def _get(row: Any, name: str, where: str, kind: type | tuple[type, ...] = str) -> Any:

