@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
         return 1
     except ConnectionError as error:  # an environment's server (WebShop) cannot be reached; the message names the field
-        print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
+        resume = "" if args.command == "check-env" else "\n  finished episodes are saved; rerun the same command to resume"
+        print(f"error: {error}{resume}", file=sys.stderr)
         return 1
     except BackendError as error:
         print(f"error: the inference server failed: {error}\n  finished episodes are saved; rerun the same "

@@ -38,7 +38,7 @@ from leafe.eval.passk import PassAtK
 from leafe.eval.report import REPORT_FILE, markdown_table, plot_pass_at_k, print_table
 from leafe.method.distill import KINDS, build_examples, export_record
 from leafe.method.tree import load_trees
-from leafe.runs import RunDir, append_jsonl, read_jsonl, write_atomic
+from leafe.runs import RunDir, append_jsonl, make_output_dir, read_jsonl, write_atomic
 from leafe.prompting import Prompter
 from leafe.types import SFTExample, Task
 
@@ -58,6 +58,7 @@ def _finished(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _finish(folder: Path, key: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    make_output_dir(folder, "run directory")
     write_atomic(folder / STAGE_FILE, json.dumps({"key": key, "result": result}, indent=2, default=str) + "\n")
     return result
 
@@ -121,7 +122,7 @@ def _with_model(cfg: ExperimentConfig, model: str) -> ExperimentConfig:
 
 
 def _sub_run(folder: Path) -> RunDir:
-    folder.mkdir(parents=True, exist_ok=True)
+    make_output_dir(folder, "run directory")
     return RunDir(path=folder, resumed=any(folder.iterdir()))
 
 
@@ -155,6 +156,11 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         raise ConfigError(
             f"eval.method={cfg.eval.method!r}: `leafe run` evaluates its models by sampling (eval.method: sample); "
             "run the Reflexion evaluation with `leafe eval`"
+        )
+    if cfg.explore.split == "test" and cfg.eval.split == "test":
+        raise ConfigError(
+            "explore.split: `leafe run` would train on the test tasks it then evaluates on; explore the train split "
+            "(explore.split: train) or evaluate elsewhere"
         )
     console = console or Console(stderr=True)
     make_env, task_source = build_env(cfg.env)
@@ -193,7 +199,8 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
             return PassAtK.from_dict(done)
         from leafe.eval.evaluate import evaluate
 
-        result = evaluate(_with_model(cfg, model), _sub_run(folder), agent_for(model), eval_tasks)
+        agent = agent_for(model)  # loaded before the stage's folder is made: a model that fails leaves none
+        result = evaluate(_with_model(cfg, model), _sub_run(folder), agent, eval_tasks)
         _finish(folder, {**eval_key, "model": model}, result.to_dict())
         return result
 
@@ -241,7 +248,8 @@ def _explore(
     from leafe.method.explore_run import run_exploration
     from leafe.viewer import write_view
 
-    summary = run_exploration(_with_model(cfg, model), _sub_run(folder), agent_for(model), tasks, policies.reflector_policy())
+    agent = agent_for(model)  # loaded before the stage's folder is made: a model that fails leaves none
+    summary = run_exploration(_with_model(cfg, model), _sub_run(folder), agent, tasks, policies.reflector_policy())
     write_view(folder)
     return _finish(folder, key, asdict(summary))
 

@@ -233,9 +233,12 @@ def _check_writable(path: Path) -> None:
 
 def _holds_no_work(path: Path) -> bool:
     """Whether run directory ``path`` holds only what :meth:`RunDir.open` writes (the config, the
-    invocations, the log): a run that stopped before finishing anything, which a new config or
-    command may take over."""
-    return all(child.name in ("config.yaml", META_FILE, LOG_FILE) for child in path.iterdir())
+    invocations, the log) and empty folders: a run that stopped before finishing anything, which a
+    new config or command may take over."""
+    return all(
+        child.name in ("config.yaml", META_FILE, LOG_FILE) or (child.is_dir() and not any(p.is_file() for p in child.rglob("*")))
+        for child in path.iterdir()
+    )
 
 
 def _check_meta(meta_file: Path) -> None:

@@ -195,6 +195,8 @@ def write_view(run_dir: str | Path) -> Path:
     }
     page = render_page(f"leafe run {run_dir.name}", payload)
     out = run_dir / PAGE_FILE
+    if out.is_dir():
+        raise ConfigError(f"{out} is a directory; leafe view writes its page there (move the folder away)")
     write_atomic(out, page)
     return out
 

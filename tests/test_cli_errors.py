@@ -66,6 +66,11 @@ def test_a_config_with_a_repeated_section_is_refused(capsys, tmp_path):
     assert "policy.base_url: required" in _error(capsys, "eval", QUICKSTART, "policy.backend=openai")
 
 
+def test_run_refuses_to_train_on_the_test_tasks_it_evaluates(capsys, tmp_path):
+    err = _error(capsys, "run", QUICKSTART, f"output_dir={tmp_path}", "explore.split=test")
+    assert "explore.split: `leafe run` would train on the test tasks" in err and not any(tmp_path.iterdir())
+
+
 def test_more_tasks_than_the_environment_has_names_the_count_field(capsys, tmp_path):
     err = _error(capsys, "eval", CODING, f"output_dir={tmp_path}", "eval.num_tasks=100000")
     assert "eval.num_tasks: cannot make 100000 test tasks" in err
@@ -111,6 +116,10 @@ def test_sft_paths_are_checked_before_training(capsys, tmp_path):
 
 def test_view_and_compare_name_what_is_wrong(capsys, tmp_path):
     assert "does not exist" in _error(capsys, "view", str(tmp_path / "nope"))
+    (tmp_path / "view.html").mkdir()
+    (tmp_path / "episodes.jsonl").write_text("")
+    assert "view.html is a directory" in _error(capsys, "view", str(tmp_path))
+    (tmp_path / "view.html").rmdir()
     (tmp_path / "episodes.jsonl").write_text('{"task": 42}\n')
     assert f"{tmp_path / 'episodes.jsonl'}: a record is not one leafe wrote" in _error(capsys, "view", str(tmp_path))
     from leafe.eval.passk import compute_pass_at_k
@@ -118,6 +127,8 @@ def test_view_and_compare_name_what_is_wrong(capsys, tmp_path):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({**compute_pass_at_k({"a": (2, 1)}, [1, 2]).to_dict(), "details": [1]}))
     assert "'details' is not an object" in _error(capsys, "compare", str(metrics))
+    metrics.write_text(json.dumps({**compute_pass_at_k({"a": (2, 1)}, [1, 2]).to_dict(), "per_task": [1, 2]}))
+    assert "holds no Pass@k result written by leafe" in _error(capsys, "compare", str(metrics))
     good = tmp_path / "good.json"
     good.write_text(json.dumps(compute_pass_at_k({"a": (2, 1)}, [1, 2]).to_dict()))
     (tmp_path / "afile").write_text("x")

@@ -59,7 +59,8 @@ def test_reopen_by_another_command_is_refused(tmp_path):
 def test_a_run_that_finished_nothing_can_be_taken_over(tmp_path):
     """A run whose model failed to load leaves only its config, meta.json and log: fixing the
     typo (another config) or running another command there needs no --fresh."""
-    RunDir.open(_cfg(tmp_path, policy__model="/no/such/model"), command="run")
+    failed = RunDir.open(_cfg(tmp_path, policy__model="/no/such/model"), command="run")
+    (failed.path / "eval-base" / "empty").mkdir(parents=True)  # a stage folder made before the model failed
     run = RunDir.open(_cfg(tmp_path), command="eval")
     assert not run.resumed
     assert [i["command"] for i in json.loads((run.path / "meta.json").read_text())["invocations"]] == ["eval"]

@@ -57,7 +57,7 @@ def _read_json(path: Path, item: str) -> dict[str, Any]:
 def _curve(data: Any, path: Path, item: str) -> PassAtK:
     try:
         return PassAtK.from_dict(data)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise ConfigError(f"{item}: {path} holds no Pass@k result written by leafe") from None
 
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from leafe.policy.base import ChatMessages, Generation, GenerationRequest, Policy, Prompt, SamplingParams
 from leafe.policy.embedded import DEFAULT_MODEL, resolve_model
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from leafe.config import PolicyConfig
@@ -163,7 +166,10 @@ def load_policy(cfg: PolicyConfig | None = None, model: str | None = None) -> Po
 
     cfg = cfg or PolicyConfig()
     model = model or cfg.model
-    return BACKENDS[choose_backend(cfg, model)](cfg, model)
+    backend = choose_backend(cfg, model)
+    if cfg.engine_args and backend != "vllm":  # (a named backend other than vllm is refused by the config)
+        logger.warning("policy.engine_args is ignored: backend auto chose %s here, and only vllm reads it", backend)
+    return BACKENDS[backend](cfg, model)
 
 
 def check_before_loading(cfg: PolicyConfig, model: str, field: str) -> None:

@@ -78,10 +78,11 @@ def cache_root() -> Path:
     """
     env = os.environ.get("LEAFE_CACHE")
     root = Path(env).expanduser() if env else Path.home() / ".cache" / "leafe"
-    if root.exists() and not root.is_dir():
+    blocked = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
         from leafe.config import ConfigError
 
-        raise ConfigError(f"LEAFE_CACHE: {root} is a file; leafe keeps converted models and merged adapters in a folder there")
+        raise ConfigError(f"LEAFE_CACHE: {blocked} is a file, so {root} cannot be the folder of converted models and merged adapters")
     return root
 
 

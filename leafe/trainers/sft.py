@@ -221,6 +221,7 @@ def train_sft(
         ValueError: no example of a kind the objective trains on, or none fits ``max_seq_length``;
             a ConfigError naming ``model_field`` when ``base_model`` cannot load.
     """
+    target_device = resolve_device(device)  # a device torch cannot use is an error even when there is nothing to do
     model_dir = out_dir / "model"
     if (model_dir / DONE_FILE).is_file():  # finished (perhaps elsewhere, then copied here)
         recorded = json.loads((model_dir / DONE_FILE).read_text())
@@ -244,7 +245,6 @@ def train_sft(
         logger.warning("sft: dropped %d examples longer than max_seq_length=%d", len(encoded) - len(fitting), cfg.max_seq_length)
     dataset = [asdict(item) for item in fitting]
 
-    target_device = resolve_device(device)
     args = TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,

