@@ -247,6 +247,9 @@ def _sft(cfg: ExperimentConfig, data: str, out: str, model: str | None) -> None:
             raise ConfigError(f"--data: {path}, record {number}: not an SFT example leafe writes ({error})") from None
     if not examples:
         raise ConfigError(f"--data: {path} holds no SFT example (it is empty, or no line is a JSON object)")
+    from leafe.policy import check_before_loading
+
+    check_before_loading(cfg.policy, model or cfg.policy.model, "--model" if model else "policy.model")
     make_output_dir(Path(out), "--out")
     from leafe.trainers.sft import train_sft
 
@@ -375,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerError as error:
         print(f"error: {error}\n  finished episodes are saved; rerun the same command to resume", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: what finished is on disk (records are appended as they finish)
+        resumable = args.command in ("run", "eval", "explore", "grpo", "early-experience", "sft")
+        print("\ninterrupted" + ("; finished work is saved: rerun the same command to resume" if resumable else ""), file=sys.stderr)
+        return 130
     except ConnectionError as error:  # an environment's server (WebShop) cannot be reached; the message names the field
         resume = "" if args.command == "check-env" else "\n  finished episodes are saved; rerun the same command to resume"
         print(f"error: {error}{resume}", file=sys.stderr)

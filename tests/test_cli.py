@@ -69,6 +69,23 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
         assert metrics[key] == reference_metrics[key], key
 
 
+def test_ctrl_c_stops_with_a_short_message_and_keeps_finished_episodes(tiny_model_dir, tmp_path):
+    args = [sys.executable, "-m", "leafe.cli", "eval", *_tiny_args(tiny_model_dir, tmp_path, "interrupted")]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    episodes_file = tmp_path / "interrupted" / "episodes.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if episodes_file.exists() and len(episodes_file.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted; finished work is saved: rerun the same command to resume" in err
+    assert "Traceback" not in err
+    assert 2 <= len(_episodes(tmp_path / "interrupted")) < 24
+
+
 def test_changed_config_refuses_the_old_run_dir(tiny_model_dir, tmp_path):
     args = _tiny_args(tiny_model_dir, tmp_path, "r") + ["eval.num_tasks=1", "eval.samples_per_task=1", "eval.ks=[1]", "rollout.max_steps=1"]
     assert _leafe("eval", *args).returncode == 0

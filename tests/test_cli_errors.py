@@ -141,3 +141,4 @@ def test_prepare_model_and_serve_refuse_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["serve", "--port", "99999"])
     assert "must be between 0 and 65535" in capsys.readouterr().err
+
