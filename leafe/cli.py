@@ -23,6 +23,7 @@ import os
 import sys
 
 from leafe.config import ConfigError, ExperimentConfig, load_config
+from leafe.envs.base import EnvUnreachable
 from leafe.envs.checker import EnvCheckError
 from leafe.policy.errors import BackendError, RequestTooLarge
 from leafe.workers import WorkerError, stop_workers
@@ -243,13 +244,15 @@ def _sft(cfg: ExperimentConfig, data: str, out: str, model: str | None) -> None:
     for number, record in enumerate(read_jsonl(path), start=1):
         try:
             examples.append(SFTExample.from_dict(record))
-        except (KeyError, TypeError, ValueError) as error:
+        except ValueError as error:
             raise ConfigError(f"--data: {path}, record {number}: not an SFT example leafe writes ({error})") from None
     if not examples:
         raise ConfigError(f"--data: {path} holds no SFT example (it is empty, or no line is a JSON object)")
-    from leafe.policy import check_before_loading
+    from leafe.policy.checkpoints import check_model_reference
+    from leafe.policy.transformers_backend import resolve_device
 
-    check_before_loading(cfg.policy, model or cfg.policy.model, "--model" if model else "policy.model")
+    check_model_reference(model or cfg.policy.model, "--model" if model else "policy.model")  # trained here, whatever serves it
+    resolve_device(cfg.policy.device)
     make_output_dir(Path(out), "--out")
     from leafe.trainers.sft import train_sft
 
@@ -260,6 +263,10 @@ def _sft(cfg: ExperimentConfig, data: str, out: str, model: str | None) -> None:
         raise ConfigError(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:  # once, also under torchrun / accelerate launch
         print(f"model: {result.model_dir}  ({result.steps} steps, {result.tokens_per_s} tokens/s)")
+
+
+# What from_pretrained reads from a hub repository (not, e.g., the original/*.pth copies some hold).
+_HUB_MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken", "*.py"]
 
 
 def _prepare_model(model: str | None) -> None:
@@ -276,7 +283,7 @@ def _prepare_model(model: str | None) -> None:
         from huggingface_hub import snapshot_download
 
         try:
-            resolved = snapshot_download(resolved)
+            resolved = snapshot_download(resolved, allow_patterns=_HUB_MODEL_FILES)
         except Exception as error:  # the hub client raises many kinds (offline, unknown repo, auth)
             raise ConfigError(f"MODEL: cannot fetch {model!r} from the Hugging Face hub or its cache: {first_line(error)}") from None
     try:
@@ -382,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         resumable = args.command in ("run", "eval", "explore", "grpo", "early-experience", "sft")
         print("\ninterrupted" + ("; finished work is saved: rerun the same command to resume" if resumable else ""), file=sys.stderr)
         return 130
-    except ConnectionError as error:  # an environment's server (WebShop) cannot be reached; the message names the field
+    except EnvUnreachable as error:  # an environment's server (WebShop) cannot be reached; the message names the field
         resume = "" if args.command == "check-env" else "\n  finished episodes are saved; rerun the same command to resume"
         print(f"error: {error}{resume}", file=sys.stderr)
         return 1

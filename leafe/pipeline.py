@@ -126,11 +126,13 @@ def _sub_run(folder: Path) -> RunDir:
     return RunDir(path=folder, resumed=any(folder.iterdir()))
 
 
-def _start_model(cfg: ExperimentConfig) -> str:
+def _start_model(cfg: ExperimentConfig, check: bool) -> str:
     """The model the first round starts from: ``run.init_from`` (e.g. a GRPO run: LEAFE starts
-    from its checkpoint, as in the paper) or ``policy.model``; checked, with the explore
-    reflector's, so a typo fails before anything runs (on Ray workers: the paths only)."""
+    from its checkpoint, as in the paper) or ``policy.model``. With ``check`` (a new run; a
+    resumed one may not need it any more) it is checked with the explore reflector's and
+    ``policy.device`` (SFT runs in this process), so a typo fails before anything runs."""
     from leafe.policy import check_before_loading
+    from leafe.policy.transformers_backend import resolve_device
     from leafe.workers import check_model
 
     if cfg.run.init_from:
@@ -139,10 +141,12 @@ def _start_model(cfg: ExperimentConfig) -> str:
         model, field = resolve_init(cfg.run.init_from), "run.init_from"
     else:
         model, field = cfg.policy.model, "policy.model"
-    check = check_model if cfg.workers.num > 1 else check_before_loading  # a worker's device is not this node's
-    check(cfg.policy, model, field)
-    if cfg.explore.reflector == "model" and cfg.explore.reflector_model:
-        check(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model")
+    if check:
+        check_one = check_model if cfg.workers.num > 1 else check_before_loading  # workers: the paths as this node sees them
+        check_one(cfg.policy, model, field)
+        if cfg.explore.method != "independent" and cfg.explore.reflector == "model" and cfg.explore.reflector_model:
+            check_one(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model")
+        resolve_device(cfg.policy.device)
     return model
 
 
@@ -166,7 +170,8 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
     make_env, task_source = build_env(cfg.env)
     explore_tasks = select_tasks(task_source, cfg.explore.split, cfg.explore.num_tasks, "explore.num_tasks")
     eval_tasks = select_tasks(task_source, cfg.eval.split, cfg.eval.num_tasks, "eval.num_tasks")
-    model = _start_model(cfg)  # a model that cannot load fails before the run directory records the config
+    # a model that cannot load fails before the run directory records the config
+    model = _start_model(cfg, check=not RunDir.check(cfg, "run", fresh))
     run = RunDir.open(cfg, command="run", fresh=fresh)
     if run.resumed:
         console.print(f"resuming {run.path}")

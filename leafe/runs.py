@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from leafe.config import ConfigError, ExperimentConfig, config_from_dict, config_to_yaml
+from leafe.policy.errors import first_line
 
 logger = logging.getLogger(__name__)
 META_FILE = "meta.json"  # a run directory's seed, versions and every invocation (command, argv, host)
@@ -290,7 +291,7 @@ class RunDir:
         try:
             old = yaml.safe_load(config_file.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise ConfigError(f"{config_file}: unreadable ({str(error).splitlines()[0]}); pass --fresh to start the run over") from None
+            raise ConfigError(f"{config_file}: unreadable ({first_line(error)}); pass --fresh to start the run over") from None
         if not isinstance(old, dict):
             raise ConfigError(f"{config_file}: not a config leafe wrote; pass --fresh to start the run over")
         try:  # fields added to the schema since that run get their defaults
@@ -312,7 +313,8 @@ class RunDir:
 
         Raises:
             ConfigError: the directory holds a run of another command, or one whose config
-                differs in a field that changes results (and ``fresh`` is False).
+                differs in a field that changes results (and ``fresh`` is False); it cannot be
+                made or written; its config.yaml or meta.json cannot be read.
         """
         path = cfg.run_dir
         config_file = path / "config.yaml"

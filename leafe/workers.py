@@ -87,7 +87,7 @@ def check_model(policy: PolicyConfig, model: str, field: str) -> None:
 
     if served_over_http(policy):
         return
-    check_model_reference(model, field)
+    check_model_reference(model, field, hf_layout=policy.backend != "vllm")
     resolve_model(model)
 
 

@@ -116,3 +116,20 @@ def test_union_tag_is_not_in_error_locations():
     assert "env.timeout_s:" in message and "env.memory_mb:" in message and "env.coding" not in message
     with pytest.raises(ConfigError, match=r"env: must be a section with a name"):
         config_from_dict({"env": "coding"})
+
+
+def test_a_repeated_key_is_refused_but_yaml_merge_keys_still_work(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("eval:\n  num_tasks: 2\n  num_tasks: 3\n")
+    with pytest.raises(ConfigError, match="the key 'num_tasks' appears twice"):
+        load_config(twice)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("x-sampling: &sampling\n  temperature: 0.3\n  top_p: 0.9\n"
+                      "policy:\n  <<: *sampling\n  top_p: 0.5\n")
+    with pytest.raises(ConfigError, match="x-sampling: unknown field"):  # the anchor's holder is still a field
+        load_config(merged)
+    merged.write_text("policy: &p\n  temperature: 0.3\n  top_p: 0.9\n"
+                      "explore:\n  reflector: model\n  reflector_model: m\n"
+                      "eval:\n  <<: {num_tasks: 3}\n  samples_per_task: 8\n")
+    cfg = load_config(merged)
+    assert cfg.eval.num_tasks == 3 and cfg.policy.top_p == 0.9

@@ -109,3 +109,17 @@ def test_reflexion_evaluation_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="eval.method='reflexion': `leafe run` evaluates its models by sampling"):
         run_pipeline(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_resumed_run_does_not_need_its_start_model_any_more(tmp_path):
+    """A finished run copied elsewhere (its base model folder gone, no GPU) still rebuilds its
+    report; a new run with that model fails before anything is written."""
+    from leafe.config import ConfigError, config_from_dict
+    from leafe.pipeline import _start_model, run_pipeline
+
+    moved = str(tmp_path / "moved-model")
+    cfg = config_from_dict({"name": "r", "output_dir": str(tmp_path), "policy": {"model": moved, "device": "cpu"}})
+    assert _start_model(cfg, check=False) == moved
+    with pytest.raises(ConfigError, match="policy.model: no such model folder"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "r").exists()

@@ -33,6 +33,11 @@ from leafe.types import Task
 StepResult = tuple[str, float, bool, bool, dict[str, Any]]
 
 
+class EnvUnreachable(ConnectionError):
+    """An environment served by another process (e.g. WebShop's web server) did not answer; the
+    message names the setting (``env.base_url``). Finished episodes are on disk: rerun to resume."""
+
+
 @runtime_checkable
 class TextEnv(Protocol):
     """What every environment implements."""

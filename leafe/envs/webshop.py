@@ -32,7 +32,7 @@ from urllib.parse import quote
 import httpx
 
 from leafe.config import ConfigError
-from leafe.envs.base import StepResult
+from leafe.envs.base import EnvUnreachable, StepResult
 from leafe.envs.shop_pages import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE, RULES, Page, invalid_feedback
 from leafe.envs.shop_pages import parse_action, render, resolve_click
 from leafe.types import Task
@@ -41,8 +41,8 @@ PAGE_SIZE = 10  # WebShop's results per page
 _TOTAL = re.compile(r"page\s+(\d+)\s*\(total results:\s*(\d+)\)", re.IGNORECASE)
 
 
-class WebshopUnreachable(ConnectionError):
-    """The WebShop server at ``env.base_url`` did not answer."""
+class WebshopUnreachable(EnvUnreachable):
+    """The WebShop server at ``env.base_url`` did not answer (or answered with a server error)."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +291,8 @@ class WebshopEnv:
             raise WebshopUnreachable(
                 f"env.base_url: cannot reach a WebShop server at {self.base_url} ({error}); start it (WebShop's ./run_dev.sh) or fix env.base_url"
             ) from None
+        if response.status_code >= 500:
+            raise WebshopUnreachable(f"env.base_url: the WebShop server at {self.base_url} failed on {path} ({response.status_code})")
         if response.status_code >= 400:
             raise ConfigError(
                 f"env.base_url: the server at {self.base_url} answered {response.status_code} for {path}: is it a WebShop "

@@ -186,7 +186,7 @@ def check_before_loading(cfg: PolicyConfig, model: str, field: str) -> None:
 
     if served_over_http(cfg):
         return
-    check_model_reference(model, field)
+    check_model_reference(model, field, hf_layout=cfg.backend != "vllm")
     resolve_device(cfg.device)
 
 
@@ -198,7 +198,7 @@ def load_policy_for(field: str, cfg: PolicyConfig, model: str, who: str = "", hi
     from leafe.policy.errors import first_line
 
     if not served_over_http(cfg):
-        check_model_reference(model, field)
+        check_model_reference(model, field, hf_layout=cfg.backend != "vllm")
     try:
         return load_policy(cfg, model)
     except ConfigError:  # it names its own field (policy.device, policy.base_url, ...)

@@ -55,20 +55,21 @@ def adapter_base(path: str | Path) -> str | None:
 
 
 def looks_like_path(model: str) -> bool:
-    """Whether ``model`` can only mean a local folder: it starts with ``/``, ``.`` or ``~``, or
-    its first part is an existing local directory (``models/mine`` beside a ``models/`` folder),
-    or it has more parts than a hub id (``namespace/name``)."""
-    if model.startswith(("/", ".", "~")):
-        return True
-    parts = Path(model).parts
-    return len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
+    """Whether ``model`` can only mean a local folder: it starts with ``/``, ``.`` or ``~``, or it
+    has more parts than a hub id (``namespace/name``) and is not a URL (``s3://...``). A
+    ``namespace/name`` that is not a local folder is a hub id, even beside a ``namespace/`` folder."""
+    if "://" in model:
+        return False
+    return model.startswith(("/", ".", "~")) or len(Path(model).parts) > 2
 
 
-def check_model_reference(model: str, field: str) -> None:
+def check_model_reference(model: str, field: str, hf_layout: bool = True) -> None:
     """Refuse at once, naming ``field``, a model reference that cannot load: an empty name, a
-    path to nothing, a folder that holds neither a model (``config.json``) nor a LoRA adapter
-    (``adapter_config.json``), or an adapter whose base fails the same checks. Hub ids and the
-    embedded model's aliases pass (they are loaded or converted later). Cheap: reads no weights.
+    path to nothing, and with ``hf_layout`` (what transformers and the native engine read; vLLM
+    also reads GGUF files and other layouts) a file, a folder that holds neither a model
+    (``config.json``) nor a LoRA adapter (``adapter_config.json``), or an adapter whose base
+    fails the same checks. Hub ids, URLs and the embedded model's aliases pass (they are loaded
+    or converted later). Cheap: reads no weights.
 
     Raises:
         ConfigError: naming ``field`` and what is wrong.
@@ -77,9 +78,15 @@ def check_model_reference(model: str, field: str) -> None:
 
     if not model.strip():
         raise ConfigError(f"{field}: empty; use 'smollm2-135m-instruct' (embedded), a model folder or a hub id")
+    if "://" in model:  # a URL some loaders read (vLLM from s3://, gs://)
+        return
     if model.strip().lower() in EMBEDDED_ALIASES:
         return
     folder = Path(os.path.expanduser(model))
+    if not hf_layout:
+        if not folder.exists() and looks_like_path(model):
+            raise ConfigError(f"{field}: no such model path: {model}")
+        return
     if not folder.is_dir():
         if folder.exists():
             raise ConfigError(f"{field}: {model} is a file; a model is a folder (config.json and weights) or a hub id")

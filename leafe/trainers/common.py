@@ -31,6 +31,8 @@ def load_trainable(cfg: FinetuneSettings, base_model: str, seed: int, field: str
         base = servable_model(resolve_model(base_model))
         tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    except ConfigError:  # it names its own setting (e.g. LEAFE_CACHE)
+        raise
     except (OSError, ValueError) as error:
         raise ConfigError(f"{field}: cannot load {base_model!r} to train: {first_line(error)}") from None
     if cfg.gradient_checkpointing:

@@ -219,7 +219,8 @@ def train_sft(
 
     Raises:
         ValueError: no example of a kind the objective trains on, or none fits ``max_seq_length``;
-            a ConfigError naming ``model_field`` when ``base_model`` cannot load.
+            a ConfigError naming ``model_field`` when ``base_model`` cannot load, or
+            ``policy.device`` when torch cannot use ``device``.
     """
     target_device = resolve_device(device)  # a device torch cannot use is an error even when there is nothing to do
     model_dir = out_dir / "model"

@@ -12,9 +12,10 @@ def test_paths_and_hub_ids_are_told_apart(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     assert looks_like_path("/abs/model") and looks_like_path("./m") and looks_like_path("~/m")
-    assert looks_like_path("models/mine")  # its first part is a local folder
     assert looks_like_path("a/b/c")  # more parts than namespace/name
     assert not looks_like_path("Qwen/Qwen2.5-7B-Instruct") and not looks_like_path("gpt2")
+    assert not looks_like_path("models/mine")  # namespace/name is a hub id, even beside a models/ folder
+    assert not looks_like_path("s3://bucket/org/model")
 
 
 def test_good_references_pass(tmp_path):
@@ -51,3 +52,13 @@ def test_an_adapter_whose_base_is_missing_names_the_adapter(tmp_path):
     (adapter / "adapter_config.json").write_text("{")
     with pytest.raises(ConfigError, match="run.init_from: .*adapter_config.json: not valid JSON"):
         check_model_reference(str(adapter), "run.init_from")
+
+
+def test_vllm_layouts_only_need_to_exist(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_text("x")
+    check_model_reference(str(gguf), "policy.model", hf_layout=False)  # vLLM reads GGUF files
+    check_model_reference(str(tmp_path), "policy.model", hf_layout=False)  # and other folder layouts
+    check_model_reference("s3://bucket/org/model", "policy.model", hf_layout=False)
+    with pytest.raises(ConfigError, match="policy.model: no such model path"):
+        check_model_reference(str(tmp_path / "gone.gguf"), "policy.model", hf_layout=False)
