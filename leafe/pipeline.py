@@ -53,8 +53,12 @@ def _finished(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     marker = folder / STAGE_FILE
     if not marker.is_file():
         return None
-    record = json.loads(marker.read_text())
-    return record["result"] if record.get("key") == key else None
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        logger.warning("%s: unreadable (%s); the stage runs again", marker, error)
+        return None
+    return record["result"] if isinstance(record, dict) and record.get("key") == key and "result" in record else None
 
 
 def _finish(folder: Path, key: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -297,11 +301,15 @@ def _train(cfg: ExperimentConfig, model: str, folder: Path, policies: _Policies)
     done = _finished(out, key)
     if done is not None:
         return done
-    examples = [SFTExample.from_dict(record) for record in read_jsonl(folder / "data" / DATA_FILE)]
+    data_file = folder / "data" / DATA_FILE
+    try:
+        examples = [SFTExample.from_dict(record) for record in read_jsonl(data_file)]
+    except ValueError as error:
+        raise ConfigError(f"{data_file}: {error}; was it edited? delete {data_file.parent} to build the data again") from None
     from leafe.trainers.sft import objective_weights, train_sft
 
     weights = dict(zip(KINDS, objective_weights(cfg.sft)))
-    if not any(weights[example.kind] > 0 for example in examples):
+    if not any(weights.get(example.kind, 0.0) > 0 for example in examples):
         # Nothing to learn this round (no successful episode of the kinds the objective trains on):
         # the model carries over unchanged rather than ending a multi-round run.
         reason = f"no {'/'.join(kind for kind in KINDS if weights[kind] > 0)} examples for sft.objective={cfg.sft.objective}"

@@ -123,3 +123,18 @@ def test_a_resumed_run_does_not_need_its_start_model_any_more(tmp_path):
     with pytest.raises(ConfigError, match="policy.model: no such model folder"):
         run_pipeline(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_an_edited_stage_record_or_data_file_is_handled_on_resume(tmp_path):
+    """A stage.json that cannot be read makes the stage run again; an sft.jsonl leafe did not
+    write is an error naming it, not a traceback."""
+    from leafe.config import ConfigError, config_from_dict
+    from leafe.pipeline import _finished, _Policies, _train
+
+    (tmp_path / "stage.json").write_text("{torn")
+    assert _finished(tmp_path, {"k": 1}) is None
+    cfg = config_from_dict({})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sft.jsonl").write_text('{"kind": "bogus"}\n')
+    with pytest.raises(ConfigError, match="data/sft.jsonl: missing field .*; was it edited\\? delete .*data to build"):
+        _train(cfg, "some/model", tmp_path, _Policies(cfg))
