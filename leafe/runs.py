@@ -45,6 +45,7 @@ LOG_FILE = "leafe.log"  # every invocation's log (INFO and up)
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir",
+        "name",  # a run directory moved or renamed by hand (the name only places it)
         "eval.num_tasks",
         "eval.samples_per_task",
         "eval.ks",

@@ -39,6 +39,13 @@ def test_reopen_resumes_and_allows_neutral_changes(tmp_path):
     assert len(json.loads((run.path / "meta.json").read_text())["invocations"]) == 2
 
 
+def test_a_run_directory_renamed_by_hand_resumes_under_its_new_name(tmp_path):
+    old = _open_with_work(_cfg(tmp_path), "eval")
+    old.path.rename(tmp_path / "renamed")
+    run = RunDir.open(config_from_dict({"name": "renamed", "output_dir": str(tmp_path)}), command="eval")
+    assert run.resumed and (run.path / "episodes.jsonl").exists()
+
+
 def test_reopen_refuses_result_changing_config(tmp_path):
     _open_with_work(_cfg(tmp_path), "eval")
     with pytest.raises(ConfigError, match="policy.temperature"):
