@@ -137,7 +137,6 @@ def _start_model(cfg: ExperimentConfig, check: bool) -> str:
     ``policy.device`` (SFT runs in this process), so a typo fails before anything runs."""
     from leafe.policy import check_before_loading
     from leafe.policy.transformers_backend import resolve_device
-    from leafe.workers import check_model
 
     if cfg.run.init_from:
         from leafe.trainers.grpo import resolve_init
@@ -145,12 +144,11 @@ def _start_model(cfg: ExperimentConfig, check: bool) -> str:
         model, field = resolve_init(cfg.run.init_from), "run.init_from"
     else:
         model, field = cfg.policy.model, "policy.model"
-    if check:
-        check_one = check_model if cfg.workers.num > 1 else check_before_loading  # workers: the paths as this node sees them
-        check_one(cfg.policy, model, field)
+    if check:  # (with Ray workers: the paths as this node sees them)
+        check_before_loading(cfg.policy, model, field, device=False)
         if cfg.explore.method != "independent" and cfg.explore.reflector == "model" and cfg.explore.reflector_model:
-            check_one(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model")
-        resolve_device(cfg.policy.device)
+            check_before_loading(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model", device=False)
+        resolve_device(cfg.policy.device)  # SFT runs in this process
     return model
 
 

@@ -81,14 +81,12 @@ def check_model(policy: PolicyConfig, model: str, field: str) -> None:
     nothing, a folder without a model: :func:`check_model_reference`, as this node sees the
     paths). Converts the embedded model once, so the workers find it cached. A model served over
     HTTP (the ``openai`` backend) is the server's name, not checked."""
-    from leafe.policy import served_over_http
-    from leafe.policy.checkpoints import check_model_reference
+    from leafe.policy import check_before_loading, served_over_http
     from leafe.policy.embedded import resolve_model
 
-    if served_over_http(policy):
-        return
-    check_model_reference(model, field, hf_layout=policy.backend != "vllm")
-    resolve_model(model)
+    check_before_loading(policy, model, field, device=False)  # the device is each worker's
+    if not served_over_http(policy):
+        resolve_model(model)
 
 
 class OnWorkers:

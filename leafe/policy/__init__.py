@@ -172,11 +172,11 @@ def load_policy(cfg: PolicyConfig | None = None, model: str | None = None) -> Po
     return BACKENDS[backend](cfg, model)
 
 
-def check_before_loading(cfg: PolicyConfig, model: str, field: str) -> None:
-    """Check, without loading anything, what can be known of loading ``model`` with ``cfg`` in
-    this process: the model reference (:func:`~leafe.policy.checkpoints.check_model_reference`,
-    a failure names ``field``) and ``policy.device``. Nothing is checked for a model served over
-    HTTP (the server's name for it).
+def check_before_loading(cfg: PolicyConfig, model: str, field: str, device: bool = True) -> None:
+    """Check, without loading anything, what can be known of loading ``model`` with ``cfg``: the
+    model reference (:func:`~leafe.policy.checkpoints.check_model_reference`, a failure names
+    ``field``) and, with ``device`` (the model loads in this process), ``policy.device``.
+    Nothing is checked for a model served over HTTP (the server's name for it).
 
     Raises:
         ConfigError: naming the field at fault.
@@ -187,18 +187,17 @@ def check_before_loading(cfg: PolicyConfig, model: str, field: str) -> None:
     if served_over_http(cfg):
         return
     check_model_reference(model, field, hf_layout=cfg.backend != "vllm")
-    resolve_device(cfg.device)
+    if device:
+        resolve_device(cfg.device)
 
 
 def load_policy_for(field: str, cfg: PolicyConfig, model: str, who: str = "", hint: str = "") -> Policy:
     """:func:`load_policy`, with a failure to load ``model`` raised as a ConfigError naming
     ``field`` (``who`` says who could not load it, ``hint`` what to do)."""
     from leafe.config import ConfigError
-    from leafe.policy.checkpoints import check_model_reference
     from leafe.policy.errors import first_line
 
-    if not served_over_http(cfg):
-        check_model_reference(model, field, hf_layout=cfg.backend != "vllm")
+    check_before_loading(cfg, model, field)
     try:
         return load_policy(cfg, model)
     except ConfigError:  # it names its own field (policy.device, policy.base_url, ...)
