@@ -76,7 +76,8 @@ class _Policies:
         self.policy: Any = None
         self.reflector: Any = None
 
-    def get(self, model: str) -> Any:
+    def get(self, model: str, field: str = "policy.model") -> Any:
+        """The policy of ``model``, loaded if another one is held; a failure to load names ``field``."""
         if self.model != model:
             self.release()
             from leafe.policy import load_policy_for
@@ -84,10 +85,10 @@ class _Policies:
             if self.cfg.workers.num > 1:  # the Ray workers load their own copies
                 from leafe.workers import OnWorkers, check_model
 
-                check_model(self.cfg.policy, model, "policy.model")
+                check_model(self.cfg.policy, model, field)
                 self.policy, self.model = OnWorkers(model), model
                 return self.policy
-            self.policy, self.model = load_policy_for("policy.model", self.cfg.policy, model), model
+            self.policy, self.model = load_policy_for(field, self.cfg.policy, model), model
         return self.policy
 
     def reflector_policy(self) -> Any:
@@ -130,11 +131,12 @@ def _sub_run(folder: Path) -> RunDir:
     return RunDir(path=folder, resumed=any(folder.iterdir()))
 
 
-def _start_model(cfg: ExperimentConfig, check: bool) -> str:
-    """The model the first round starts from: ``run.init_from`` (e.g. a GRPO run: LEAFE starts
-    from its checkpoint, as in the paper) or ``policy.model``. With ``check`` (a new run; a
-    resumed one may not need it any more) it is checked with the explore reflector's and
-    ``policy.device`` (SFT runs in this process), so a typo fails before anything runs."""
+def _start_model(cfg: ExperimentConfig, check: bool) -> tuple[str, str]:
+    """The model the first round starts from and the setting that names it: ``run.init_from``
+    (e.g. a GRPO run: LEAFE starts from its checkpoint, as in the paper) or ``policy.model``.
+    With ``check`` (a new run; a resumed one may not need it any more) it is checked with the
+    explore reflector's and ``policy.device`` (SFT runs in this process), so a typo fails before
+    anything runs."""
     from leafe.policy import check_before_loading
     from leafe.policy.transformers_backend import resolve_device
 
@@ -149,7 +151,7 @@ def _start_model(cfg: ExperimentConfig, check: bool) -> str:
         if cfg.explore.method != "independent" and cfg.explore.reflector == "model" and cfg.explore.reflector_model:
             check_before_loading(cfg.policy, cfg.explore.reflector_model, "explore.reflector_model", device=False)
         resolve_device(cfg.policy.device)  # SFT runs in this process
-    return model
+    return model, field
 
 
 def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -173,7 +175,8 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
     explore_tasks = select_tasks(task_source, cfg.explore.split, cfg.explore.num_tasks, "explore.num_tasks")
     eval_tasks = select_tasks(task_source, cfg.eval.split, cfg.eval.num_tasks, "eval.num_tasks")
     # a model that cannot load fails before the run directory records the config
-    model = _start_model(cfg, check=not RunDir.check(cfg, "run", fresh))
+    model, field = _start_model(cfg, check=not RunDir.check(cfg, "run", fresh))
+    fields = {model: field}  # model -> what a failure to load it names: the setting, or the round that trained it
     run = RunDir.open(cfg, command="run", fresh=fresh)
     if run.resumed:
         console.print(f"resuming {run.path}")
@@ -187,7 +190,7 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         console.rule(f"[bold][{next(counter)}/{len(stages)}] {name}")
 
     def agent_for(model: str) -> Agent:
-        return build_agent(_with_model(cfg, model), make_env, task_source, policies.get(model))
+        return build_agent(_with_model(cfg, model), make_env, task_source, policies.get(model, fields[model]))
 
     eval_key = {"eval": cfg.eval.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json")}
     evaluated: dict[str, tuple[PassAtK, Path]] = {}  # model -> its result and the folder that holds it
@@ -229,8 +232,10 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         stage(f"round {round_index}: data")
         data = _build_data(cfg, folder, build_prompter(cfg, make_env, task_source))
         stage(f"round {round_index}: sft")
-        sft = _train(cfg, model, folder, policies)
-        model = sft["model_dir"]
+        sft = _train(cfg, model, fields[model], folder, policies)
+        if sft["model_dir"] != model:
+            model = sft["model_dir"]
+            fields.setdefault(model, f"the model round {round_index} trained ({folder.name}/sft)")
         stage(f"round {round_index}: eval")
         add_curve(f"{variant_name(cfg)} round {round_index}", evaluate_model(model, folder / "eval", f"round {round_index} eval"))
         report["rounds"].append({"round": round_index, "explore": exploration, "data": data, "sft": sft, "model": model})
@@ -293,7 +298,7 @@ def _build_data(cfg: ExperimentConfig, folder: Path, prompter: Prompter) -> dict
     return _finish(out, key, counts)
 
 
-def _train(cfg: ExperimentConfig, model: str, folder: Path, policies: _Policies) -> dict[str, Any]:
+def _train(cfg: ExperimentConfig, model: str, field: str, folder: Path, policies: _Policies) -> dict[str, Any]:
     out = folder / "sft"
     key = {"sft": cfg.sft.model_dump(mode="json"), "model": model}
     done = _finished(out, key)
@@ -316,7 +321,7 @@ def _train(cfg: ExperimentConfig, model: str, folder: Path, policies: _Policies)
     policies.release()
 
     try:
-        result = train_sft(cfg.sft, model, examples, out, seed=cfg.seed, device=cfg.policy.device)
+        result = train_sft(cfg.sft, model, examples, out, seed=cfg.seed, device=cfg.policy.device, model_field=field)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return _finish(out, key, result.to_dict())

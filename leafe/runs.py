@@ -190,6 +190,11 @@ def recorded_commands(path: Path) -> set[str]:
         invocations = json.loads((path / META_FILE).read_text())["invocations"]
     except (OSError, ValueError, KeyError, TypeError):
         return set()
+    return _commands(invocations)
+
+
+def _commands(invocations: Any) -> set[str]:
+    """The commands a ``meta.json`` list of invocations records (none if it is not a list)."""
     if not isinstance(invocations, list):
         return set()
     return {str(entry["command"]) for entry in invocations if isinstance(entry, dict) and "command" in entry}
@@ -243,20 +248,22 @@ def _holds_no_work(path: Path) -> bool:
     )
 
 
-def _check_meta(meta_file: Path) -> None:
-    """Refuse a run directory whose ``meta.json`` leafe cannot read (a hand edit, a bad copy).
+def _read_meta(meta_file: Path) -> dict[str, Any]:
+    """A run directory's ``meta.json`` (empty if there is none), refused if leafe cannot read it
+    (a hand edit, a bad copy).
 
     Raises:
         ConfigError: naming the file, with the way out (``--fresh``).
     """
     if not meta_file.exists():
-        return
+        return {}
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"{meta_file}: unreadable ({error}); pass --fresh to start the run over") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("invocations"), list):
         raise ConfigError(f"{meta_file}: has no list of invocations, so leafe did not write it; pass --fresh to start the run over")
+    return meta
 
 
 @dataclass(frozen=True)
@@ -282,8 +289,7 @@ class RunDir:
             return False
         if not config_file.exists() or _holds_no_work(path):  # e.g. left by a run whose model failed to load
             return False
-        _check_meta(path / META_FILE)
-        other = sorted(recorded_commands(path) - {command})
+        other = sorted(_commands(_read_meta(path / META_FILE).get("invocations")) - {command})
         if other:  # e.g. `leafe eval` in a `leafe run` directory would replace the run's passk.png
             raise ConfigError(
                 f"run directory {path} holds a `leafe {other[0]}` run; `leafe {command}` would mix its own "

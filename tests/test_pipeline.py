@@ -94,10 +94,29 @@ def test_a_round_without_training_data_keeps_its_model(tmp_path):
     rehearsal = SFTExample("rehearsal", "Room. Thought:", " go\nAction: up\n\n", "t0", 0, 0)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sft.jsonl").write_text(json.dumps(export_record(rehearsal, 1.0)) + "\n")
-    result = _train(cfg, "some/model", tmp_path, _Policies(cfg))
+    result = _train(cfg, "some/model", "policy.model", tmp_path, _Policies(cfg))
     assert result["model_dir"] == "some/model" and result["steps"] == 0
     assert "counterfactual" in result["skipped"]
     assert json.loads((tmp_path / "sft" / "stage.json").read_text())["result"] == result
+
+
+def test_a_later_rounds_model_that_cannot_load_names_the_round_not_policy_model(tmp_path):
+    """The model of round 2 is round 1's SFT output: when that folder is gone (a run directory
+    copied without it), training and loading it name the round that wrote it."""
+    from leafe.config import ConfigError, config_from_dict
+    from leafe.method.distill import export_record
+    from leafe.pipeline import _Policies, _train
+    from leafe.types import SFTExample
+
+    cfg = config_from_dict({"policy": {"device": "cpu"}})
+    gone, field = str(tmp_path / "round-1" / "sft" / "model"), "the model round 1 trained (round-1/sft)"
+    example = SFTExample("counterfactual", "Room. Thought:", " go\nAction: up\n\n", "t0", 0, 0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sft.jsonl").write_text(json.dumps(export_record(example, 1.0)) + "\n")
+    with pytest.raises(ConfigError, match=r"^the model round 1 trained \(round-1/sft\): no such model folder"):
+        _train(cfg, gone, field, tmp_path, _Policies(cfg))
+    with pytest.raises(ConfigError, match=r"^the model round 1 trained \(round-1/sft\): no such model folder"):
+        _Policies(cfg).get(gone, field)
 
 
 def test_reflexion_evaluation_is_refused_before_anything_is_written(tmp_path):
@@ -119,7 +138,7 @@ def test_a_resumed_run_does_not_need_its_start_model_any_more(tmp_path):
 
     moved = str(tmp_path / "moved-model")
     cfg = config_from_dict({"name": "r", "output_dir": str(tmp_path), "policy": {"model": moved, "device": "cpu"}})
-    assert _start_model(cfg, check=False) == moved
+    assert _start_model(cfg, check=False) == (moved, "policy.model")
     with pytest.raises(ConfigError, match="policy.model: no such model folder"):
         run_pipeline(cfg)
     assert not (tmp_path / "r").exists()
@@ -137,4 +156,4 @@ def test_an_edited_stage_record_or_data_file_is_handled_on_resume(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sft.jsonl").write_text('{"kind": "bogus"}\n')
     with pytest.raises(ConfigError, match="data/sft.jsonl: missing field .*; was it edited\\? delete .*data to build"):
-        _train(cfg, "some/model", tmp_path, _Policies(cfg))
+        _train(cfg, "some/model", "policy.model", tmp_path, _Policies(cfg))

@@ -97,7 +97,7 @@ def train_early_experience(
     # Every Early Experience target is a plain likelihood term (weight 1).
     sft = cfg.sft.model_copy(update={"objective": "reh_only", "beta": 1.0})
     trained: dict[str, Any] = {}
-    start_model = cfg.policy.model
+    start_model, field = cfg.policy.model, "policy.model"
     if section.variant == "iwm":
         if not phases["world_model"]:
             raise ValueError(
@@ -107,8 +107,9 @@ def train_early_experience(
         world = train_sft(sft.model_copy(update={"epochs": section.world_model_epochs}), start_model, phases["world_model"],
                           run.path / "world_model", seed=cfg.seed, device=cfg.policy.device)
         trained["world_model"] = world.to_dict()
-        start_model = world.model_dir
-    policy = train_sft(sft, start_model, phases["policy"], run.path, seed=cfg.seed, device=cfg.policy.device)
+        start_model, field = world.model_dir, "the world model this run trained (world_model)"
+    policy = train_sft(sft, start_model, phases["policy"], run.path, seed=cfg.seed, device=cfg.policy.device,
+                       model_field=field)
     trained["policy"] = policy.to_dict()
     summary = {
         "variant": section.variant,
