@@ -7,6 +7,13 @@ transformers backends want one plain checkpoint, so :func:`servable_model` merge
 peft's ``merge_and_unload`` into ``<cache root>/merged/<digest>/`` (the digest covers the adapter's
 files and the base model's name, so a retrained adapter gets a new folder). vLLM serves adapters
 without merging and does not use this.
+
+An adapter trained on top of another adapter (round 2 of ``leafe run``, LEAFE from a GRPO
+adapter) was trained on that merged copy, so peft records the cache folder as its base. The
+trainers therefore also write :data:`LINEAGE_FILE` beside it: the model training started from,
+by absolute and relative path. When the recorded base is gone (the cache was cleared, the run
+was copied to another machine), :func:`adapter_base` falls back to it and the merge is rebuilt;
+an adapter of the embedded model whose cache folder is gone falls back to the embedded model.
 """
 
 from __future__ import annotations
@@ -23,11 +30,15 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from leafe.policy.embedded import EMBEDDED_ALIASES, cache_root, file_lock, resolve_model
+from leafe.policy.embedded import DEFAULT_MODEL, EMBEDDED_ALIASES, MODEL_DIRNAME, cache_root, file_lock, resolve_model
 
 logger = logging.getLogger(__name__)
 
 _MARKER = "leafe_merge.json"
+LINEAGE_FILE = "leafe_base.json"
+"""Written by the trainers into a model they save: ``{"model", "path", "relative"}``, the model
+reference training started from, its absolute path and its path relative to the saved folder
+(both None for a hub id or the embedded model)."""
 
 
 @contextlib.contextmanager
@@ -41,7 +52,13 @@ def quiet_peft_deprecations() -> Iterator[None]:
 
 
 def adapter_base(path: str | Path) -> str | None:
-    """The base model an adapter folder names, or None if ``path`` is not a LoRA adapter folder."""
+    """The base model an adapter folder names, or None if ``path`` is not a LoRA adapter folder.
+
+    When the recorded base is a folder that no longer exists, this is where it can be rebuilt
+    from, if known: the :data:`LINEAGE_FILE` start (itself an adapter, which
+    :func:`servable_model` merges again), else the embedded model for a base that was the
+    embedded model's converted folder under another cache root. Otherwise the recorded base.
+    """
     config = Path(path) / "adapter_config.json"
     if not config.is_file():
         return None
@@ -51,7 +68,47 @@ def adapter_base(path: str | Path) -> str | None:
         raise ValueError(f"{config}: not valid JSON ({error})") from None
     if not base:
         raise ValueError(f"{config}: base_model_name_or_path is missing; cannot tell which model the adapter fits")
-    return str(base)
+    base = str(base)
+    if not looks_like_path(base) or Path(os.path.expanduser(base)).exists():
+        return base
+    start = training_start(path)
+    if start is not None:
+        return start
+    if Path(base).parts[-2:] == ("models", MODEL_DIRNAME):
+        return DEFAULT_MODEL
+    return base
+
+
+def training_start(folder: str | Path) -> str | None:
+    """The model the training that saved ``folder`` started from, as :data:`LINEAGE_FILE`
+    records it: the folder by its relative path (the run moved with it) or its absolute path,
+    or a hub id / the embedded model's name; None if there is no usable record."""
+    record_file = Path(folder) / LINEAGE_FILE
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    for key in ("relative", "path"):
+        value = record.get(key)
+        candidate = Path(folder) / value if isinstance(value, str) else None  # an absolute value replaces the folder
+        if candidate is not None and candidate.is_dir() and candidate.resolve() != Path(folder).resolve():
+            return os.path.normpath(candidate)
+    model = record.get("model")
+    return model if isinstance(model, str) and model and not looks_like_path(model) else None
+
+
+def write_training_start(folder: Path, start: str) -> None:
+    """Record in ``folder`` (a model being saved) that training started from model reference
+    ``start`` (see :data:`LINEAGE_FILE`)."""
+    local = Path(os.path.expanduser(start))
+    if start.strip().lower() in EMBEDDED_ALIASES or not local.is_dir():
+        record = {"model": start, "path": None, "relative": None}
+    else:
+        absolute = local.resolve()
+        record = {"model": start, "path": str(absolute), "relative": os.path.relpath(absolute, folder.resolve())}
+    (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def looks_like_path(model: str) -> bool:
@@ -136,7 +193,7 @@ def servable_model(model: str) -> str:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        base_path = resolve_model(base)
+        base_path = resolve_model(servable_model(base))  # a base that is an adapter too is merged first
         model_obj = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         with quiet_peft_deprecations():
             merged = PeftModel.from_pretrained(model_obj, str(path)).merge_and_unload()

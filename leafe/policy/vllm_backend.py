@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from leafe.policy.base import Generation, GenerationRequest, SamplingParams
-from leafe.policy.checkpoints import adapter_base
+from leafe.policy.checkpoints import adapter_base, servable_model
 from leafe.policy.embedded import resolve_model
 from leafe.policy.text import PromptCodec, check_params
 
@@ -65,7 +65,7 @@ class VLLMPolicy:
             args.setdefault("enable_lora", True)
             args.setdefault("max_lora_rank", 64)
             self.lora_request = LoRARequest("leafe-adapter", 1, path)
-            path = resolve_model(base)
+            path = resolve_model(servable_model(base))  # a base that is an adapter itself (round 2) is merged
         self.llm = LLM(model=path, dtype=dtype, **args)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_name = model

@@ -52,6 +52,7 @@ from leafe.algos.grpo_loss import group_advantages, grpo_loss
 from leafe.algos.sft_loss import IGNORE, target_positions
 from leafe.config import ConfigError, ExperimentConfig
 from leafe.method.distill import target_text, turn_prompt
+from leafe.policy.checkpoints import write_training_start
 from leafe.policy.memory import peak_rss_mib
 from leafe.prompting import Prompter
 from leafe.rollout import EpisodeJob, derive_seed, run_episodes
@@ -427,6 +428,7 @@ class GRPOTrainer:
         shutil.rmtree(scratch, ignore_errors=True)
         self.model.save_pretrained(str(scratch))
         self.tokenizer.save_pretrained(str(scratch))
+        write_training_start(scratch, self.cfg.policy.model)  # an adapter's base may be a cached merge
         seconds = totals["rollout_seconds"] + totals["train_seconds"]
         result = GRPOResult(
             model_dir=str(model_dir),

@@ -35,6 +35,7 @@ from transformers import Trainer, TrainingArguments
 from leafe.algos.sft_loss import COUNTERFACTUAL, IGNORE, REHEARSAL, sft_loss, target_positions
 from leafe.config import FinetuneSettings, SFTConfig
 from leafe.method.distill import KINDS
+from leafe.policy.checkpoints import write_training_start
 from leafe.policy.memory import peak_rss_mib
 from leafe.policy.transformers_backend import resolve_device
 from leafe.trainers.common import load_trainable
@@ -309,16 +310,18 @@ def train_sft(
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(out_dir / "model.partial"))  # every process takes part; only the main one writes
     if trainer.is_world_process_zero():
-        _publish(trainer, tokenizer, cfg, out_dir, result)
+        _publish(trainer, tokenizer, cfg, out_dir, result, base_model)
     trainer.accelerator.wait_for_everyone()
     return result
 
 
-def _publish(trainer: LeafeSFTTrainer, tokenizer: Any, cfg: SFTConfig, out_dir: Path, result: SFTResult) -> None:
-    """Complete the saved ``model.partial`` (tokenizer, merged copy, done marker) and rename it
-    to ``model`` in one step, so a kill never leaves a ``model`` directory that looks finished."""
+def _publish(trainer: LeafeSFTTrainer, tokenizer: Any, cfg: SFTConfig, out_dir: Path, result: SFTResult, start: str) -> None:
+    """Complete the saved ``model.partial`` (tokenizer, merged copy, the model training started
+    from, done marker) and rename it to ``model`` in one step, so a kill never leaves a ``model``
+    directory that looks finished."""
     model_dir, scratch = out_dir / "model", out_dir / "model.partial"
     tokenizer.save_pretrained(str(scratch))
+    write_training_start(scratch, start)  # an adapter's base may be a cached merge: how to rebuild it
     if cfg.finetune == "lora" and cfg.merge_lora:
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         merged.save_pretrained(str(scratch / "merged"))

@@ -132,6 +132,58 @@ def test_lora_training_with_the_same_seed_repeats_bit_for_bit(tiny_model_dir, tm
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
+def test_a_second_round_adapter_survives_a_cleared_cache_and_a_moved_run(tiny_model_dir, tmp_path, monkeypatch):
+    """Round 2 trains LoRA on round 1's merged adapter, so peft records that cached merge as its
+    base. With the cache cleared, or both rounds copied elsewhere (the base model too), the merge
+    is rebuilt from round 1 and serves the same weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from leafe.policy.checkpoints import LINEAGE_FILE, adapter_base, check_model_reference, servable_model
+
+    monkeypatch.setenv("LEAFE_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "run" / "base"
+    shutil.copytree(tiny_model_dir, base)
+    cfg = _fast(finetune="lora", lora_r=4, learning_rate=5e-2)
+    round_1 = train_sft(cfg, str(base), _examples(), tmp_path / "run" / "round-1", seed=0).model_dir
+    round_2 = train_sft(cfg, round_1, _examples(), tmp_path / "run" / "round-2", seed=0).model_dir
+    recorded = json.loads((Path(round_2) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(recorded).parent == tmp_path / "cache" / "merged"  # what peft wrote: the cached merge of round 1
+    assert json.loads((Path(round_2) / LINEAGE_FILE).read_text())["relative"] == "../../round-1/model"
+
+    def weights(model: str) -> dict[str, torch.Tensor]:
+        return load_file(Path(servable_model(model)) / "model.safetensors")
+
+    expected = weights(round_2)
+    shutil.rmtree(tmp_path / "cache")
+    assert adapter_base(round_2) == round_1
+    check_model_reference(round_2, "policy.model")
+    rebuilt = weights(round_2)
+    assert rebuilt.keys() == expected.keys() and all(torch.allclose(rebuilt[k], expected[k], atol=1e-6) for k in expected)
+
+    shutil.move(tmp_path / "run", tmp_path / "copied")  # the base went with it: round 1 records it relatively too
+    shutil.rmtree(tmp_path / "cache")
+    moved = str(tmp_path / "copied" / "round-2" / "model")
+    check_model_reference(moved, "policy.model")
+    copied = weights(moved)
+    assert all(torch.allclose(copied[k], expected[k], atol=1e-6) for k in expected)
+
+
+def test_an_adapter_of_the_embedded_model_from_another_cache_root_uses_the_embedded_model(tmp_path):
+    from leafe.policy.checkpoints import adapter_base, check_model_reference
+    from leafe.policy.embedded import DEFAULT_MODEL, MODEL_DIRNAME
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    elsewhere = f"/home/someone/.cache/leafe/models/{MODEL_DIRNAME}"
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": elsewhere}))
+    assert adapter_base(adapter) == DEFAULT_MODEL
+    check_model_reference(str(adapter), "policy.model")
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/gone/elsewhere"}))
+    assert adapter_base(adapter) == "/gone/elsewhere"  # nothing known to rebuild it from: the error names it
+
+
 def test_objective_without_examples_of_its_kind_is_a_clear_error(tiny_model_dir, tmp_path):
     rehearsal_only = [e for e in _examples() if e.kind == "rehearsal"]
     with pytest.raises(ValueError, match="sft.objective='cf_only': no counterfactual examples"):
