@@ -6,14 +6,13 @@ SFT trainer write it) names its base model in ``base_model_name_or_path``. The n
 transformers backends want one plain checkpoint, so :func:`servable_model` merges the adapter with
 peft's ``merge_and_unload`` into ``<cache root>/merged/<digest>/`` (the digest covers the adapter's
 files and the base model's name, so a retrained adapter gets a new folder). vLLM serves adapters
-without merging and does not use this.
+without merging (an adapter whose base is itself an adapter excepted: that base is merged).
 
 An adapter trained on top of another adapter (round 2 of ``leafe run``, LEAFE from a GRPO
 adapter) was trained on that merged copy, so peft records the cache folder as its base. The
 trainers therefore also write :data:`LINEAGE_FILE` beside it: the model training started from,
 by absolute and relative path. When the recorded base is gone (the cache was cleared, the run
-was copied to another machine), :func:`adapter_base` falls back to it and the merge is rebuilt;
-an adapter of the embedded model whose cache folder is gone falls back to the embedded model.
+was copied to another machine), :func:`adapter_base` falls back to it and the merge is rebuilt.
 """
 
 from __future__ import annotations
@@ -28,13 +27,15 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
-from leafe.policy.embedded import DEFAULT_MODEL, EMBEDDED_ALIASES, MODEL_DIRNAME, cache_root, file_lock, resolve_model
+from leafe.policy.embedded import EMBEDDED_ALIASES, cache_root, file_lock, resolve_model
 
 logger = logging.getLogger(__name__)
 
 _MARKER = "leafe_merge.json"
+_MAX_CHAIN = 32  # adapters on top of adapters (rounds) followed before giving up
 LINEAGE_FILE = "leafe_base.json"
 """Written by the trainers into a model they save: ``{"model", "path", "relative"}``, the model
 reference training started from, its absolute path and its path relative to the saved folder
@@ -54,10 +55,13 @@ def quiet_peft_deprecations() -> Iterator[None]:
 def adapter_base(path: str | Path) -> str | None:
     """The base model an adapter folder names, or None if ``path`` is not a LoRA adapter folder.
 
-    When the recorded base is a folder that no longer exists, this is where it can be rebuilt
-    from, if known: the :data:`LINEAGE_FILE` start (itself an adapter, which
-    :func:`servable_model` merges again), else the embedded model for a base that was the
-    embedded model's converted folder under another cache root. Otherwise the recorded base.
+    When the recorded base does not exist here (a cleared cache, a run copied elsewhere) and the
+    folder holds a :data:`LINEAGE_FILE`, the model training started from (:func:`training_start`)
+    is the base instead: an adapter there is merged again by :func:`servable_model`.
+
+    Raises:
+        ValueError: ``adapter_config.json`` is unusable, or the lineage names a start that is
+            gone or has changed since.
     """
     config = Path(path) / "adapter_config.json"
     if not config.is_file():
@@ -69,46 +73,75 @@ def adapter_base(path: str | Path) -> str | None:
     if not base:
         raise ValueError(f"{config}: base_model_name_or_path is missing; cannot tell which model the adapter fits")
     base = str(base)
-    if not looks_like_path(base) or Path(os.path.expanduser(base)).exists():
+    if Path(os.path.expanduser(base)).exists():
         return base
     start = training_start(path)
-    if start is not None:
-        return start
-    if Path(base).parts[-2:] == ("models", MODEL_DIRNAME):
-        return DEFAULT_MODEL
-    return base
+    return base if start is None else start
 
 
 def training_start(folder: str | Path) -> str | None:
-    """The model the training that saved ``folder`` started from, as :data:`LINEAGE_FILE`
-    records it: the folder by its relative path (the run moved with it) or its absolute path,
-    or a hub id / the embedded model's name; None if there is no usable record."""
-    record_file = Path(folder) / LINEAGE_FILE
+    """The model the training that saved ``folder`` started from, as its :data:`LINEAGE_FILE`
+    records it: a local folder found by its path relative to ``folder`` (the run moved with it)
+    or its absolute path, else the hub id or embedded model's name; None without a record.
+
+    Raises:
+        ValueError: the record names a local folder that is in neither place, or an adapter
+            whose files have changed since (it would rebuild another model).
+    """
     try:
-        record = json.loads(record_file.read_text())
+        record = json.loads((Path(folder) / LINEAGE_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict):
         return None
-    for key in ("relative", "path"):
-        value = record.get(key)
-        candidate = Path(folder) / value if isinstance(value, str) else None  # an absolute value replaces the folder
-        if candidate is not None and candidate.is_dir() and candidate.resolve() != Path(folder).resolve():
-            return os.path.normpath(candidate)
-    model = record.get("model")
-    return model if isinstance(model, str) and model and not looks_like_path(model) else None
+    path = record.get("path")
+    if not isinstance(path, str):  # not a local folder: a hub id or the embedded model
+        model = record.get("model")
+        return model if isinstance(model, str) and model else None
+    here = Path(folder).resolve()
+    for value in (record.get("relative"), path):
+        candidate = (here / value).resolve() if isinstance(value, str) else None  # an absolute value replaces ``here``
+        if candidate is None or not candidate.is_dir() or candidate == here:
+            continue
+        expected = record.get("adapter_sha256")
+        if expected and _adapter_files_digest(candidate) != expected:
+            raise ValueError(
+                f"{folder} was trained on top of {candidate}, whose adapter files have changed since; "
+                "its base cannot be rebuilt (restore that adapter or retrain)"
+            )
+        return str(candidate)
+    raise ValueError(
+        f"{folder} was trained on top of {path}, which is gone (nor is it at {record.get('relative')} beside it), "
+        "and so is the base its adapter_config.json names"
+    )
 
 
 def write_training_start(folder: Path, start: str) -> None:
     """Record in ``folder`` (a model being saved) that training started from model reference
-    ``start`` (see :data:`LINEAGE_FILE`)."""
+    ``start`` (see :data:`LINEAGE_FILE`); for an adapter start, also a digest of its files."""
     local = Path(os.path.expanduser(start))
     if start.strip().lower() in EMBEDDED_ALIASES or not local.is_dir():
-        record = {"model": start, "path": None, "relative": None}
+        record: dict[str, str | None] = {"model": start, "path": None, "relative": None}
     else:
         absolute = local.resolve()
         record = {"model": start, "path": str(absolute), "relative": os.path.relpath(absolute, folder.resolve())}
+        if (absolute / "adapter_config.json").is_file():
+            record["adapter_sha256"] = _adapter_files_digest(absolute)
     (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _hash_adapter_files(hasher: Any, adapter: Path) -> None:
+    """Feed ``adapter``'s ``adapter_*`` files (names and bytes, in name order) to ``hasher``."""
+    for file in sorted(adapter.iterdir()):
+        if file.is_file() and file.name.startswith("adapter_"):
+            hasher.update(file.name.encode())
+            hasher.update(file.read_bytes())
+
+
+def _adapter_files_digest(adapter: Path) -> str:
+    hasher = hashlib.sha256()
+    _hash_adapter_files(hasher, adapter)
+    return hasher.hexdigest()
 
 
 def looks_like_path(model: str) -> bool:
@@ -120,7 +153,7 @@ def looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or len(Path(model).parts) > 2
 
 
-def check_model_reference(model: str, field: str, hf_layout: bool = True) -> None:
+def check_model_reference(model: str, field: str, hf_layout: bool = True, _depth: int = 0) -> None:
     """Refuse at once, naming ``field``, a model reference that cannot load: an empty name, a
     path to nothing, and with ``hf_layout`` (what transformers and the native engine read; vLLM
     also reads GGUF files and other layouts) a file, a folder that holds neither a model
@@ -155,7 +188,9 @@ def check_model_reference(model: str, field: str, hf_layout: bool = True) -> Non
     except ValueError as error:
         raise ConfigError(f"{field}: {error}") from None
     if base is not None:
-        check_model_reference(base, f"{field} (the base_model_name_or_path of the adapter {model})")
+        if _depth >= _MAX_CHAIN:
+            raise ConfigError(f"{field}: more than {_MAX_CHAIN} adapters trained on top of each other (a loop in {LINEAGE_FILE}?)")
+        check_model_reference(base, f"{field} (the base of the adapter {model})", _depth=_depth + 1)
     elif not (folder / "config.json").is_file():
         raise ConfigError(
             f"{field}: {model} holds no config.json (a Hugging Face model folder) nor adapter_config.json (a LoRA adapter)"
@@ -164,18 +199,17 @@ def check_model_reference(model: str, field: str, hf_layout: bool = True) -> Non
 
 def _digest(adapter: Path, base: str) -> str:
     hasher = hashlib.sha256(base.encode())
-    for file in sorted(adapter.iterdir()):
-        if file.is_file() and file.name.startswith("adapter_"):
-            hasher.update(file.name.encode())
-            hasher.update(file.read_bytes())
+    _hash_adapter_files(hasher, adapter)
     return hasher.hexdigest()[:16]
 
 
-def servable_model(model: str) -> str:
-    """``model`` itself, or for a LoRA adapter folder the cached merged checkpoint's folder.
+def servable_model(model: str, _depth: int = 0) -> str:
+    """``model`` itself, or for a LoRA adapter folder the cached merged checkpoint's folder (a
+    base that is an adapter itself is merged first).
 
     Raises:
-        ValueError: an adapter folder without a usable ``adapter_config.json``.
+        ValueError: an adapter folder without a usable ``adapter_config.json``, or whose base
+            cannot be rebuilt (:func:`adapter_base`).
     """
     path = Path(resolve_model(model))
     base = adapter_base(path)
@@ -184,6 +218,9 @@ def servable_model(model: str) -> str:
     target = cache_root() / "merged" / _digest(path, base)
     if (target / _MARKER).is_file():
         return str(target)
+    if _depth >= _MAX_CHAIN:
+        raise ValueError(f"{model}: more than {_MAX_CHAIN} adapters trained on top of each other (a loop in {LINEAGE_FILE}?)")
+    base_path = resolve_model(servable_model(base, _depth + 1))  # before this merge's lock: never held twice
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.parent / f".{target.name}.lock"):
         if (target / _MARKER).is_file():
@@ -193,7 +230,6 @@ def servable_model(model: str) -> str:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        base_path = resolve_model(servable_model(base))  # a base that is an adapter too is merged first
         model_obj = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         with quiet_peft_deprecations():
             merged = PeftModel.from_pretrained(model_obj, str(path)).merge_and_unload()

@@ -47,7 +47,7 @@ def test_an_adapter_whose_base_is_missing_names_the_adapter(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
-    with pytest.raises(ConfigError, match=r"run.init_from \(the base_model_name_or_path of the adapter .*\): no such model folder"):
+    with pytest.raises(ConfigError, match=r"run.init_from \(the base of the adapter .*\): no such model folder"):
         check_model_reference(str(adapter), "run.init_from")
     (adapter / "adapter_config.json").write_text("{")
     with pytest.raises(ConfigError, match="run.init_from: .*adapter_config.json: not valid JSON"):

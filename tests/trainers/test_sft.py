@@ -170,18 +170,49 @@ def test_a_second_round_adapter_survives_a_cleared_cache_and_a_moved_run(tiny_mo
     assert all(torch.allclose(copied[k], expected[k], atol=1e-6) for k in expected)
 
 
-def test_an_adapter_of_the_embedded_model_from_another_cache_root_uses_the_embedded_model(tmp_path):
-    from leafe.policy.checkpoints import adapter_base, check_model_reference
-    from leafe.policy.embedded import DEFAULT_MODEL, MODEL_DIRNAME
+def test_the_lineage_fallback_refuses_what_it_cannot_rebuild_faithfully(tmp_path):
+    """Only a recorded base that is gone is replaced, and only by the start the trainer
+    recorded: the embedded model by name; a start adapter changed since, a start that is gone
+    or a loop is an error, never another model."""
+    from leafe.config import ConfigError
+    from leafe.policy.checkpoints import LINEAGE_FILE, adapter_base, check_model_reference, servable_model, write_training_start
 
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    elsewhere = f"/home/someone/.cache/leafe/models/{MODEL_DIRNAME}"
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": elsewhere}))
-    assert adapter_base(adapter) == DEFAULT_MODEL
-    check_model_reference(str(adapter), "policy.model")
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/gone/elsewhere"}))
-    assert adapter_base(adapter) == "/gone/elsewhere"  # nothing known to rebuild it from: the error names it
+    def adapter(name: str, base: str, start: str | None = None) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+        if start is not None:
+            write_training_start(folder, start)
+        return folder
+
+    gone = str(tmp_path / "cache" / "merged" / "0123")
+    assert adapter_base(adapter("no-record", gone)) == gone  # nothing to rebuild from: the error names it
+    assert adapter_base(adapter("embedded", gone, "smollm2-135m-instruct")) == "smollm2-135m-instruct"
+    assert adapter_base(adapter("hub", gone, "Qwen/Qwen2.5-0.5B")) == "Qwen/Qwen2.5-0.5B"
+    present = adapter("present", str(tmp_path), "smollm2-135m-instruct")
+    assert adapter_base(present) == str(tmp_path)  # the recorded base exists: used as is
+
+    start = adapter("start", str(tmp_path / "base-model"))
+    child = adapter("child", gone, str(start))
+    assert json.loads((child / LINEAGE_FILE).read_text())["relative"] == "../start"
+    assert adapter_base(child) == str(start)
+    (start / "adapter_model.safetensors").write_bytes(b"retrained")
+    with pytest.raises(ValueError, match="trained on top of .*start, whose adapter files have changed"):
+        adapter_base(child)
+    with pytest.raises(ConfigError, match="^policy.model: .*child was trained on top of .*start, whose adapter files"):
+        check_model_reference(str(child), "policy.model")
+    (start / "adapter_model.safetensors").unlink()
+    start.rename(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="trained on top of .*start, which is gone .*and so is the base"):
+        check_model_reference(str(child), "policy.model")
+
+    first, second = adapter("first", gone), adapter("second", gone)  # a hand-made loop
+    write_training_start(first, str(second))
+    write_training_start(second, str(first))
+    with pytest.raises(ConfigError, match="more than 32 adapters trained on top of each other"):
+        check_model_reference(str(first), "policy.model")
+    with pytest.raises(ValueError, match="more than 32 adapters trained on top of each other"):
+        servable_model(str(first))
 
 
 def test_objective_without_examples_of_its_kind_is_a_clear_error(tiny_model_dir, tmp_path):
