@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -48,8 +49,9 @@ STAGE_FILE = "stage.json"
 DATA_FILE = "sft.jsonl"
 
 
-def _finished(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The recorded result of a stage finished with the same ``key`` settings, else None."""
+def _finished(folder: Path, key: dict[str, Any], legacy: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The recorded result of a stage finished with the same ``key`` settings (or ``legacy``: the
+    key as an earlier leafe wrote it), else None."""
     marker = folder / STAGE_FILE
     if not marker.is_file():
         return None
@@ -58,7 +60,31 @@ def _finished(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         logger.warning("%s: unreadable (%s); the stage runs again", marker, error)
         return None
-    return record["result"] if isinstance(record, dict) and record.get("key") == key and "result" in record else None
+    if not isinstance(record, dict) or "result" not in record:
+        return None
+    return record["result"] if record.get("key") == key or (legacy is not None and record.get("key") == legacy) else None
+
+
+def _model_key(model: str, run: Path) -> str:
+    """``model`` as stage keys record it: relative to the run directory when it lies inside it
+    (a run moved or renamed still matches its records), else as given."""
+    path = Path(os.path.expanduser(model))
+    if not path.exists():
+        return model
+    try:
+        return path.resolve().relative_to(run.resolve()).as_posix()
+    except ValueError:
+        return model
+
+
+def _trained_model(sft: dict[str, Any], folder: Path, model: str) -> str:
+    """The model round ``folder`` ends with: its SFT output as found in this run directory
+    (``sft/model``, or ``sft/model/merged``), or ``model`` when SFT was skipped. Stage records
+    hold the path where the run was first written; the run may have moved since."""
+    if "skipped" in sft:
+        return model
+    trained = folder / "sft" / "model"
+    return str(trained / "merged" if Path(sft["model_dir"]).name == "merged" else trained)
 
 
 def _finish(folder: Path, key: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +229,8 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         return evaluated[model]
 
     def _evaluate(model: str, folder: Path, label: str) -> PassAtK:
-        done = _finished(folder, {**eval_key, "model": model})
+        key = {**eval_key, "model": _model_key(model, run.path)}
+        done = _finished(folder, key, legacy={**eval_key, "model": model})
         if done is not None:
             console.print(f"{label}: finished earlier")
             return PassAtK.from_dict(done)
@@ -211,7 +238,7 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
 
         agent = agent_for(model)  # loaded before the stage's folder is made: a model that fails leaves none
         result = evaluate(_with_model(cfg, model), _sub_run(folder), agent, eval_tasks)
-        _finish(folder, {**eval_key, "model": model}, result.to_dict())
+        _finish(folder, key, result.to_dict())
         return result
 
     report: dict[str, Any] = {"name": cfg.name, "base_model": model, "rounds": []}
@@ -228,13 +255,14 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
     for round_index in range(1, cfg.run.rounds + 1):
         folder = run.path / f"round-{round_index}"
         stage(f"round {round_index}: explore")
-        exploration = _explore(cfg, model, folder / "explore", explore_tasks, agent_for, policies)
+        exploration = _explore(cfg, model, _model_key(model, run.path), folder / "explore", explore_tasks, agent_for, policies)
         stage(f"round {round_index}: data")
         data = _build_data(cfg, folder, build_prompter(cfg, make_env, task_source))
         stage(f"round {round_index}: sft")
-        sft = _train(cfg, model, fields[model], folder, policies)
-        if sft["model_dir"] != model:
-            model = sft["model_dir"]
+        sft = _train(cfg, model, _model_key(model, run.path), fields[model], folder, policies)
+        trained = _trained_model(sft, folder, model)
+        if trained != model:
+            model = trained
             fields.setdefault(model, f"the model round {round_index} trained ({folder.name}/sft)")
         stage(f"round {round_index}: eval")
         add_curve(f"{variant_name(cfg)} round {round_index}", evaluate_model(model, folder / "eval", f"round {round_index} eval"))
@@ -251,10 +279,16 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
 
 
 def _explore(
-    cfg: ExperimentConfig, model: str, folder: Path, tasks: Sequence[Task], agent_for: Callable[[str], Agent], policies: _Policies
+    cfg: ExperimentConfig,
+    model: str,
+    model_key: str,
+    folder: Path,
+    tasks: Sequence[Task],
+    agent_for: Callable[[str], Agent],
+    policies: _Policies,
 ) -> dict[str, Any]:
-    key = {"explore": cfg.explore.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json"), "model": model}
-    done = _finished(folder, key)
+    key = {"explore": cfg.explore.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json"), "model": model_key}
+    done = _finished(folder, key, legacy={**key, "model": model})
     if done is not None:
         return done
     from leafe.method.explore_run import run_exploration
@@ -298,10 +332,12 @@ def _build_data(cfg: ExperimentConfig, folder: Path, prompter: Prompter) -> dict
     return _finish(out, key, counts)
 
 
-def _train(cfg: ExperimentConfig, model: str, field: str, folder: Path, policies: _Policies) -> dict[str, Any]:
+def _train(cfg: ExperimentConfig, model: str, model_key: str, field: str, folder: Path, policies: _Policies) -> dict[str, Any]:
+    """Stage 2's SFT of ``model`` (recorded as ``model_key``; a failure to load it names
+    ``field``) on ``folder``'s data into ``folder/sft``; its result, or the recorded one."""
     out = folder / "sft"
-    key = {"sft": cfg.sft.model_dump(mode="json"), "model": model}
-    done = _finished(out, key)
+    key = {"sft": cfg.sft.model_dump(mode="json"), "model": model_key}
+    done = _finished(out, key, legacy={**key, "model": model})
     if done is not None:
         return done
     data_file = folder / "data" / DATA_FILE

@@ -4,6 +4,7 @@ SFT resumes without redoing finished stages, and the report compares base and tr
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def test_leafe_run_survives_a_kill_during_sft_and_reports(tmp_path):
     assert set(report["pass_at_k"]) == {"base", "LEAFE round 1", "LEAFE round 2"}
     # Round 2 explored with round 1's model and trained it further (or kept it, with no data).
     explore_2 = json.loads((run_dir / "round-2" / "explore" / "stage.json").read_text())
-    assert explore_2["key"]["model"] == round_1["model"]
+    assert round_1["model"] == str(run_dir / "round-1" / "sft" / "model")
+    assert explore_2["key"]["model"] == "round-1/sft/model"  # recorded relative to the run: it may move
     if "skipped" in round_2["sft"]:
         assert round_2["model"] == round_1["model"]
     else:
@@ -82,6 +84,21 @@ def test_leafe_run_survives_a_kill_during_sft_and_reports(tmp_path):
     # The trained checkpoint was evaluated: its episodes exist.
     assert len((run_dir / "round-1" / "eval" / "episodes.jsonl").read_text().splitlines()) == 2
 
+    # Moved and renamed with its last evaluation missing: the rerun under the new name evaluates
+    # the model in the moved directory (the records name the old path) and redoes nothing else.
+    moved = tmp_path / "moved"
+    run_dir.rename(moved)
+    last_eval = "round-1/eval" if "skipped" in round_2["sft"] else "round-2/eval"
+    shutil.rmtree(moved / last_eval)
+    kept = ["eval-base", *(f"round-{r}/{s}" for r in (1, 2) for s in ("explore", "data", "sft"))]
+    finished = {stage: (moved / stage / "stage.json").stat().st_mtime_ns for stage in kept}
+    third = subprocess.run([a if a != "name=pipe" else "name=moved" for a in command], cwd=REPO,
+                           capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert {stage: (moved / stage / "stage.json").stat().st_mtime_ns for stage in kept} == finished
+    assert len((moved / last_eval / "episodes.jsonl").read_text().splitlines()) == 2
+    assert json.loads((moved / "report.json").read_text())["rounds"][1]["model"].startswith(str(moved))
+
 
 def test_a_round_without_training_data_keeps_its_model(tmp_path):
     """No example of the kinds the objective trains on: SFT is skipped, the model carries over."""
@@ -94,7 +111,7 @@ def test_a_round_without_training_data_keeps_its_model(tmp_path):
     rehearsal = SFTExample("rehearsal", "Room. Thought:", " go\nAction: up\n\n", "t0", 0, 0)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sft.jsonl").write_text(json.dumps(export_record(rehearsal, 1.0)) + "\n")
-    result = _train(cfg, "some/model", "policy.model", tmp_path, _Policies(cfg))
+    result = _train(cfg, "some/model", "some/model", "policy.model", tmp_path, _Policies(cfg))
     assert result["model_dir"] == "some/model" and result["steps"] == 0
     assert "counterfactual" in result["skipped"]
     assert json.loads((tmp_path / "sft" / "stage.json").read_text())["result"] == result
@@ -114,7 +131,7 @@ def test_a_later_rounds_model_that_cannot_load_names_the_round_not_policy_model(
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sft.jsonl").write_text(json.dumps(export_record(example, 1.0)) + "\n")
     with pytest.raises(ConfigError, match=r"^the model round 1 trained \(round-1/sft\): no such model folder"):
-        _train(cfg, gone, field, tmp_path, _Policies(cfg))
+        _train(cfg, gone, gone, field, tmp_path, _Policies(cfg))
     with pytest.raises(ConfigError, match=r"^the model round 1 trained \(round-1/sft\): no such model folder"):
         _Policies(cfg).get(gone, field)
 
@@ -156,4 +173,4 @@ def test_an_edited_stage_record_or_data_file_is_handled_on_resume(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sft.jsonl").write_text('{"kind": "bogus"}\n')
     with pytest.raises(ConfigError, match="data/sft.jsonl: missing field .*; was it edited\\? delete .*data to build"):
-        _train(cfg, "some/model", "policy.model", tmp_path, _Policies(cfg))
+        _train(cfg, "some/model", "some/model", "policy.model", tmp_path, _Policies(cfg))
