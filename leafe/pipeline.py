@@ -39,6 +39,7 @@ from leafe.eval.passk import PassAtK
 from leafe.eval.report import REPORT_FILE, markdown_table, plot_pass_at_k, print_table
 from leafe.method.distill import KINDS, build_examples, export_record
 from leafe.method.tree import load_trees
+from leafe.policy.checkpoints import looks_like_path
 from leafe.runs import RunDir, append_jsonl, make_output_dir, read_jsonl, write_atomic
 from leafe.prompting import Prompter
 from leafe.types import SFTExample, Task
@@ -69,12 +70,14 @@ def _model_key(model: str, run: Path) -> str:
     """``model`` as stage keys record it: relative to the run directory when it lies inside it
     (a run moved or renamed still matches its records), else as given."""
     path = Path(os.path.expanduser(model))
-    if not path.exists():
-        return model
-    try:
-        return path.resolve().relative_to(run.resolve()).as_posix()
-    except ValueError:
-        return model
+    if not looks_like_path(model) and not path.exists():
+        return model  # a hub id or the embedded model's name
+    for inside, root in ((Path(os.path.abspath(path)), Path(os.path.abspath(run))), (path.resolve(), run.resolve())):
+        try:  # by the path's text first (a folder since deleted, or symlinked from elsewhere), then resolved
+            return inside.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return model
 
 
 def _trained_model(sft: dict[str, Any], folder: Path, model: str) -> str:
@@ -262,7 +265,7 @@ def run_pipeline(cfg: ExperimentConfig, fresh: bool = False, console: Console | 
         sft = _train(cfg, model, _model_key(model, run.path), fields[model], folder, policies)
         trained = _trained_model(sft, folder, model)
         if trained != model:
-            model = trained
+            model, sft = trained, {**sft, "model_dir": trained}  # where it is now, if the run moved
             fields.setdefault(model, f"the model round {round_index} trained ({folder.name}/sft)")
         stage(f"round {round_index}: eval")
         add_curve(f"{variant_name(cfg)} round {round_index}", evaluate_model(model, folder / "eval", f"round {round_index} eval"))

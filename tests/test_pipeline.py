@@ -136,6 +136,32 @@ def test_a_later_rounds_model_that_cannot_load_names_the_round_not_policy_model(
         _Policies(cfg).get(gone, field)
 
 
+def test_stage_records_name_a_model_inside_the_run_by_its_place_in_it(tmp_path):
+    """A moved run matches its records: a model inside the run is keyed relative to it (even
+    deleted since, or a symlink to elsewhere); anything else as given; keys written by an
+    earlier leafe (absolute paths) still match as ``legacy``."""
+    from leafe.pipeline import _finish, _finished, _model_key
+
+    run = tmp_path / "run"
+    trained = run / "round-1" / "sft" / "model"
+    trained.mkdir(parents=True)
+    assert _model_key(str(trained), run) == "round-1/sft/model"
+    assert _model_key(str(run / "round-2" / "sft" / "model"), run) == "round-2/sft/model"  # not there (any more)
+    elsewhere = tmp_path / "big-disk" / "model"
+    elsewhere.mkdir(parents=True)
+    (run / "round-2").mkdir()
+    (run / "round-2" / "model").symlink_to(elsewhere)
+    assert _model_key(str(run / "round-2" / "model"), run) == "round-2/model"
+    for outside in (str(elsewhere), "smollm2-135m-instruct", "Qwen/Qwen2.5-0.5B-Instruct"):
+        assert _model_key(outside, run) == outside
+
+    stage = run / "round-2" / "eval"
+    _finish(stage, {"eval": 1, "model": str(trained)}, {"pass": 1})  # as an earlier leafe recorded it
+    assert _finished(stage, {"eval": 1, "model": "round-1/sft/model"}) is None
+    assert _finished(stage, {"eval": 1, "model": "round-1/sft/model"}, legacy={"eval": 1, "model": str(trained)}) == {"pass": 1}
+    assert _finished(stage, {"eval": 2, "model": "round-1/sft/model"}, legacy={"eval": 2, "model": str(trained)}) is None
+
+
 def test_reflexion_evaluation_is_refused_before_anything_is_written(tmp_path):
     """`leafe run` evaluates by sampling; eval.method=reflexion would be ignored silently."""
     from leafe.config import ConfigError, config_from_dict

@@ -99,17 +99,21 @@ def training_start(folder: str | Path) -> str | None:
         model = record.get("model")
         return model if isinstance(model, str) and model else None
     here = Path(folder).resolve()
+    expected = record.get("adapter_sha256")
+    changed = None
     for value in (record.get("relative"), path):
         candidate = (here / value).resolve() if isinstance(value, str) else None  # an absolute value replaces ``here``
         if candidate is None or not candidate.is_dir() or candidate == here:
             continue
-        expected = record.get("adapter_sha256")
         if expected and _adapter_files_digest(candidate) != expected:
-            raise ValueError(
-                f"{folder} was trained on top of {candidate}, whose adapter files have changed since; "
-                "its base cannot be rebuilt (restore that adapter or retrain)"
-            )
+            changed = changed or candidate  # another adapter there now: the other place may still hold it
+            continue
         return str(candidate)
+    if changed is not None:
+        raise ValueError(
+            f"{folder} was trained on top of {changed}, whose adapter files have changed since; "
+            "its base cannot be rebuilt (restore that adapter or retrain)"
+        )
     raise ValueError(
         f"{folder} was trained on top of {path}, which is gone (nor is it at {record.get('relative')} beside it), "
         "and so is the base its adapter_config.json names"

@@ -174,6 +174,8 @@ def test_the_lineage_fallback_refuses_what_it_cannot_rebuild_faithfully(tmp_path
     """Only a recorded base that is gone is replaced, and only by the start the trainer
     recorded: the embedded model by name; a start adapter changed since, a start that is gone
     or a loop is an error, never another model."""
+    import shutil
+
     from leafe.config import ConfigError
     from leafe.policy.checkpoints import LINEAGE_FILE, adapter_base, check_model_reference, servable_model, write_training_start
 
@@ -196,6 +198,12 @@ def test_the_lineage_fallback_refuses_what_it_cannot_rebuild_faithfully(tmp_path
     child = adapter("child", gone, str(start))
     assert json.loads((child / LINEAGE_FILE).read_text())["relative"] == "../start"
     assert adapter_base(child) == str(start)
+    copy = tmp_path / "copy"  # the child copied beside another adapter named "start": the original is used
+    copy.mkdir()
+    shutil.copytree(child, copy / "child")
+    other = adapter("copy/start", str(tmp_path / "base-model"))
+    (other / "adapter_model.safetensors").write_bytes(b"another")
+    assert adapter_base(copy / "child") == str(start)
     (start / "adapter_model.safetensors").write_bytes(b"retrained")
     with pytest.raises(ValueError, match="trained on top of .*start, whose adapter files have changed"):
         adapter_base(child)
