@@ -27,8 +27,8 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from leafe.policy.embedded import EMBEDDED_ALIASES, cache_root, file_lock, resolve_model
 
@@ -39,7 +39,8 @@ _MAX_CHAIN = 32  # adapters on top of adapters (rounds) followed before giving u
 LINEAGE_FILE = "leafe_base.json"
 """Written by the trainers into a model they save: ``{"model", "path", "relative"}``, the model
 reference training started from, its absolute path and its path relative to the saved folder
-(both None for a hub id or the embedded model)."""
+(both None for a hub id or the embedded model), and ``"adapter_sha256"`` (its ``adapter_*``
+files) when the start is an adapter."""
 
 
 @contextlib.contextmanager
