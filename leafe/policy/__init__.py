@@ -101,17 +101,18 @@ BACKENDS: dict[str, Callable[[Any, str], Policy]] = {
 }
 
 
-def _model_type(model: str) -> str | None:
-    """``model_type`` from the checkpoint's config.json (an adapter's base model for LoRA), or None."""
+def _model_type(model: str, _depth: int = 0) -> str | None:
+    """``model_type`` from the checkpoint's config.json (an adapter's base model for LoRA), or None
+    (also for a chain of adapters too long to be anything but a loop)."""
     try:
         path = Path(resolve_model(model))
     except (OSError, ValueError):
         return None
-    from leafe.policy.checkpoints import adapter_base
+    from leafe.policy.checkpoints import MAX_ADAPTER_CHAIN, adapter_base
 
     base = adapter_base(path)
     if base is not None:
-        return _model_type(base)
+        return _model_type(base, _depth + 1) if _depth < MAX_ADAPTER_CHAIN else None
     config = path / "config.json"
     if config.is_file():
         return json.loads(config.read_text()).get("model_type")

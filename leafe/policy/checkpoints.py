@@ -35,7 +35,7 @@ from leafe.policy.embedded import EMBEDDED_ALIASES, cache_root, file_lock, resol
 logger = logging.getLogger(__name__)
 
 _MARKER = "leafe_merge.json"
-_MAX_CHAIN = 32  # adapters on top of adapters (rounds) followed before giving up
+MAX_ADAPTER_CHAIN = 32  # adapters on top of adapters (rounds) followed before giving up
 LINEAGE_FILE = "leafe_base.json"
 """Written by the trainers into a model they save: ``{"model", "path", "relative"}``, the model
 reference training started from, its absolute path and its path relative to the saved folder
@@ -193,8 +193,8 @@ def check_model_reference(model: str, field: str, hf_layout: bool = True, _depth
     except ValueError as error:
         raise ConfigError(f"{field}: {error}") from None
     if base is not None:
-        if _depth >= _MAX_CHAIN:
-            raise ConfigError(f"{field}: more than {_MAX_CHAIN} adapters trained on top of each other (a loop in {LINEAGE_FILE}?)")
+        if _depth >= MAX_ADAPTER_CHAIN:
+            raise ConfigError(f"{field}: more than {MAX_ADAPTER_CHAIN} adapters trained on top of each other (a loop in {LINEAGE_FILE}?)")
         check_model_reference(base, f"{field} (the base of the adapter {model})", _depth=_depth + 1)
     elif not (folder / "config.json").is_file():
         raise ConfigError(
@@ -223,8 +223,8 @@ def servable_model(model: str, _depth: int = 0) -> str:
     target = cache_root() / "merged" / _digest(path, base)
     if (target / _MARKER).is_file():
         return str(target)
-    if _depth >= _MAX_CHAIN:
-        raise ValueError(f"{model}: more than {_MAX_CHAIN} adapters trained on top of each other (a loop in {LINEAGE_FILE}?)")
+    if _depth >= MAX_ADAPTER_CHAIN:
+        raise ValueError(f"{model}: more than {MAX_ADAPTER_CHAIN} adapters trained on top of each other (a loop in {LINEAGE_FILE}?)")
     base_path = resolve_model(servable_model(base, _depth + 1))  # before this merge's lock: never held twice
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.parent / f".{target.name}.lock"):

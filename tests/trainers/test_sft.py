@@ -221,6 +221,9 @@ def test_the_lineage_fallback_refuses_what_it_cannot_rebuild_faithfully(tmp_path
         check_model_reference(str(first), "policy.model")
     with pytest.raises(ValueError, match="more than 32 adapters trained on top of each other"):
         servable_model(str(first))
+    from leafe.policy import _model_type
+
+    assert _model_type(str(first)) is None  # backend auto's probe gives up too
 
 
 def test_objective_without_examples_of_its_kind_is_a_clear_error(tiny_model_dir, tmp_path):
