@@ -35,6 +35,15 @@ def _tiny_args(model_dir: Path, out: Path, name: str) -> list[str]:
     ]
 
 
+def _wait_for_episodes(process: subprocess.Popen, episodes_file: Path, count: int) -> None:
+    """Return once ``episodes_file`` holds ``count`` episodes, ``process`` ended or 300 s passed."""
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if episodes_file.exists() and len(episodes_file.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+
+
 def test_kill_and_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     reference = _leafe("eval", *_tiny_args(tiny_model_dir, tmp_path, "reference"))
     assert reference.returncode == 0, reference.stderr[-2000:]
@@ -43,12 +52,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
 
     args = [sys.executable, "-m", "leafe.cli", "eval", *_tiny_args(tiny_model_dir, tmp_path, "killed")]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    episodes_file = tmp_path / "killed" / "episodes.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if episodes_file.exists() and len(episodes_file.read_text().splitlines()) >= 6:
-            break
-        time.sleep(0.05)
+    _wait_for_episodes(process, tmp_path / "killed" / "episodes.jsonl", 6)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     done_before = len(_episodes(tmp_path / "killed"))
@@ -72,12 +76,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
 def test_ctrl_c_stops_with_a_short_message_and_keeps_finished_episodes(tiny_model_dir, tmp_path):
     args = [sys.executable, "-m", "leafe.cli", "eval", *_tiny_args(tiny_model_dir, tmp_path, "interrupted")]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    episodes_file = tmp_path / "interrupted" / "episodes.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if episodes_file.exists() and len(episodes_file.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    _wait_for_episodes(process, tmp_path / "interrupted" / "episodes.jsonl", 2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
