@@ -251,14 +251,14 @@ def _sft(cfg: ExperimentConfig, data: str, out: str, model: str | None) -> None:
     from leafe.policy.checkpoints import check_model_reference
     from leafe.policy.transformers_backend import resolve_device
 
-    check_model_reference(model or cfg.policy.model, "--model" if model else "policy.model")  # trained here, whatever serves it
+    start, field = (model, "--model") if model else (cfg.policy.model, "policy.model")
+    check_model_reference(start, field)  # trained here, whatever serves it
     resolve_device(cfg.policy.device)
     make_output_dir(Path(out), "--out")
     from leafe.trainers.sft import train_sft
 
     try:
-        result = train_sft(cfg.sft, model or cfg.policy.model, examples, Path(out), seed=cfg.seed,
-                           device=cfg.policy.device, model_field="--model" if model else "policy.model")
+        result = train_sft(cfg.sft, start, examples, Path(out), seed=cfg.seed, device=cfg.policy.device, model_field=field)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:  # once, also under torchrun / accelerate launch
